@@ -1,0 +1,636 @@
+//! Settings: one YAML or TOML file, every key overridable by `TOKENGATE__SECTION__KEY`
+//! environment variables, validated once at start-up so that nothing is discovered
+//! to be wrong while serving a request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use url::Url;
+
+use crate::request::TokenSource;
+
+/// Prefix of environment overrides: `TOKENGATE__CACHE__MAX_ENTRIES=5000`.
+pub const ENV_PREFIX: &str = "TOKENGATE";
+
+/// Algorithms a token may be signed with. Symmetric (`HS*`) algorithms are left out on
+/// purpose: they would need a secret shared with the issuer, and accepting them is the
+/// classic key-confusion hole (an RSA public key used as an HMAC secret).
+pub const SUPPORTED_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// A configuration problem, reported as one line naming the key and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("config error: {key}: {reason}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `issuers[0].algorithms`.
+    pub key: String,
+    /// Why the value is refused.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address of the auth listener that the proxies call (`/auth`).
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`); keep it
+    /// off the proxy-facing network.
+    #[serde(default = "defaults::admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Status of an allowed request on `/auth` (nginx and Traefik accept any 2xx).
+    #[serde(default = "defaults::success_status")]
+    pub success_status: u16,
+    /// HTTP worker threads; defaults to the number of CPUs.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// The token issuers this instance trusts, chosen by exact `iss` match.
+    #[serde(default)]
+    pub issuers: Vec<IssuerSettings>,
+    /// Where tokens are read from, and how large they may be.
+    #[serde(default)]
+    pub token: TokenSettings,
+    /// How claims become identity headers.
+    #[serde(default)]
+    pub identity: IdentitySettings,
+    /// The verified-token cache.
+    #[serde(default)]
+    pub cache: CacheSettings,
+    /// The HTTP client used for discovery and JWKS.
+    #[serde(default)]
+    pub http_client: HttpClientSettings,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+/// One trusted issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// The issuer identifier: compared byte for byte with the token's `iss`, and the base of
+    /// OIDC discovery (`<issuer>/.well-known/openid-configuration`).
+    pub issuer: String,
+    /// Short name used in logs and metric labels; defaults to the issuer URL.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Accepted audiences: the token's `aud` must contain at least one of them.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Allow-list of signature algorithms (`RS256`, `PS256`, `ES256`, `EdDSA`, …).
+    #[serde(default = "defaults::algorithms")]
+    pub algorithms: Vec<String>,
+    /// JWKS URL; when set, discovery is skipped.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Required JOSE `typ` header, e.g. `at+jwt` for RFC 9068 access tokens (compared
+    /// case-insensitively, with or without the `application/` prefix).
+    #[serde(default)]
+    pub required_typ: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "defaults::leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Key refresh timing.
+    #[serde(default)]
+    pub keys: KeyRefreshSettings,
+}
+
+/// When and how often the issuer's JWKS is fetched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRefreshSettings {
+    /// Refresh period when the JWKS response carries no `Cache-Control: max-age`, and the
+    /// upper bound when it does.
+    #[serde(default = "defaults::refresh_interval", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Lower bound on the refresh period, whatever `max-age` says.
+    #[serde(default = "defaults::min_refresh_interval", with = "humantime_serde")]
+    pub min_refresh_interval: Duration,
+    /// A token with an unknown `kid` triggers at most one JWKS fetch per this period, so
+    /// that a flood of forged `kid`s cannot turn into a flood of fetches at the issuer.
+    #[serde(default = "defaults::unknown_kid_cooldown", with = "humantime_serde")]
+    pub unknown_kid_cooldown: Duration,
+    /// How long the last good keys keep serving while refreshes fail; past it, tokens of
+    /// this issuer get 503 (no verdict) rather than trusting keys that may be revoked.
+    #[serde(default = "defaults::max_stale", with = "humantime_serde")]
+    pub max_stale: Duration,
+}
+
+impl Default for KeyRefreshSettings {
+    fn default() -> Self {
+        Self {
+            refresh_interval: defaults::refresh_interval(),
+            min_refresh_interval: defaults::min_refresh_interval(),
+            unknown_kid_cooldown: defaults::unknown_kid_cooldown(),
+            max_stale: defaults::max_stale(),
+        }
+    }
+}
+
+/// Where tokens come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Tried in order: `authorization` (Bearer), `header:<name>`, `cookie:<name>`.
+    #[serde(default = "defaults::token_sources")]
+    pub sources: Vec<String>,
+    /// Tokens longer than this are refused before any parsing or crypto.
+    #[serde(default = "defaults::max_token_length")]
+    pub max_length: usize,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            sources: defaults::token_sources(),
+            max_length: defaults::max_token_length(),
+        }
+    }
+}
+
+/// Claims → identity headers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySettings {
+    /// Claim for `X-Auth-Request-User` (dotted path); falls back to `sub`.
+    #[serde(default = "defaults::user_claim")]
+    pub user_claim: String,
+    /// Claim for `X-Auth-Request-Email`.
+    #[serde(default = "defaults::email_claim")]
+    pub email_claim: String,
+    /// Claim for `X-Auth-Request-Groups` (dotted path, e.g. `realm_access.roles`).
+    #[serde(default = "defaults::groups_claim")]
+    pub groups_claim: String,
+    /// Longest value of one identity header, in bytes; longer values are cut (groups are
+    /// dropped whole, never cut in the middle).
+    #[serde(default = "defaults::max_header_length")]
+    pub max_header_length: usize,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            user_claim: defaults::user_claim(),
+            email_claim: defaults::email_claim(),
+            groups_claim: defaults::groups_claim(),
+            max_header_length: defaults::max_header_length(),
+        }
+    }
+}
+
+/// The verified-token cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Most tokens kept; bounds memory under a flood of distinct tokens.
+    #[serde(default = "defaults::cache_max_entries")]
+    pub max_entries: u64,
+    /// Longest time a verified token is trusted without re-checking its signature (it
+    /// never outlives the token's `exp` either). Bounds how long a token signed by a key
+    /// that the issuer withdrew keeps passing.
+    #[serde(default = "defaults::cache_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            max_entries: defaults::cache_max_entries(),
+            max_ttl: defaults::cache_max_ttl(),
+        }
+    }
+}
+
+/// The outbound HTTP client (discovery, JWKS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpClientSettings {
+    /// TCP + TLS connect timeout.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout.
+    #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// PEM bundle of extra CA certificates, for issuers behind an internal CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for HttpClientSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: defaults::connect_timeout(),
+            timeout: defaults::request_timeout(),
+            ca_file: None,
+        }
+    }
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, pretty otherwise.
+    #[default]
+    Auto,
+    Json,
+    Pretty,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `auto`, `json` or `pretty`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `RUST_LOG`-style filter, used when `RUST_LOG` is not set.
+    #[serde(default = "defaults::log_filter")]
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Auto,
+            filter: defaults::log_filter(),
+        }
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+    pub fn admin_listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 9090))
+    }
+    pub fn success_status() -> u16 {
+        202
+    }
+    pub fn algorithms() -> Vec<String> {
+        vec!["RS256".to_owned()]
+    }
+    pub fn leeway() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn refresh_interval() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn min_refresh_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn unknown_kid_cooldown() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_stale() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn token_sources() -> Vec<String> {
+        vec!["authorization".to_owned()]
+    }
+    pub fn max_token_length() -> usize {
+        8 * 1024
+    }
+    pub fn user_claim() -> String {
+        "preferred_username".to_owned()
+    }
+    pub fn email_claim() -> String {
+        "email".to_owned()
+    }
+    pub fn groups_claim() -> String {
+        "groups".to_owned()
+    }
+    pub fn max_header_length() -> usize {
+        2048
+    }
+    pub fn cache_max_entries() -> u64 {
+        100_000
+    }
+    pub fn cache_max_ttl() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn log_filter() -> String {
+        "info,actix_server=warn".to_owned()
+    }
+}
+
+/// Longest clock skew we tolerate: more than this hides a broken clock or lets expired
+/// tokens live on.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+const MAX_CACHE_ENTRIES: u64 = 10_000_000;
+
+impl Settings {
+    /// Reads `path` (YAML or TOML by extension), applies `TOKENGATE__…` overrides from
+    /// `env` (the process environment when `None`) and validates the result.
+    pub fn load(path: &Path, env: Option<HashMap<String, String>>) -> Result<Self, ConfigError> {
+        let file = config::File::from(path).required(true);
+        Self::from_source(file, env)
+    }
+
+    /// Parses settings from a YAML string (the demo and tests use this).
+    pub fn from_yaml(yaml: &str) -> Result<Self, ConfigError> {
+        let source = config::File::from_str(yaml, config::FileFormat::Yaml);
+        Self::from_source(source, Some(HashMap::new()))
+    }
+
+    fn from_source<S>(source: S, env: Option<HashMap<String, String>>) -> Result<Self, ConfigError>
+    where
+        S: config::Source + Send + Sync + 'static,
+    {
+        let environment = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let settings: Settings = config::Config::builder()
+            .add_source(source)
+            .add_source(environment)
+            .build()
+            .and_then(|raw| raw.try_deserialize())
+            .map_err(from_config_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks everything that can be checked without the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(200..=299).contains(&self.success_status) {
+            return Err(ConfigError::new(
+                "success_status",
+                "must be a 2xx status: proxies treat anything else as a denial",
+            ));
+        }
+        if self.issuers.is_empty() {
+            return Err(ConfigError::new(
+                "issuers",
+                "at least one issuer is required",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (index, issuer) in self.issuers.iter().enumerate() {
+            issuer.validate(&format!("issuers[{index}]"))?;
+            if !seen.insert(issuer.issuer.as_str()) {
+                return Err(ConfigError::new(
+                    format!("issuers[{index}].issuer"),
+                    "listed twice",
+                ));
+            }
+        }
+        self.token_sources()?;
+        if !(256..=65_536).contains(&self.token.max_length) {
+            return Err(ConfigError::new(
+                "token.max_length",
+                "must be between 256 and 65536 bytes",
+            ));
+        }
+        for (key, claim) in [
+            ("identity.user_claim", &self.identity.user_claim),
+            ("identity.email_claim", &self.identity.email_claim),
+            ("identity.groups_claim", &self.identity.groups_claim),
+        ] {
+            if claim.is_empty() || claim.split('.').any(str::is_empty) {
+                return Err(ConfigError::new(
+                    key,
+                    "must be a claim name or a dotted path",
+                ));
+            }
+        }
+        if !(64..=16_384).contains(&self.identity.max_header_length) {
+            return Err(ConfigError::new(
+                "identity.max_header_length",
+                "must be between 64 and 16384 bytes",
+            ));
+        }
+        if !(1..=MAX_CACHE_ENTRIES).contains(&self.cache.max_entries) {
+            return Err(ConfigError::new(
+                "cache.max_entries",
+                format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
+            ));
+        }
+        if self.cache.max_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new("cache.max_ttl", "must be at least 1s"));
+        }
+        let http = &self.http_client;
+        if http.connect_timeout.is_zero() || http.timeout.is_zero() {
+            return Err(ConfigError::new(
+                "http_client",
+                "timeouts must be greater than zero",
+            ));
+        }
+        if http.timeout > Duration::from_secs(60) {
+            return Err(ConfigError::new(
+                "http_client.timeout",
+                "must be at most 60s",
+            ));
+        }
+        if let Some(ca_file) = &http.ca_file {
+            let pem = std::fs::read(ca_file).map_err(|e| {
+                ConfigError::new("http_client.ca_file", format!("{}: {e}", ca_file.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ConfigError::new("http_client.ca_file", format!("not a PEM bundle: {e}"))
+            })?;
+            if certs.is_empty() {
+                return Err(ConfigError::new(
+                    "http_client.ca_file",
+                    "holds no certificate",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The parsed token sources, in the order they are tried.
+    pub fn token_sources(&self) -> Result<Vec<TokenSource>, ConfigError> {
+        if self.token.sources.is_empty() {
+            return Err(ConfigError::new(
+                "token.sources",
+                "at least one source is required",
+            ));
+        }
+        self.token
+            .sources
+            .iter()
+            .enumerate()
+            .map(|(index, source)| {
+                TokenSource::from_str(source)
+                    .map_err(|reason| ConfigError::new(format!("token.sources[{index}]"), reason))
+            })
+            .collect()
+    }
+}
+
+impl IssuerSettings {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let issuer_url = Url::parse(&self.issuer)
+            .map_err(|e| ConfigError::new(format!("{key}.issuer"), format!("not a URL: {e}")))?;
+        if !matches!(issuer_url.scheme(), "https" | "http") {
+            return Err(ConfigError::new(
+                format!("{key}.issuer"),
+                "must be an http(s) URL",
+            ));
+        }
+        if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
+            // OpenID Connect Discovery 1.0 §2: the issuer has no query or fragment.
+            return Err(ConfigError::new(
+                format!("{key}.issuer"),
+                "must not have a query or fragment",
+            ));
+        }
+        if let Some(jwks_uri) = &self.jwks_uri {
+            let url = Url::parse(jwks_uri).map_err(|e| {
+                ConfigError::new(format!("{key}.jwks_uri"), format!("not a URL: {e}"))
+            })?;
+            if !matches!(url.scheme(), "https" | "http") {
+                return Err(ConfigError::new(
+                    format!("{key}.jwks_uri"),
+                    "must be an http(s) URL",
+                ));
+            }
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            // Without an audience check, a token minted for any other client of the same
+            // issuer would be accepted here (RFC 9068 §4).
+            return Err(ConfigError::new(
+                format!("{key}.audiences"),
+                "at least one non-empty audience is required",
+            ));
+        }
+        self.parsed_algorithms(key)?;
+        if self.leeway > MAX_LEEWAY {
+            return Err(ConfigError::new(
+                format!("{key}.leeway"),
+                format!("must be at most {}s", MAX_LEEWAY.as_secs()),
+            ));
+        }
+        if let Some(typ) = &self.required_typ {
+            if typ.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("{key}.required_typ"),
+                    "must not be empty",
+                ));
+            }
+        }
+        let keys = &self.keys;
+        if keys.min_refresh_interval < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                format!("{key}.keys.min_refresh_interval"),
+                "must be at least 1s",
+            ));
+        }
+        if keys.refresh_interval < keys.min_refresh_interval {
+            return Err(ConfigError::new(
+                format!("{key}.keys.refresh_interval"),
+                "must be at least keys.min_refresh_interval",
+            ));
+        }
+        if keys.unknown_kid_cooldown < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                format!("{key}.keys.unknown_kid_cooldown"),
+                "must be at least 1s",
+            ));
+        }
+        if keys.max_stale < keys.refresh_interval {
+            return Err(ConfigError::new(
+                format!("{key}.keys.max_stale"),
+                "must be at least keys.refresh_interval",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The allow-list as `jsonwebtoken` algorithms.
+    pub fn parsed_algorithms(&self, key: &str) -> Result<Vec<Algorithm>, ConfigError> {
+        let key = format!("{key}.algorithms");
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::new(key, "at least one algorithm is required"));
+        }
+        self.algorithms
+            .iter()
+            .map(|name| {
+                if name.eq_ignore_ascii_case("none") {
+                    return Err(ConfigError::new(
+                        &key,
+                        "'none' is never allowed: it means unsigned tokens",
+                    ));
+                }
+                Algorithm::from_str(name)
+                    .ok()
+                    .filter(|alg| SUPPORTED_ALGORITHMS.contains(alg))
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            &key,
+                            format!(
+                                "'{name}' is not supported (use RS256/384/512, PS256/384/512, ES256/384 or EdDSA)"
+                            ),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Name used in logs and metric labels.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.issuer)
+    }
+}
+
+/// Turns the `config` crate's error into our one-line form, keeping the key it names.
+fn from_config_error(error: config::ConfigError) -> ConfigError {
+    match &error {
+        config::ConfigError::Type {
+            key: Some(key),
+            unexpected,
+            expected,
+            ..
+        } => ConfigError::new(
+            key.clone(),
+            format!("invalid type: {unexpected}, expected {expected}"),
+        ),
+        config::ConfigError::At {
+            error: inner,
+            key: Some(key),
+            ..
+        } => ConfigError::new(key.clone(), inner.to_string().replace('\n', " ")),
+        config::ConfigError::NotFound(key) => ConfigError::new(key.clone(), "missing"),
+        config::ConfigError::FileParse { uri, cause } => ConfigError::new(
+            uri.clone().unwrap_or_else(|| "file".to_owned()),
+            cause.to_string().replace('\n', " "),
+        ),
+        // serde's own messages name the field (``missing field `issuer` ``): keep them whole.
+        other => ConfigError::new("file", other.to_string().replace('\n', " ")),
+    }
+}

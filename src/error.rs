@@ -1,0 +1,179 @@
+//! One denial type for every way a request can fail. It decides the status, the
+//! `WWW-Authenticate` header, the fixed response body and the reason label used in logs
+//! and metrics. The label comes from a closed enum, never from client input, so metric
+//! cardinality stays bounded and logs cannot be forged.
+
+use std::error::Error as StdError;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+/// Why a request was not allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No token in any configured source.
+    MissingToken,
+    /// Longer than `token.max_length`: refused before any parsing.
+    TokenTooLarge,
+    /// Not a well-formed JWT (segments, base64url, JSON, header).
+    MalformedToken,
+    /// `iss` names no configured issuer (or is missing).
+    UnknownIssuer,
+    /// The token's `alg` is not in the issuer's allow-list or does not fit the key.
+    AlgorithmNotAllowed,
+    /// No key with the token's `kid`, even after a refetch.
+    UnknownKey,
+    /// The JOSE `typ` header is not the required one.
+    WrongTokenType,
+    /// The signature does not verify.
+    BadSignature,
+    /// `exp` is in the past (beyond the leeway).
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    NotYetValid,
+    /// `aud` holds none of the configured audiences.
+    WrongAudience,
+    /// A required claim is missing or has the wrong type.
+    InvalidClaims,
+    /// The issuer's keys were never loaded, or are too stale to trust: no verdict.
+    KeysUnavailable,
+}
+
+impl Reason {
+    /// Every reason, for pre-registering one metric series per reason.
+    pub const ALL: [Reason; 13] = [
+        Reason::MissingToken,
+        Reason::TokenTooLarge,
+        Reason::MalformedToken,
+        Reason::UnknownIssuer,
+        Reason::AlgorithmNotAllowed,
+        Reason::UnknownKey,
+        Reason::WrongTokenType,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongAudience,
+        Reason::InvalidClaims,
+        Reason::KeysUnavailable,
+    ];
+
+    /// Stable label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingToken => "missing_token",
+            Reason::TokenTooLarge => "token_too_large",
+            Reason::MalformedToken => "malformed_token",
+            Reason::UnknownIssuer => "unknown_issuer",
+            Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Reason::UnknownKey => "unknown_key",
+            Reason::WrongTokenType => "wrong_token_type",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::InvalidClaims => "invalid_claims",
+            Reason::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// Position in [`Reason::ALL`], for array-indexed metric handles.
+    pub fn index(self) -> usize {
+        Reason::ALL
+            .iter()
+            .position(|reason| *reason == self)
+            .unwrap_or_default()
+    }
+
+    /// HTTP status for this reason.
+    pub fn status(self) -> StatusCode {
+        match self {
+            // No verdict is possible: 503, which nginx turns into a 500, so the request
+            // fails closed instead of being let through.
+            Reason::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// RFC 6750 §3.1 error code: none when no token was sent (§3.1: "the resource server
+    /// SHOULD NOT include an error code" then), `invalid_token` for any bad token.
+    fn bearer_error(self) -> Option<&'static str> {
+        match self {
+            Reason::MissingToken => None,
+            Reason::KeysUnavailable => None,
+            _ => Some("invalid_token"),
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A denial, with the underlying library error kept for debug logs only.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct AuthError {
+    pub reason: Reason,
+    #[source]
+    pub source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl AuthError {
+    pub fn new(reason: Reason) -> Self {
+        Self {
+            reason,
+            source: None,
+        }
+    }
+
+    pub fn with_source(reason: Reason, source: impl StdError + Send + Sync + 'static) -> Self {
+        Self {
+            reason,
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl From<Reason> for AuthError {
+    fn from(reason: Reason) -> Self {
+        AuthError::new(reason)
+    }
+}
+
+impl ResponseError for AuthError {
+    fn status_code(&self) -> StatusCode {
+        self.reason.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        response.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ));
+        // Tell a caching proxy (ingress-nginx `auth-cache-key`) never to keep a denial.
+        response.insert_header(("x-accel-expires", HeaderValue::from_static("0")));
+        match self.reason.bearer_error() {
+            Some(_) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+                ));
+                // Fixed, tiny body: never the token, never a library message.
+                response.body(r#"{"error":"invalid_token"}"#)
+            }
+            None if self.reason == Reason::KeysUnavailable => {
+                response.body(r#"{"error":"temporarily_unavailable"}"#)
+            }
+            None => {
+                response
+                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+                response.body(r#"{"error":"unauthorized"}"#)
+            }
+        }
+    }
+}

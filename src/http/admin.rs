@@ -1,0 +1,52 @@
+//! The admin listener: liveness, readiness and metrics, kept off the proxy-facing port.
+
+use std::sync::atomic::Ordering;
+
+use actix_web::{web, HttpResponse};
+use prometheus::{Encoder, TextEncoder};
+
+use super::AppState;
+
+/// Alive while the process serves requests.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+/// Ready once every issuer's keys are loaded, and not while shutting down.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.shutting_down.load(Ordering::Acquire) {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("shutting down\n");
+    }
+    let pending: Vec<&str> = state
+        .verifier
+        .key_stores()
+        .enumerate()
+        .filter(|(_, keys)| !keys.is_ready())
+        .map(|(index, _)| state.verifier.issuer_name(index))
+        .collect();
+    if pending.is_empty() {
+        HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n")
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("keys not loaded: {}\n", pending.join(", ")))
+    }
+}
+
+/// Prometheus text exposition of the registry passed to the application.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let mut buffer = Vec::new();
+    match TextEncoder::new().encode(&state.registry.gather(), &mut buffer) {
+        Ok(()) => HttpResponse::Ok()
+            .content_type(prometheus::TEXT_FORMAT)
+            .body(buffer),
+        Err(error) => {
+            tracing::error!(%error, "metrics encoding failed");
+            HttpResponse::InternalServerError().finish()
+        }
+    }
+}

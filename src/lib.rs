@@ -1,0 +1,30 @@
+//! tokengate: a fast ext-auth token verifier for nginx `auth_request`, Traefik
+//! `forwardAuth` and Envoy `ext_authz`. It reads the client's bearer token, verifies it
+//! against the configured issuers' keys, and answers 2xx with identity headers, or
+//! 401/403/503. It keeps no session and shows no login page.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings file + `TOKENGATE__…` overrides, validated at start-up;
+//! - [`startup`]: [`startup::Application`] binds both listeners and runs them;
+//! - [`telemetry`]: the tracing subscriber;
+//! - [`error`]: the one denial type → status, `WWW-Authenticate`, reason label;
+//! - [`metrics`]: typed Prometheus handles in a registry passed in;
+//! - [`http`]: thin handlers for `/auth` and the admin listener;
+//! - [`request`]: where the token is in the proxy's request;
+//! - [`identity`]: claims → sanitised identity headers;
+//! - [`verify`]: the verifier: cache, JWT validation, key stores;
+//! - [`demo`]: the embedded demo issuer behind `tokengate demo`.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod request;
+pub mod startup;
+pub mod telemetry;
+pub mod verify;

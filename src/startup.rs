@@ -1,0 +1,199 @@
+//! Builds the application from validated settings: HTTP client, verifier, first key
+//! fetch, background refreshers and both listeners. Binding to port 0 works, and the
+//! bound ports are exposed for tests.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use prometheus::Registry;
+use tokio::task::JoinHandle;
+
+use crate::config::{ConfigError, HttpClientSettings, Settings};
+use crate::http::{admin, auth, AppState};
+use crate::metrics::Metrics;
+use crate::verify::Verifier;
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {address}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP client setup failed")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("metrics registration failed")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A built, bound, not yet running application.
+pub struct Application {
+    auth_server: Server,
+    admin_server: Server,
+    port: u16,
+    admin_port: u16,
+    state: web::Data<AppState>,
+    refreshers: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Builds with a fresh metrics registry.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_registry(settings, Registry::new()).await
+    }
+
+    /// Builds with the given registry, so that tests can read the metrics.
+    pub async fn build_with_registry(
+        settings: Settings,
+        registry: Registry,
+    ) -> Result<Self, StartupError> {
+        settings.validate()?;
+        let client = http_client(&settings.http_client)?;
+        let issuer_names: Vec<String> = settings
+            .issuers
+            .iter()
+            .map(|issuer| issuer.display_name().to_owned())
+            .collect();
+        let metrics = Arc::new(Metrics::new(&registry, &issuer_names)?);
+        let verifier = Verifier::new(&settings, client, metrics.clone())?;
+        let refreshers = start_key_refreshers(&verifier).await;
+
+        let listener = bind(&settings.listen.to_string())?;
+        let admin_listener = bind(&settings.admin_listen.to_string())?;
+        let port = listener.local_addr()?.port();
+        let admin_port = admin_listener.local_addr()?.port();
+
+        let success_status = StatusCode::from_u16(settings.success_status)
+            .map_err(|_| ConfigError::new("success_status", "not an HTTP status"))?;
+        let state = web::Data::new(AppState {
+            verifier,
+            metrics,
+            registry,
+            success_status,
+            shutting_down: AtomicBool::new(false),
+        });
+
+        let workers = settings
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+        let auth_state = state.clone();
+        let auth_server = HttpServer::new(move || {
+            App::new()
+                .app_data(auth_state.clone())
+                .route("/auth", web::route().to(auth::auth))
+                .default_service(web::to(HttpResponse::NotFound))
+        })
+        .workers(workers)
+        .listen(listener)?
+        .run();
+        let admin_state = state.clone();
+        let admin_server = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_state.clone())
+                .route("/healthz", web::get().to(admin::healthz))
+                .route("/readyz", web::get().to(admin::readyz))
+                .route("/metrics", web::get().to(admin::metrics))
+        })
+        .workers(1)
+        .listen(admin_listener)?
+        .run();
+
+        Ok(Self {
+            auth_server,
+            admin_server,
+            port,
+            admin_port,
+            state,
+            refreshers,
+        })
+    }
+
+    /// Port of the auth listener.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Port of the admin listener.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// Shared state, for tests and the demo.
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until both listeners stop (SIGTERM/SIGINT), then stops the refreshers.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let auth_handle = self.auth_server.handle();
+        let admin_handle = self.admin_server.handle();
+        let state = self.state.clone();
+        let auth = self.auth_server;
+        let admin = self.admin_server;
+        let result = tokio::select! {
+            result = auth => { admin_handle.stop(true).await; result }
+            result = admin => { auth_handle.stop(true).await; result }
+        };
+        state.shutting_down.store(true, Ordering::Release);
+        for refresher in &self.refreshers {
+            refresher.abort();
+        }
+        result
+    }
+}
+
+/// Fetches every issuer's keys once, concurrently, then leaves one refresher per issuer
+/// running. Start-up waits for the first attempt (bounded by the client's timeouts) so
+/// that a healthy deployment is ready as soon as it listens.
+async fn start_key_refreshers(verifier: &Verifier) -> Vec<JoinHandle<()>> {
+    let mut first_fetches = tokio::task::JoinSet::new();
+    for store in verifier.key_stores().cloned() {
+        first_fetches.spawn(async move {
+            let first = store.refresh().await.map_err(|_| ());
+            (store, first)
+        });
+    }
+    let mut refreshers = Vec::new();
+    while let Some(joined) = first_fetches.join_next().await {
+        if let Ok((store, first)) = joined {
+            refreshers.push(tokio::spawn(store.run_refresher(first)));
+        }
+    }
+    refreshers
+}
+
+fn bind(address: &str) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(address).map_err(|source| StartupError::Bind {
+        address: address.to_owned(),
+        source,
+    })
+}
+
+/// The one outbound client: bounded timeouts, no redirects (keys come only from the
+/// configured or discovered URL), optional extra CA bundle.
+fn http_client(settings: &HttpClientSettings) -> Result<reqwest::Client, StartupError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(settings.connect_timeout)
+        .timeout(settings.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca_file) = &settings.ca_file {
+        let pem = std::fs::read(ca_file).map_err(|e| {
+            ConfigError::new("http_client.ca_file", format!("{}: {e}", ca_file.display()))
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ConfigError::new("http_client.ca_file", e.to_string()))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(StartupError::HttpClient)
+}

@@ -1,0 +1,552 @@
+//! The key store of one issuer: discovery, JWKS fetch and parsing, background refresh,
+//! and the rate-limited refetch for unknown `kid`s.
+//!
+//! Requests read the current key set through an atomically swapped `Arc` and never wait
+//! on a refresh, except the one request that carries a `kid` we have not seen, which waits
+//! for (at most) one coalesced fetch.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use serde_json::Value;
+use url::Url;
+
+use crate::config::{IssuerSettings, KeyRefreshSettings};
+use crate::metrics::Metrics;
+
+/// Largest discovery document or JWKS we accept: real ones are a few KiB.
+const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+/// Most keys kept from one JWKS; bounds the work for a token without `kid`.
+const MAX_KEYS: usize = 64;
+/// RSA keys below this size are too weak to trust (NIST SP 800-57).
+const MIN_RSA_BITS: usize = 2048;
+/// First retry delay after a failed fetch; doubles up to the refresh interval.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+/// Why a discovery or JWKS fetch failed. The last good keys stay in use.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("request to {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} sent more than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge { url: String },
+    #[error("{url} sent invalid JSON")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("discovery document names issuer {found:?}, not the configured one")]
+    IssuerMismatch { found: String },
+    #[error("discovery document has an invalid jwks_uri")]
+    BadJwksUri,
+    #[error("JWKS holds no usable signing key")]
+    NoUsableKeys,
+}
+
+/// A public key from the JWKS, ready to verify, with the algorithms it may verify.
+pub struct VerifyingKey {
+    pub kid: Option<String>,
+    /// Algorithms this key may be used with: its own `alg` if it names one, else every
+    /// allowed algorithm of its `kty`/`crv`. Never outside the issuer's allow-list.
+    pub algorithms: Vec<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl VerifyingKey {
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        self.algorithms.contains(&alg)
+    }
+}
+
+/// One parsed JWKS, swapped in whole.
+pub struct KeySet {
+    by_kid: HashMap<String, Arc<VerifyingKey>>,
+    all: Vec<Arc<VerifyingKey>>,
+    fetched_at: Instant,
+}
+
+impl KeySet {
+    /// Parses a JWKS, keeping only keys that are safe to verify with. Keys that are
+    /// ignored are logged at debug level with the reason.
+    pub fn parse(body: &[u8], allowed: &[Algorithm]) -> Result<KeySet, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct RawSet {
+            keys: Vec<Value>,
+        }
+        let raw: RawSet = serde_json::from_slice(body)?;
+        let mut set = KeySet {
+            by_kid: HashMap::new(),
+            all: Vec::new(),
+            fetched_at: Instant::now(),
+        };
+        for raw_key in raw.keys.iter().take(MAX_KEYS) {
+            match usable_key(raw_key, allowed) {
+                Ok(key) => {
+                    let key = Arc::new(key);
+                    if let Some(kid) = &key.kid {
+                        set.by_kid.insert(kid.clone(), key.clone());
+                    }
+                    set.all.push(key);
+                }
+                Err(why) => {
+                    let kid = raw_key.get("kid").and_then(Value::as_str).unwrap_or("");
+                    tracing::debug!(kid, why, "JWKS key ignored");
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// The key with this `kid`.
+    pub fn get(&self, kid: &str) -> Option<&Arc<VerifyingKey>> {
+        self.by_kid.get(kid)
+    }
+
+    /// Keys that may verify `alg`, for a token without `kid`.
+    pub fn candidates(&self, alg: Algorithm) -> impl Iterator<Item = &Arc<VerifyingKey>> {
+        self.all.iter().filter(move |key| key.allows(alg))
+    }
+
+    fn kids(&self) -> impl Iterator<Item = &String> {
+        self.by_kid.keys()
+    }
+}
+
+/// Decides whether one JWK may be used, and for which algorithms.
+fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'static str> {
+    const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+    if PRIVATE_MEMBERS
+        .iter()
+        .any(|member| raw.get(member).is_some())
+    {
+        // A published private key (or a symmetric secret) is compromised by definition.
+        return Err("holds private key material");
+    }
+    if let Some(key_use) = raw.get("use") {
+        if key_use.as_str() != Some("sig") {
+            return Err("not a signature key (use)");
+        }
+    }
+    if let Some(ops) = raw.get("key_ops") {
+        let verifies = ops
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|op| op.as_str() == Some("verify")));
+        if !verifies {
+            return Err("not a verification key (key_ops)");
+        }
+    }
+    let kty = raw.get("kty").and_then(Value::as_str).unwrap_or("");
+    let crv = raw.get("crv").and_then(Value::as_str).unwrap_or("");
+    let family: &[Algorithm] = match (kty, crv) {
+        ("RSA", _) => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        ("EC", "P-256") => &[Algorithm::ES256],
+        ("EC", "P-384") => &[Algorithm::ES384],
+        ("OKP", "Ed25519") => &[Algorithm::EdDSA],
+        _ => return Err("unsupported kty/crv"),
+    };
+    let algorithms: Vec<Algorithm> = match raw.get("alg") {
+        Some(alg) => {
+            let alg = alg
+                .as_str()
+                .and_then(|name| Algorithm::from_str(name).ok())
+                .ok_or("unknown alg")?;
+            if !family.contains(&alg) {
+                return Err("alg does not match kty");
+            }
+            vec![alg]
+        }
+        None => family.to_vec(),
+    };
+    let algorithms: Vec<Algorithm> = algorithms
+        .into_iter()
+        .filter(|alg| allowed.contains(alg))
+        .collect();
+    if algorithms.is_empty() {
+        return Err("no allowed algorithm");
+    }
+    if kty == "RSA" {
+        let modulus = raw
+            .get("n")
+            .and_then(Value::as_str)
+            .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok())
+            .ok_or("bad modulus")?;
+        let significant = modulus.iter().skip_while(|byte| **byte == 0).count();
+        if significant * 8 < MIN_RSA_BITS {
+            return Err("RSA key shorter than 2048 bits");
+        }
+    }
+    let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|_| "unparseable JWK")?;
+    let key = DecodingKey::from_jwk(&jwk).map_err(|_| "unusable key material")?;
+    Ok(VerifyingKey {
+        kid: raw.get("kid").and_then(Value::as_str).map(str::to_owned),
+        algorithms,
+        key,
+    })
+}
+
+/// Where the JWKS lives: configured, or learned once from discovery.
+enum JwksLocation {
+    Configured(Url),
+    Discover { discovered: Option<Url> },
+}
+
+/// What a successful fetch tells the refresher.
+pub struct Refreshed {
+    /// `Cache-Control: max-age` of the JWKS response.
+    pub max_age: Option<Duration>,
+}
+
+/// The keys of one issuer.
+pub struct KeyStore {
+    issuer: String,
+    name: String,
+    index: usize,
+    algorithms: Vec<Algorithm>,
+    timing: KeyRefreshSettings,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    current: ArcSwapOption<KeySet>,
+    /// Bumped whenever a refresh withdraws a key: cached verdicts made with an older
+    /// generation are dropped, so a withdrawn key stops vouching for tokens at once.
+    withdrawal_generation: AtomicU64,
+    /// Serialises fetches (one at a time per issuer) and holds the discovered JWKS URL.
+    fetch_lock: tokio::sync::Mutex<JwksLocation>,
+    /// When the last unknown-`kid` refetch started: the cooldown is counted from here.
+    last_unknown_kid_fetch: Mutex<Option<Instant>>,
+}
+
+impl KeyStore {
+    pub fn new(
+        index: usize,
+        settings: &IssuerSettings,
+        jwks_uri: Option<Url>,
+        algorithms: Vec<Algorithm>,
+        client: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let location = match jwks_uri {
+            Some(url) => JwksLocation::Configured(url),
+            None => JwksLocation::Discover { discovered: None },
+        };
+        Self {
+            issuer: settings.issuer.clone(),
+            name: settings.display_name().to_owned(),
+            index,
+            algorithms,
+            timing: settings.keys.clone(),
+            client,
+            metrics,
+            current: ArcSwapOption::empty(),
+            withdrawal_generation: AtomicU64::new(0),
+            fetch_lock: tokio::sync::Mutex::new(location),
+            last_unknown_kid_fetch: Mutex::new(None),
+        }
+    }
+
+    /// The keys to verify with, unless they were never loaded or are older than
+    /// `max_stale` (then no verdict is possible).
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.current
+            .load_full()
+            .filter(|set| set.fetched_at.elapsed() <= self.timing.max_stale)
+    }
+
+    /// Ready once keys are loaded and not too stale.
+    pub fn is_ready(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Seconds since the keys in use were fetched, if any were.
+    pub fn key_age(&self) -> Option<Duration> {
+        self.current
+            .load()
+            .as_ref()
+            .map(|set| set.fetched_at.elapsed())
+    }
+
+    pub fn withdrawal_generation(&self) -> u64 {
+        self.withdrawal_generation.load(Ordering::Acquire)
+    }
+
+    /// Fetches the JWKS (after discovery if needed) and swaps it in.
+    pub async fn refresh(&self) -> Result<Refreshed, FetchError> {
+        let mut location = self.fetch_lock.lock().await;
+        self.refresh_locked(&mut location).await
+    }
+
+    async fn refresh_locked(&self, location: &mut JwksLocation) -> Result<Refreshed, FetchError> {
+        let result = self.fetch(location).await;
+        match &result {
+            Ok(refreshed) => {
+                self.metrics.jwks_fetch(self.index, true);
+                let count = self.current.load().as_ref().map_or(0, |set| set.len());
+                tracing::debug!(issuer = %self.name, keys = count, max_age = ?refreshed.max_age, "JWKS refreshed");
+            }
+            Err(error) => {
+                self.metrics.jwks_fetch(self.index, false);
+                tracing::warn!(issuer = %self.name, error = %error, cause = ?std::error::Error::source(error).map(ToString::to_string), "JWKS refresh failed; keeping the last good keys");
+            }
+        }
+        result
+    }
+
+    async fn fetch(&self, location: &mut JwksLocation) -> Result<Refreshed, FetchError> {
+        let jwks_uri = match location {
+            JwksLocation::Configured(url) => url.clone(),
+            JwksLocation::Discover {
+                discovered: Some(url),
+            } => url.clone(),
+            JwksLocation::Discover { discovered } => {
+                let url = self.discover().await?;
+                *discovered = Some(url.clone());
+                url
+            }
+        };
+        let (body, max_age) = self.get_bounded(&jwks_uri).await?;
+        let set = KeySet::parse(&body, &self.algorithms).map_err(|source| FetchError::Json {
+            url: jwks_uri.to_string(),
+            source,
+        })?;
+        if set.is_empty() {
+            return Err(FetchError::NoUsableKeys);
+        }
+        let previous = self.current.swap(Some(Arc::new(set)));
+        if let (Some(previous), Some(current)) = (previous, self.current.load_full()) {
+            let withdrawn = previous.kids().any(|kid| current.get(kid).is_none());
+            if withdrawn {
+                self.withdrawal_generation.fetch_add(1, Ordering::AcqRel);
+                tracing::info!(issuer = %self.name, "a signing key was withdrawn; cached verdicts of this issuer dropped");
+            }
+        }
+        Ok(Refreshed { max_age })
+    }
+
+    /// OpenID Connect Discovery 1.0 §4: the document's `issuer` must be identical to the
+    /// configured one, or an attacker-controlled document could substitute its own keys.
+    async fn discover(&self) -> Result<Url, FetchError> {
+        #[derive(Deserialize)]
+        struct Discovery {
+            issuer: String,
+            jwks_uri: String,
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let url = Url::parse(&url).map_err(|_| FetchError::BadJwksUri)?;
+        let (body, _) = self.get_bounded(&url).await?;
+        let document: Discovery =
+            serde_json::from_slice(&body).map_err(|source| FetchError::Json {
+                url: url.to_string(),
+                source,
+            })?;
+        if document.issuer != self.issuer {
+            return Err(FetchError::IssuerMismatch {
+                found: document.issuer,
+            });
+        }
+        let jwks_uri = Url::parse(&document.jwks_uri).map_err(|_| FetchError::BadJwksUri)?;
+        if !matches!(jwks_uri.scheme(), "https" | "http") {
+            return Err(FetchError::BadJwksUri);
+        }
+        Ok(jwks_uri)
+    }
+
+    /// GET with a size cap, returning the body and the response's `max-age`.
+    async fn get_bounded(&self, url: &Url) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
+        let http_error = |source| FetchError::Http {
+            url: url.to_string(),
+            source,
+        };
+        let mut response = self
+            .client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(http_error)?;
+        if !response.status().is_success() {
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status: response.status().as_u16(),
+            });
+        }
+        let max_age = response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_max_age);
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_DOCUMENT_BYTES as u64)
+        {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+            });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(http_error)? {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                return Err(FetchError::TooLarge {
+                    url: url.to_string(),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, max_age))
+    }
+
+    /// Looks a `kid` up after at most one refetch per cooldown. Concurrent callers queue on
+    /// the fetch lock and then find the key the first one fetched; callers inside the
+    /// cooldown get no fetch at all.
+    pub async fn find_after_refetch(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
+        let mut location = self.fetch_lock.lock().await;
+        if let Some(key) = self.current().and_then(|set| set.get(kid).cloned()) {
+            return Some(key);
+        }
+        {
+            let mut last = self
+                .last_unknown_kid_fetch
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if last.is_some_and(|at| at.elapsed() < self.timing.unknown_kid_cooldown) {
+                return None;
+            }
+            *last = Some(Instant::now());
+        }
+        tracing::info!(issuer = %self.name, "token with an unknown kid; refetching the JWKS");
+        self.refresh_locked(&mut location).await.ok()?;
+        self.current().and_then(|set| set.get(kid).cloned())
+    }
+
+    /// Refreshes forever: on success after the response's `max-age` clamped to the
+    /// configured bounds, on failure with exponential backoff.
+    pub async fn run_refresher(self: Arc<Self>, first: Result<Refreshed, ()>) {
+        let mut last = first;
+        let mut retry = FIRST_RETRY;
+        loop {
+            let wait = match &last {
+                Ok(refreshed) => {
+                    retry = FIRST_RETRY;
+                    self.next_refresh(refreshed.max_age)
+                }
+                Err(()) => {
+                    let wait = retry;
+                    retry = (retry * 2).min(self.timing.refresh_interval);
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+            last = self.refresh().await.map_err(|_| ());
+        }
+    }
+
+    fn next_refresh(&self, max_age: Option<Duration>) -> Duration {
+        max_age.unwrap_or(self.timing.refresh_interval).clamp(
+            self.timing.min_refresh_interval,
+            self.timing.refresh_interval,
+        )
+    }
+}
+
+fn parse_max_age(cache_control: &str) -> Option<Duration> {
+    cache_control
+        .split(',')
+        .filter_map(|directive| directive.trim().strip_prefix("max-age="))
+        .find_map(|seconds| seconds.trim_matches('"').parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ALL: &[Algorithm] = crate::config::SUPPORTED_ALGORITHMS;
+
+    fn rsa_jwk(bits: usize) -> Value {
+        let mut modulus = vec![0xC5u8; bits / 8];
+        modulus[bits / 8 - 1] = 0x01;
+        json!({"kty": "RSA", "kid": "r", "n": URL_SAFE_NO_PAD.encode(modulus), "e": "AQAB"})
+    }
+
+    #[test]
+    fn rsa_key_without_alg_serves_every_allowed_rsa_algorithm() {
+        let key = usable_key(&rsa_jwk(2048), &[Algorithm::RS256, Algorithm::ES256]).unwrap();
+        assert_eq!(key.algorithms, [Algorithm::RS256]);
+    }
+
+    #[test]
+    fn short_rsa_keys_are_ignored() {
+        assert!(usable_key(&rsa_jwk(1024), ALL).is_err());
+    }
+
+    #[test]
+    fn encryption_and_private_keys_are_ignored() {
+        let mut enc = rsa_jwk(2048);
+        enc["use"] = json!("enc");
+        assert!(usable_key(&enc, ALL).is_err());
+        let mut private = rsa_jwk(2048);
+        private["d"] = json!("AAAA");
+        assert!(usable_key(&private, ALL).is_err());
+        let secret = json!({"kty": "oct", "k": "c2VjcmV0"});
+        assert!(usable_key(&secret, ALL).is_err());
+    }
+
+    #[test]
+    fn alg_must_match_kty() {
+        let mut key = rsa_jwk(2048);
+        key["alg"] = json!("ES256");
+        assert!(usable_key(&key, ALL).is_err());
+        key["alg"] = json!("HS256");
+        assert!(usable_key(&key, ALL).is_err());
+    }
+
+    #[test]
+    fn one_bad_key_does_not_spoil_the_set() {
+        let body = json!({"keys": [{"kty": "weird"}, rsa_jwk(2048)]}).to_string();
+        let set = KeySet::parse(body.as_bytes(), ALL).unwrap();
+        assert_eq!(set.len(), 1);
+        assert!(set.get("r").is_some());
+    }
+
+    #[test]
+    fn max_age() {
+        assert_eq!(
+            parse_max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(parse_max_age("no-cache"), None);
+    }
+}

@@ -1,0 +1,158 @@
+//! The verifier that handlers call: token → verified identity, or a denial.
+//!
+//! - [`cache`]: verified tokens keyed by SHA-256, bounded, never past `exp`;
+//! - [`jwt`]: header checks, key choice, signature and claims for one issuer;
+//! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown.
+
+pub mod cache;
+pub mod jwks;
+pub mod jwt;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_web::http::header::HeaderMap;
+use url::Url;
+
+use crate::config::{ConfigError, Settings};
+use crate::error::{AuthError, Reason};
+use crate::identity::IdentityMapping;
+use crate::metrics::Metrics;
+use crate::request::{extract_token, looks_like_jwt, TokenSource};
+use cache::{token_hash, unix_now, TokenCache, VerifiedToken};
+use jwks::KeyStore;
+use jwt::{peek_issuer, Issuer};
+
+/// A verdict to allow, with what it was based on.
+pub struct Allowed {
+    pub token: Arc<VerifiedToken>,
+    /// True when the verdict came from the cache without any crypto.
+    pub cache_hit: bool,
+}
+
+/// Shared by all workers: one cache, one key store per issuer.
+pub struct Verifier {
+    issuers: Vec<Issuer>,
+    by_iss: HashMap<String, usize>,
+    cache: TokenCache,
+    identity: IdentityMapping,
+    sources: Vec<TokenSource>,
+    max_token_length: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Verifier {
+    /// Builds the verifier; keys are not fetched yet (see [`Verifier::key_stores`]).
+    pub fn new(
+        settings: &Settings,
+        client: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConfigError> {
+        let mut issuers = Vec::with_capacity(settings.issuers.len());
+        let mut by_iss = HashMap::new();
+        for (index, issuer) in settings.issuers.iter().enumerate() {
+            let key = format!("issuers[{index}]");
+            let algorithms = issuer.parsed_algorithms(&key)?;
+            let jwks_uri = issuer
+                .jwks_uri
+                .as_deref()
+                .map(Url::parse)
+                .transpose()
+                .map_err(|e| ConfigError::new(format!("{key}.jwks_uri"), e.to_string()))?;
+            let keys = Arc::new(KeyStore::new(
+                index,
+                issuer,
+                jwks_uri,
+                algorithms.clone(),
+                client.clone(),
+                metrics.clone(),
+            ));
+            issuers.push(Issuer::new(index, issuer, &algorithms, keys));
+            by_iss.insert(issuer.issuer.clone(), index);
+        }
+        Ok(Self {
+            issuers,
+            by_iss,
+            cache: TokenCache::new(settings.cache.max_entries, settings.cache.max_ttl),
+            identity: IdentityMapping::new(&settings.identity),
+            sources: settings.token_sources()?,
+            max_token_length: settings.token.max_length,
+            metrics,
+        })
+    }
+
+    /// Every issuer's key store, for the background refreshers and readiness.
+    pub fn key_stores(&self) -> impl Iterator<Item = &Arc<KeyStore>> {
+        self.issuers.iter().map(|issuer| &issuer.keys)
+    }
+
+    /// Ready when every issuer has usable keys.
+    pub fn is_ready(&self) -> bool {
+        self.key_stores().all(|keys| keys.is_ready())
+    }
+
+    /// The configured name of issuer `index`.
+    pub fn issuer_name(&self, index: usize) -> &str {
+        self.issuers
+            .get(index)
+            .map_or("", |issuer| issuer.name.as_str())
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    /// Finds the token in the request and verifies it.
+    pub async fn verify_request(&self, headers: &HeaderMap) -> Result<Allowed, AuthError> {
+        let token = extract_token(headers, &self.sources, self.max_token_length)?;
+        self.verify_token(token).await
+    }
+
+    /// Verifies one token: cache first, then the full check.
+    pub async fn verify_token(&self, token: &str) -> Result<Allowed, AuthError> {
+        if token.len() > self.max_token_length {
+            return Err(Reason::TokenTooLarge.into());
+        }
+        let hash = token_hash(token);
+        let now = unix_now();
+        if let Some(cached) = self.cache.get(&hash, now) {
+            let issuer = &self.issuers[cached.issuer];
+            if cached.key_generation == issuer.keys.withdrawal_generation() {
+                self.metrics.cache_lookup(true);
+                return Ok(Allowed {
+                    token: cached,
+                    cache_hit: true,
+                });
+            }
+            self.cache.remove(&hash);
+        }
+        self.metrics.cache_lookup(false);
+
+        if !looks_like_jwt(token) {
+            return Err(Reason::MalformedToken.into());
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))?;
+        let iss = peek_issuer(token)?;
+        // The issuer is chosen by exact string match on `iss`: no normalisation (a
+        // trailing slash is a different issuer), and nothing named in the token is fetched.
+        let issuer = self
+            .by_iss
+            .get(&iss)
+            .map(|index| &self.issuers[*index])
+            .ok_or(Reason::UnknownIssuer)?;
+        let key_generation = issuer.keys.withdrawal_generation();
+        let verified = issuer.verify(token, &header).await?;
+        let token = Arc::new(VerifiedToken {
+            issuer: issuer.index,
+            expires_at: verified.expires_at,
+            key_generation,
+            identity: self.identity.identity(&verified.claims),
+        });
+        self.cache.insert(hash, token.clone());
+        Ok(Allowed {
+            token,
+            cache_hit: false,
+        })
+    }
+}
