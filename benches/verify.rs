@@ -1,1 +1,113 @@
-fn main() {}
+//! Micro-benchmarks of the request path: token extraction, full verification per
+//! algorithm (cache miss), the verified-token cache hit, and identity-header building.
+//!
+//! `cargo bench` runs them; compare numbers within one run only.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use actix_web::http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
+use jsonwebtoken::Algorithm;
+use prometheus::Registry;
+use serde_json::{json, Value};
+use tokengate::config::Settings;
+use tokengate::demo::{jwks_document, SigningKey};
+use tokengate::identity::IdentityMapping;
+use tokengate::metrics::Metrics;
+use tokengate::request::{extract_token, TokenSource};
+use tokengate::verify::cache::{token_hash, unix_now};
+use tokengate::verify::Verifier;
+
+const ISSUER: &str = "https://sso.example.com/realms/main";
+
+fn claims() -> Value {
+    let now = unix_now();
+    json!({
+        "iss": ISSUER, "sub": "f3b1c2d4-0000-4000-8000-000000000001", "aud": "orders-api",
+        "iat": now, "exp": now + 3600, "preferred_username": "alice",
+        "email": "alice@example.com", "groups": ["admins", "developers", "ops"],
+        "scope": "openid profile email orders:read",
+    })
+}
+
+/// A verifier whose keys are loaded from a JWKS document, without any network.
+fn verifier(keys: &[&SigningKey]) -> Verifier {
+    let settings = Settings::from_yaml(&format!(
+        "issuers:\n  - issuer: {ISSUER}\n    audiences: [orders-api]\n    algorithms: [RS256, PS256, ES256, EdDSA]\n"
+    ))
+    .expect("settings");
+    let metrics = Arc::new(Metrics::new(&Registry::new(), &["bench".to_owned()]).expect("metrics"));
+    let verifier = Verifier::new(&settings, reqwest::Client::new(), metrics).expect("verifier");
+    let jwks = jwks_document(keys.iter().copied()).to_string();
+    for store in verifier.key_stores() {
+        store.load_jwks(jwks.as_bytes()).expect("keys");
+    }
+    verifier
+}
+
+fn benches(c: &mut Criterion) {
+    let keys: Vec<SigningKey> = [
+        (Algorithm::RS256, "rs256"),
+        (Algorithm::PS256, "ps256"),
+        (Algorithm::ES256, "es256"),
+        (Algorithm::EdDSA, "eddsa"),
+    ]
+    .into_iter()
+    .map(|(alg, kid)| SigningKey::generate(alg, kid))
+    .collect();
+    let verifier = verifier(&keys.iter().collect::<Vec<_>>());
+
+    let token = keys[0].sign(&claims());
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    c.bench_function("extract_token", |b| {
+        b.iter(|| {
+            extract_token(black_box(&headers), &[TokenSource::Authorization], 8192)
+                .unwrap()
+                .len()
+        })
+    });
+
+    let mut group = c.benchmark_group("verify_miss");
+    for key in &keys {
+        let token = key.sign(&claims());
+        let hash = token_hash(&token);
+        group.bench_function(format!("{:?}", key.alg), |b| {
+            b.iter(|| {
+                let allowed = verifier
+                    .verify_token(black_box(&token))
+                    .now_or_never()
+                    .expect("no waiting on the request path")
+                    .expect("valid token");
+                verifier.cache().remove(&hash);
+                allowed
+            })
+        });
+    }
+    group.finish();
+
+    let token = keys[0].sign(&claims());
+    c.bench_function("verify_cache_hit", |b| {
+        b.iter(|| {
+            verifier
+                .verify_token(black_box(&token))
+                .now_or_never()
+                .expect("no waiting on the request path")
+                .expect("valid token")
+        })
+    });
+
+    let mapping = IdentityMapping::new(&Default::default());
+    let claims = claims();
+    c.bench_function("identity_headers", |b| {
+        b.iter(|| mapping.identity(black_box(&claims)))
+    });
+}
+
+criterion_group!(verify, benches);
+criterion_main!(verify);

@@ -51,6 +51,8 @@ pub enum FetchError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("JWKS is not a valid key set document")]
+    InvalidJwks(#[source] serde_json::Error),
     #[error("discovery document names issuer {found:?}, not the configured one")]
     IssuerMismatch { found: String },
     #[error("discovery document has an invalid jwks_uri")]
@@ -334,13 +336,18 @@ impl KeyStore {
             }
         };
         let (body, max_age) = self.get_bounded(&jwks_uri).await?;
-        let set = KeySet::parse(&body, &self.algorithms).map_err(|source| FetchError::Json {
-            url: jwks_uri.to_string(),
-            source,
-        })?;
+        self.load_jwks(&body)?;
+        Ok(Refreshed { max_age })
+    }
+
+    /// Parses a JWKS document and swaps it in, keeping the old keys if it holds no usable
+    /// key. Returns the number of usable keys.
+    pub fn load_jwks(&self, body: &[u8]) -> Result<usize, FetchError> {
+        let set = KeySet::parse(body, &self.algorithms).map_err(FetchError::InvalidJwks)?;
         if set.is_empty() {
             return Err(FetchError::NoUsableKeys);
         }
+        let count = set.len();
         let previous = self.current.swap(Some(Arc::new(set)));
         if let (Some(previous), Some(current)) = (previous, self.current.load_full()) {
             let withdrawn = previous.kids().any(|kid| current.get(kid).is_none());
@@ -349,7 +356,7 @@ impl KeyStore {
                 tracing::info!(issuer = %self.name, "a signing key was withdrawn; cached verdicts of this issuer dropped");
             }
         }
-        Ok(Refreshed { max_age })
+        Ok(count)
     }
 
     /// OpenID Connect Discovery 1.0 §4: the document's `issuer` must be identical to the

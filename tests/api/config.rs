@@ -1,0 +1,152 @@
+//! Configuration: validation, environment overrides, and the binary's exit codes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use tokengate::config::Settings;
+
+const VALID: &str = r#"
+listen: 127.0.0.1:0
+issuers:
+  - issuer: https://sso.example.com/realms/main
+    audiences: [orders-api]
+    algorithms: [RS256, ES256]
+"#;
+
+fn write_config(name: &str, content: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tokengate-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+fn run_binary(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .output()
+        .expect("run tokengate");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_a_valid_file() {
+    let path = write_config("valid.yaml", VALID);
+    let (code, _) = run_binary(&["--config", path.to_str().unwrap(), "--check-config"]);
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let cases = [
+        (
+            "alg-none.yaml",
+            VALID.replace("[RS256, ES256]", "[RS256, none]"),
+            "issuers[0].algorithms",
+        ),
+        (
+            "hs256.yaml",
+            VALID.replace("[RS256, ES256]", "[HS256]"),
+            "issuers[0].algorithms",
+        ),
+        (
+            "no-aud.yaml",
+            VALID.replace("audiences: [orders-api]", "audiences: []"),
+            "issuers[0].audiences",
+        ),
+        (
+            "leeway.yaml",
+            VALID.replace("algorithms:", "leeway: 1h\n    algorithms:"),
+            "issuers[0].leeway",
+        ),
+        (
+            "status.yaml",
+            format!("success_status: 302\n{VALID}"),
+            "success_status",
+        ),
+        (
+            "no-issuers.yaml",
+            "listen: 127.0.0.1:0\n".to_owned(),
+            "issuers",
+        ),
+        (
+            "cache.yaml",
+            format!("cache:\n  max_entries: 0\n{VALID}"),
+            "cache.max_entries",
+        ),
+        (
+            "unknown.yaml",
+            format!("cache:\n  max_entrys: 10\n{VALID}"),
+            "max_entrys",
+        ),
+        (
+            "source.yaml",
+            format!("token:\n  sources: [query:token]\n{VALID}"),
+            "token.sources[0]",
+        ),
+        (
+            "ca.yaml",
+            format!("http_client:\n  ca_file: /nonexistent/ca.pem\n{VALID}"),
+            "http_client.ca_file",
+        ),
+    ];
+    for (name, content, key) in cases {
+        let path = write_config(name, &content);
+        let (code, stderr) = run_binary(&["--config", path.to_str().unwrap(), "--check-config"]);
+        assert_eq!(code, 64, "{name}: {stderr}");
+        assert!(stderr.contains(key), "{name}: {stderr:?} should name {key}");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{name}: one line: {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn missing_file_exits_64() {
+    let (code, stderr) = run_binary(&["--config", "/nonexistent/tokengate.yaml", "--check-config"]);
+    assert_eq!(code, 64, "{stderr}");
+}
+
+#[test]
+fn toml_works_too() {
+    let toml = r#"
+success_status = 200
+[[issuers]]
+issuer = "https://sso.example.com/realms/main"
+audiences = ["orders-api"]
+"#;
+    let settings =
+        Settings::load(&write_config("settings.toml", toml), Some(HashMap::new())).unwrap();
+    assert_eq!(settings.success_status, 200);
+    assert_eq!(settings.issuers[0].algorithms, ["RS256"]);
+}
+
+#[test]
+fn environment_overrides_file_values() {
+    let path = write_config("env.yaml", VALID);
+    let env = HashMap::from([
+        ("TOKENGATE__SUCCESS_STATUS".to_owned(), "200".to_owned()),
+        (
+            "TOKENGATE__CACHE__MAX_ENTRIES".to_owned(),
+            "5000".to_owned(),
+        ),
+        (
+            "TOKENGATE__IDENTITY__GROUPS_CLAIM".to_owned(),
+            "realm_access.roles".to_owned(),
+        ),
+    ]);
+    let settings = Settings::load(&path, Some(env)).unwrap();
+    assert_eq!(settings.success_status, 200);
+    assert_eq!(settings.cache.max_entries, 5000);
+    assert_eq!(settings.identity.groups_claim, "realm_access.roles");
+
+    let env = HashMap::from([("TOKENGATE__CACHE__MAX_ENTRIES".to_owned(), "0".to_owned())]);
+    let error = Settings::load(&path, Some(env)).unwrap_err();
+    assert_eq!(error.key, "cache.max_entries");
+}

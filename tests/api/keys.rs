@@ -1,0 +1,168 @@
+//! Key store behaviour: rotation, the unknown-`kid` cooldown, outages, withdrawal.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use jsonwebtoken::Algorithm;
+use tokengate::demo::SigningKey;
+
+use crate::helpers::*;
+
+/// Polls `condition` for up to ten seconds.
+async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn rotated_key_is_served_after_one_refetch() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app(&issuer).await;
+    assert_eq!(issuer.jwks_fetches(), 1);
+
+    issuer.publish(vec![rsa_key("k1"), rsa_key("k2")]);
+    let response = app
+        .auth_with_token(&rsa_key("k2").sign(&issuer.claims()))
+        .await;
+
+    assert_eq!(response.status(), 202);
+    assert_eq!(issuer.jwks_fetches(), 2);
+}
+
+#[tokio::test]
+async fn unknown_kid_flood_fetches_at_most_once_per_cooldown() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app(&issuer).await;
+    let signer = SigningKey::generate(Algorithm::ES256, "unused");
+
+    let requests = (0..50).map(|i| {
+        let app = &app;
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.kid = Some(format!("forged-{i}"));
+        let token = signer.sign_with_header(&header, &issuer.claims());
+        async move { app.auth_with_token(&token).await.status() }
+    });
+    let statuses = join_all(requests).await;
+
+    assert!(statuses.iter().all(|status| *status == 401));
+    assert_eq!(
+        issuer.jwks_fetches(),
+        2,
+        "one start-up fetch and one refetch"
+    );
+
+    // Still inside the cooldown: even a genuinely new key is not fetched yet.
+    issuer.publish(vec![rsa_key("k1"), rsa_key("k3")]);
+    let response = app
+        .auth_with_token(&rsa_key("k3").sign(&issuer.claims()))
+        .await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(issuer.jwks_fetches(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_a_new_kid_share_one_fetch() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app(&issuer).await;
+    issuer.publish(vec![rsa_key("k1"), rsa_key("k2")]);
+    let token = rsa_key("k2").sign(&issuer.claims());
+
+    let statuses = join_all((0..20).map(|_| {
+        let (app, token) = (&app, &token);
+        async move { app.auth_with_token(token).await.status() }
+    }))
+    .await;
+
+    assert!(statuses.iter().all(|status| *status == 202), "{statuses:?}");
+    assert_eq!(issuer.jwks_fetches(), 2);
+}
+
+#[tokio::test]
+async fn cached_keys_keep_verifying_while_the_issuer_is_down() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app(&issuer).await;
+    issuer.set_up(false);
+
+    // A token never seen before: verified with the keys fetched at start-up.
+    let response = app.auth_with_token(&issuer.token()).await;
+    assert_eq!(response.status(), 202);
+
+    // A failed refetch (unknown kid) does not throw the good keys away.
+    let unknown = SigningKey::generate(Algorithm::ES256, "nope").sign(&issuer.claims());
+    assert_eq!(app.auth_with_token(&unknown).await.status(), 401);
+    let mut claims = issuer.claims();
+    claims["sub"] = serde_json::json!("user-2");
+    assert_eq!(
+        app.auth_with_token(&rsa_key("k1").sign(&claims))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(app.admin_get("/readyz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn withdrawn_key_stops_vouching_for_cached_tokens() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app(&issuer).await;
+    let old_token = issuer.token();
+    assert_eq!(app.auth_with_token(&old_token).await.status(), 202);
+
+    // The issuer withdraws k1 (compromised) and publishes k2.
+    issuer.publish(vec![rsa_key("k2")]);
+    let new_token = rsa_key("k2").sign(&issuer.claims());
+    assert_eq!(app.auth_with_token(&new_token).await.status(), 202);
+
+    assert_eq!(app.auth_with_token(&old_token).await.status(), 401);
+}
+
+#[tokio::test]
+async fn configured_jwks_uri_skips_discovery() {
+    let issuer = TestIssuer::start().await;
+    let jwks_uri = format!("{}/jwks", issuer.url());
+    let app = spawn_app_with(&issuer, |settings| {
+        settings.issuers[0].jwks_uri = Some(jwks_uri)
+    })
+    .await;
+
+    assert_eq!(app.auth_with_token(&issuer.token()).await.status(), 202);
+    assert_eq!(
+        issuer
+            .state
+            .discovery_fetches
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test]
+async fn keys_are_refreshed_in_the_background() {
+    let issuer = TestIssuer::start().await;
+    let _app = spawn_app_with(&issuer, |settings| {
+        let keys = &mut settings.issuers[0].keys;
+        keys.min_refresh_interval = Duration::from_secs(1);
+        keys.refresh_interval = Duration::from_secs(1);
+    })
+    .await;
+    assert!(eventually(|| issuer.jwks_fetches() >= 3).await);
+}
+
+#[tokio::test]
+async fn discovery_naming_another_issuer_is_refused() {
+    let issuer = TestIssuer::start().await;
+    *issuer.state.discovery_issuer.lock().unwrap() = Some("https://evil.example.com".to_owned());
+    let app = spawn_app(&issuer).await;
+
+    assert_eq!(
+        issuer.jwks_fetches(),
+        0,
+        "no keys fetched from a mismatching document"
+    );
+    assert_eq!(app.admin_get("/readyz").await.status(), 503);
+    assert_eq!(app.auth_with_token(&issuer.token()).await.status(), 503);
+}
