@@ -117,6 +117,78 @@ pub struct IssuerSettings {
     /// Key refresh timing.
     #[serde(default)]
     pub keys: KeyRefreshSettings,
+    /// RFC 7662 token introspection at this issuer: for opaque tokens (see
+    /// `token.opaque_issuer`) and, with `introspect_jwts`, for instant revocation of JWTs.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionSettings>,
+}
+
+/// How tokengate authenticates to the introspection endpoint (RFC 7662 §2.1 requires
+/// some authentication; these are the two client-secret methods of RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with the form-urlencoded client id and secret.
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// RFC 7662 token introspection at one issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSettings {
+    /// Introspection endpoint; by default the `introspection_endpoint` of the issuer's
+    /// discovery document. Required when `jwks_uri` is set (discovery is then skipped).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Our client id at the issuer.
+    pub client_id: String,
+    /// File holding the client secret (a trailing newline is ignored). Set exactly one
+    /// of `client_secret_file` and `client_secret_env`. Read once, at start-up.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Environment variable holding the client secret.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub auth_method: ClientAuthMethod,
+    /// Whole-call timeout. Keep it well below the proxy's own timeout for the auth
+    /// subrequest, so that a slow issuer gives a clean 503 rather than a proxy error.
+    #[serde(default = "defaults::introspection_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long an `active: true` answer is trusted (never past its `exp`). This is the
+    /// revocation window: a token revoked at the issuer keeps passing for at most this long.
+    #[serde(default = "defaults::positive_ttl", with = "humantime_serde")]
+    pub positive_ttl: Duration,
+    /// How long an `active: false` answer (or one whose claims we refuse) is kept, so that
+    /// a client retrying a dead token does not hammer the issuer.
+    #[serde(default = "defaults::negative_ttl", with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// Also introspect this issuer's JWTs once their signature verifies, so that a JWT
+    /// revoked at the issuer is refused after at most `positive_ttl`, not at its `exp`.
+    #[serde(default)]
+    pub introspect_jwts: bool,
+}
+
+/// A client secret read at start-up. `Debug` never shows it, so it cannot leak through a
+/// `{:?}` in a log line or a panic message; there is no `Display`.
+#[derive(Clone)]
+pub struct ClientSecret(String);
+
+impl ClientSecret {
+    /// The secret itself, for building the one request that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// When and how often the issuer's JWKS is fetched.
@@ -161,6 +233,11 @@ pub struct TokenSettings {
     /// Tokens longer than this are refused before any parsing or crypto.
     #[serde(default = "defaults::max_token_length")]
     pub max_length: usize,
+    /// The issuer (its `issuer` URL or `name`) whose introspection endpoint is asked about
+    /// tokens that are not JWTs. An opaque token names no issuer, so this is configured;
+    /// without it, a token that is not a JWT is refused as malformed.
+    #[serde(default)]
+    pub opaque_issuer: Option<String>,
 }
 
 impl Default for TokenSettings {
@@ -168,6 +245,7 @@ impl Default for TokenSettings {
         Self {
             sources: defaults::token_sources(),
             max_length: defaults::max_token_length(),
+            opaque_issuer: None,
         }
     }
 }
@@ -214,6 +292,10 @@ pub struct CacheSettings {
     /// that the issuer withdrew keeps passing.
     #[serde(default = "defaults::cache_max_ttl", with = "humantime_serde")]
     pub max_ttl: Duration,
+    /// Most introspection answers kept (positive and negative); bounds memory under a
+    /// flood of distinct opaque tokens.
+    #[serde(default = "defaults::cache_max_entries")]
+    pub introspection_max_entries: u64,
 }
 
 impl Default for CacheSettings {
@@ -221,6 +303,7 @@ impl Default for CacheSettings {
         Self {
             max_entries: defaults::cache_max_entries(),
             max_ttl: defaults::cache_max_ttl(),
+            introspection_max_entries: defaults::cache_max_entries(),
         }
     }
 }
@@ -238,6 +321,11 @@ pub struct HttpClientSettings {
     /// PEM bundle of extra CA certificates, for issuers behind an internal CA.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Most introspection calls in flight at once, over all issuers. Beyond it a request
+    /// that needs a new introspection gets 503 at once instead of queueing: a flood of
+    /// distinct opaque tokens must neither pile up requests nor be relayed to the issuer.
+    #[serde(default = "defaults::introspection_max_in_flight")]
+    pub introspection_max_in_flight: usize,
 }
 
 impl Default for HttpClientSettings {
@@ -246,6 +334,7 @@ impl Default for HttpClientSettings {
             connect_timeout: defaults::connect_timeout(),
             timeout: defaults::request_timeout(),
             ca_file: None,
+            introspection_max_in_flight: defaults::introspection_max_in_flight(),
         }
     }
 }
@@ -342,6 +431,18 @@ mod defaults {
     pub fn request_timeout() -> Duration {
         Duration::from_secs(5)
     }
+    pub fn introspection_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn positive_ttl() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn negative_ttl() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn introspection_max_in_flight() -> usize {
+        64
+    }
     pub fn log_filter() -> String {
         "info,actix_server=warn".to_owned()
     }
@@ -351,6 +452,13 @@ mod defaults {
 /// tokens live on.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 const MAX_CACHE_ENTRIES: u64 = 10_000_000;
+/// Longest trust in an `active: true` introspection answer: it is the revocation window.
+const MAX_POSITIVE_TTL: Duration = Duration::from_secs(3600);
+/// Longest memory of an `active: false` answer: it is meant to absorb retries, not more.
+const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(300);
+/// Longest wait on one outbound call; proxies give up on the auth subrequest long before.
+const MAX_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_INTROSPECTIONS_IN_FLIGHT: usize = 10_000;
 
 impl Settings {
     /// Reads `path` (YAML or TOML by extension), applies `TOKENGATE__…` overrides from
@@ -443,6 +551,33 @@ impl Settings {
         if self.cache.max_ttl < Duration::from_secs(1) {
             return Err(ConfigError::new("cache.max_ttl", "must be at least 1s"));
         }
+        if !(1..=MAX_CACHE_ENTRIES).contains(&self.cache.introspection_max_entries) {
+            return Err(ConfigError::new(
+                "cache.introspection_max_entries",
+                format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
+            ));
+        }
+        if !(1..=MAX_INTROSPECTIONS_IN_FLIGHT).contains(&self.http_client.introspection_max_in_flight)
+        {
+            return Err(ConfigError::new(
+                "http_client.introspection_max_in_flight",
+                format!("must be between 1 and {MAX_INTROSPECTIONS_IN_FLIGHT}"),
+            ));
+        }
+        let opaque_issuer = self.opaque_issuer()?;
+        for (index, issuer) in self.issuers.iter().enumerate() {
+            let Some(introspection) = &issuer.introspection else {
+                continue;
+            };
+            if !introspection.introspect_jwts && opaque_issuer != Some(index) {
+                // Configured but never asked: the operator expects revocation to be
+                // honoured and it would not be. Say so now rather than never.
+                return Err(ConfigError::new(
+                    format!("issuers[{index}].introspection"),
+                    "is never used: name this issuer in token.opaque_issuer, or set introspect_jwts: true",
+                ));
+            }
+        }
         let http = &self.http_client;
         if http.connect_timeout.is_zero() || http.timeout.is_zero() {
             return Err(ConfigError::new(
@@ -450,7 +585,7 @@ impl Settings {
                 "timeouts must be greater than zero",
             ));
         }
-        if http.timeout > Duration::from_secs(60) {
+        if http.timeout > MAX_OUTBOUND_TIMEOUT {
             return Err(ConfigError::new(
                 "http_client.timeout",
                 "must be at most 60s",
@@ -471,6 +606,30 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Index of the issuer whose introspection endpoint is asked about opaque tokens.
+    pub fn opaque_issuer(&self) -> Result<Option<usize>, ConfigError> {
+        let Some(wanted) = &self.token.opaque_issuer else {
+            return Ok(None);
+        };
+        let index = self
+            .issuers
+            .iter()
+            .position(|issuer| issuer.issuer == *wanted || issuer.name.as_deref() == Some(wanted))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "token.opaque_issuer",
+                    format!("'{wanted}' is neither the issuer nor the name of a configured issuer"),
+                )
+            })?;
+        if self.issuers[index].introspection.is_none() {
+            return Err(ConfigError::new(
+                "token.opaque_issuer",
+                format!("issuer '{wanted}' has no introspection configured: only its issuer can vouch for an opaque token"),
+            ));
+        }
+        Ok(Some(index))
     }
 
     /// The parsed token sources, in the order they are tried.
@@ -544,6 +703,9 @@ impl IssuerSettings {
                 ));
             }
         }
+        if let Some(introspection) = &self.introspection {
+            introspection.validate(&format!("{key}.introspection"), self.jwks_uri.is_some())?;
+        }
         let keys = &self.keys;
         if keys.min_refresh_interval < Duration::from_secs(1) {
             return Err(ConfigError::new(
@@ -605,6 +767,104 @@ impl IssuerSettings {
     /// Name used in logs and metric labels.
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.issuer)
+    }
+}
+
+impl IntrospectionSettings {
+    fn validate(&self, key: &str, discovery_skipped: bool) -> Result<(), ConfigError> {
+        match &self.endpoint {
+            Some(endpoint) => {
+                let url = Url::parse(endpoint).map_err(|e| {
+                    ConfigError::new(format!("{key}.endpoint"), format!("not a URL: {e}"))
+                })?;
+                if !matches!(url.scheme(), "https" | "http") {
+                    return Err(ConfigError::new(
+                        format!("{key}.endpoint"),
+                        "must be an http(s) URL",
+                    ));
+                }
+            }
+            None if discovery_skipped => {
+                return Err(ConfigError::new(
+                    format!("{key}.endpoint"),
+                    "is required when jwks_uri is set: discovery, which would name it, is skipped",
+                ));
+            }
+            None => {}
+        }
+        if self.client_id.is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.client_id"),
+                "must not be empty",
+            ));
+        }
+        self.client_secret(key)?;
+        if self.timeout.is_zero() || self.timeout > MAX_OUTBOUND_TIMEOUT {
+            return Err(ConfigError::new(
+                format!("{key}.timeout"),
+                format!(
+                    "must be greater than zero and at most {}s",
+                    MAX_OUTBOUND_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        if self.positive_ttl > MAX_POSITIVE_TTL {
+            return Err(ConfigError::new(
+                format!("{key}.positive_ttl"),
+                format!(
+                    "must be at most {}s: a revoked token keeps passing this long",
+                    MAX_POSITIVE_TTL.as_secs()
+                ),
+            ));
+        }
+        if self.negative_ttl > MAX_NEGATIVE_TTL {
+            return Err(ConfigError::new(
+                format!("{key}.negative_ttl"),
+                format!("must be at most {}s", MAX_NEGATIVE_TTL.as_secs()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the client secret from its file or environment variable. Missing or empty is
+    /// a configuration error: it is checked at start-up, never discovered on a request.
+    /// Error messages name the file or variable, never the value.
+    pub fn client_secret(&self, key: &str) -> Result<ClientSecret, ConfigError> {
+        let raw = match (&self.client_secret_file, &self.client_secret_env) {
+            (Some(path), None) => std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(
+                    format!("{key}.client_secret_file"),
+                    format!("{}: {e}", path.display()),
+                )
+            })?,
+            (None, Some(variable)) => std::env::var(variable).map_err(|e| {
+                ConfigError::new(
+                    format!("{key}.client_secret_env"),
+                    format!("{variable}: {e}"),
+                )
+            })?,
+            _ => {
+                return Err(ConfigError::new(
+                    key,
+                    "set exactly one of client_secret_file and client_secret_env",
+                ))
+            }
+        };
+        // Files written by `echo` or an editor end with a newline that is not part of
+        // the secret.
+        let secret = raw.trim_end_matches(['\r', '\n']);
+        if secret.is_empty() {
+            let source = if self.client_secret_file.is_some() {
+                "client_secret_file"
+            } else {
+                "client_secret_env"
+            };
+            return Err(ConfigError::new(
+                format!("{key}.{source}"),
+                "the client secret is empty",
+            ));
+        }
+        Ok(ClientSecret(secret.to_owned()))
     }
 }
 

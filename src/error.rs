@@ -38,11 +38,19 @@ pub enum Reason {
     InvalidClaims,
     /// The issuer's keys were never loaded, or are too stale to trust: no verdict.
     KeysUnavailable,
+    /// RFC 7662 introspection answered `active: false`: revoked, expired or unknown to
+    /// the issuer.
+    InactiveToken,
+    /// The introspection endpoint could not give an answer (unreachable, timeout, 5xx,
+    /// refused our client credentials, unreadable answer): no verdict.
+    IntrospectionUnavailable,
+    /// Too many introspection calls in flight: refused at once rather than queued.
+    IntrospectionOverloaded,
 }
 
 impl Reason {
     /// Every reason, for pre-registering one metric series per reason.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 16] = [
         Reason::MissingToken,
         Reason::TokenTooLarge,
         Reason::MalformedToken,
@@ -56,6 +64,9 @@ impl Reason {
         Reason::WrongAudience,
         Reason::InvalidClaims,
         Reason::KeysUnavailable,
+        Reason::InactiveToken,
+        Reason::IntrospectionUnavailable,
+        Reason::IntrospectionOverloaded,
     ];
 
     /// Stable label for logs and metrics.
@@ -74,6 +85,9 @@ impl Reason {
             Reason::WrongAudience => "wrong_audience",
             Reason::InvalidClaims => "invalid_claims",
             Reason::KeysUnavailable => "keys_unavailable",
+            Reason::InactiveToken => "inactive_token",
+            Reason::IntrospectionUnavailable => "introspection_unavailable",
+            Reason::IntrospectionOverloaded => "introspection_overloaded",
         }
     }
 
@@ -90,7 +104,9 @@ impl Reason {
         match self {
             // No verdict is possible: 503, which nginx turns into a 500, so the request
             // fails closed instead of being let through.
-            Reason::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::KeysUnavailable
+            | Reason::IntrospectionUnavailable
+            | Reason::IntrospectionOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -100,7 +116,8 @@ impl Reason {
     fn bearer_error(self) -> Option<&'static str> {
         match self {
             Reason::MissingToken => None,
-            Reason::KeysUnavailable => None,
+            // No verdict on the token at all: saying it is invalid would be a lie.
+            _ if self.status().is_server_error() => None,
             _ => Some("invalid_token"),
         }
     }
@@ -166,7 +183,7 @@ impl ResponseError for AuthError {
                 // Fixed, tiny body: never the token, never a library message.
                 response.body(r#"{"error":"invalid_token"}"#)
             }
-            None if self.reason == Reason::KeysUnavailable => {
+            None if self.reason.status().is_server_error() => {
                 response.body(r#"{"error":"temporarily_unavailable"}"#)
             }
             None => {

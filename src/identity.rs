@@ -65,12 +65,29 @@ impl IdentityMapping {
         }
     }
 
+    /// The identity carried by JWT claims: the configured user claim, else `sub`.
     pub fn identity(&self, claims: &Value) -> Identity {
+        self.identity_with_user_fallback(claims, None)
+    }
+
+    /// The identity in an RFC 7662 introspection answer, with the same mapping as JWT
+    /// claims. Introspection names the user `username` (RFC 7662 §2.2) where JWTs say
+    /// `preferred_username`, so `username` is tried between the configured claim and `sub`.
+    pub fn introspection_identity(&self, answer: &Value) -> Identity {
+        self.identity_with_user_fallback(answer, Some("username"))
+    }
+
+    fn identity_with_user_fallback(&self, claims: &Value, fallback: Option<&str>) -> Identity {
         let subject = claims.get("sub").and_then(scalar_string);
         let user = self
             .user
             .lookup(claims)
             .and_then(scalar_string)
+            .or_else(|| {
+                fallback
+                    .and_then(|name| claims.get(name))
+                    .and_then(scalar_string)
+            })
             .or_else(|| subject.clone());
         let email = self.email.lookup(claims).and_then(scalar_string);
         let groups = self
@@ -189,6 +206,29 @@ mod tests {
     fn user_falls_back_to_sub() {
         let identity = mapping("groups").identity(&json!({"sub": "u-1"}));
         assert_eq!(identity.user.as_deref(), Some("u-1"));
+    }
+
+    #[test]
+    fn introspection_user_is_claim_then_username_then_sub() {
+        let mapping = mapping("groups");
+        let answer = json!({"sub": "u-1", "username": "bob"});
+        assert_eq!(
+            mapping.introspection_identity(&answer).user.as_deref(),
+            Some("bob")
+        );
+        let answer = json!({"sub": "u-1", "username": "bob", "preferred_username": "alice"});
+        assert_eq!(
+            mapping.introspection_identity(&answer).user.as_deref(),
+            Some("alice")
+        );
+        let answer = json!({"sub": "u-1"});
+        assert_eq!(
+            mapping.introspection_identity(&answer).user.as_deref(),
+            Some("u-1")
+        );
+        // JWTs keep their mapping: `username` is not a JWT user claim.
+        let claims = json!({"sub": "u-1", "username": "bob"});
+        assert_eq!(mapping.identity(&claims).user.as_deref(), Some("u-1"));
     }
 
     #[test]

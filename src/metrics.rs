@@ -6,13 +6,44 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::error::Reason;
 
+/// What one call to an RFC 7662 introspection endpoint gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectionResult {
+    /// An answer with `active: true` (its claims may still be refused).
+    Success,
+    /// An answer with `active: false`.
+    Inactive,
+    /// No usable answer: unreachable, timeout, non-2xx, unreadable body.
+    Error,
+}
+
+impl IntrospectionResult {
+    const ALL: [IntrospectionResult; 3] = [
+        IntrospectionResult::Success,
+        IntrospectionResult::Inactive,
+        IntrospectionResult::Error,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            IntrospectionResult::Success => "success",
+            IntrospectionResult::Inactive => "inactive",
+            IntrospectionResult::Error => "error",
+        }
+    }
+}
+
 pub struct Metrics {
     allowed: IntCounter,
     denied: Vec<IntCounter>,
     cache_hits: IntCounter,
     cache_misses: IntCounter,
+    introspection_cache_hits: IntCounter,
+    introspection_cache_misses: IntCounter,
     jwks_fetch_ok: Vec<IntCounter>,
     jwks_fetch_failed: Vec<IntCounter>,
+    /// Per issuer, one counter per [`IntrospectionResult`] (in `ALL` order).
+    introspection_calls: Vec<[IntCounter; 3]>,
 }
 
 impl Metrics {
@@ -42,6 +73,14 @@ impl Metrics {
             &["issuer", "result"],
         )?;
         registry.register(Box::new(jwks.clone()))?;
+        let introspection = IntCounterVec::new(
+            Opts::new(
+                "tokengate_introspection_requests_total",
+                "RFC 7662 introspection calls by issuer and result",
+            ),
+            &["issuer", "result"],
+        )?;
+        registry.register(Box::new(introspection.clone()))?;
 
         let denied = Reason::ALL
             .iter()
@@ -65,8 +104,18 @@ impl Metrics {
             denied,
             cache_hits: cache.with_label_values(&["verified_token", "hit"]),
             cache_misses: cache.with_label_values(&["verified_token", "miss"]),
+            introspection_cache_hits: cache.with_label_values(&["introspection", "hit"]),
+            introspection_cache_misses: cache.with_label_values(&["introspection", "miss"]),
             jwks_fetch_ok: per_issuer("success"),
             jwks_fetch_failed: per_issuer("failure"),
+            introspection_calls: issuer_names
+                .iter()
+                .map(|name| {
+                    IntrospectionResult::ALL.map(|result| {
+                        introspection.with_label_values(&[name.as_str(), result.as_str()])
+                    })
+                })
+                .collect(),
         })
     }
 
@@ -83,6 +132,26 @@ impl Metrics {
             self.cache_hits.inc();
         } else {
             self.cache_misses.inc();
+        }
+    }
+
+    /// A lookup in the introspection cache.
+    pub fn introspection_cache_lookup(&self, hit: bool) {
+        if hit {
+            self.introspection_cache_hits.inc();
+        } else {
+            self.introspection_cache_misses.inc();
+        }
+    }
+
+    /// One call to issuer `issuer`'s introspection endpoint.
+    pub fn introspection_call(&self, issuer: usize, result: IntrospectionResult) {
+        if let Some(counters) = self.introspection_calls.get(issuer) {
+            let index = IntrospectionResult::ALL
+                .iter()
+                .position(|candidate| *candidate == result)
+                .unwrap_or_default();
+            counters[index].inc();
         }
     }
 

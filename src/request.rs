@@ -86,8 +86,10 @@ fn single_header<'a>(
     if values.next().is_some() {
         return Err(Reason::MalformedToken.into());
     }
-    first
-        .to_str()
+    // `from_utf8` has a vectorised ASCII fast path, several times faster than
+    // `HeaderValue::to_str` on a 1 KiB token; the token's characters are checked later
+    // (JWT shape) anyway.
+    std::str::from_utf8(first.as_bytes())
         .map(Some)
         .map_err(|_| Reason::MalformedToken.into())
 }

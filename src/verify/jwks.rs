@@ -239,6 +239,9 @@ pub struct KeyStore {
     client: reqwest::Client,
     metrics: Arc<Metrics>,
     current: ArcSwapOption<KeySet>,
+    /// `introspection_endpoint` of the discovery document (RFC 8414 §2), learned by the
+    /// same fetch that finds the JWKS, for the issuer's introspection client.
+    introspection_endpoint: ArcSwapOption<Url>,
     /// Bumped whenever a refresh withdraws a key: cached verdicts made with an older
     /// generation are dropped, so a withdrawn key stops vouching for tokens at once.
     withdrawal_generation: AtomicU64,
@@ -270,6 +273,7 @@ impl KeyStore {
             client,
             metrics,
             current: ArcSwapOption::empty(),
+            introspection_endpoint: ArcSwapOption::empty(),
             withdrawal_generation: AtomicU64::new(0),
             fetch_lock: tokio::sync::Mutex::new(location),
             last_unknown_kid_fetch: Mutex::new(None),
@@ -295,6 +299,12 @@ impl KeyStore {
             .load()
             .as_ref()
             .map(|set| set.fetched_at.elapsed())
+    }
+
+    /// The introspection endpoint named by discovery, once discovery has run (never when
+    /// `jwks_uri` is configured, since discovery is then skipped).
+    pub fn discovered_introspection_endpoint(&self) -> Option<Arc<Url>> {
+        self.introspection_endpoint.load_full()
     }
 
     pub fn withdrawal_generation(&self) -> u64 {
@@ -366,6 +376,8 @@ impl KeyStore {
         struct Discovery {
             issuer: String,
             jwks_uri: String,
+            #[serde(default)]
+            introspection_endpoint: Option<String>,
         }
         let url = format!(
             "{}/.well-known/openid-configuration",
@@ -387,6 +399,20 @@ impl KeyStore {
         if !matches!(jwks_uri.scheme(), "https" | "http") {
             return Err(FetchError::BadJwksUri);
         }
+        // Only trusted because the document's `issuer` matched above: the endpoint
+        // receives our client secret.
+        let introspection_endpoint = document
+            .introspection_endpoint
+            .as_deref()
+            .and_then(|endpoint| match Url::parse(endpoint) {
+                Ok(url) if matches!(url.scheme(), "https" | "http") => Some(url),
+                _ => {
+                    tracing::warn!(issuer = %self.name, "discovery document has an invalid introspection_endpoint; ignored");
+                    None
+                }
+            });
+        self.introspection_endpoint
+            .store(introspection_endpoint.map(Arc::new));
         Ok(jwks_uri)
     }
 

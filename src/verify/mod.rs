@@ -2,9 +2,12 @@
 //!
 //! - [`cache`]: verified tokens keyed by SHA-256, bounded, never past `exp`;
 //! - [`jwt`]: header checks, key choice, signature and claims for one issuer;
-//! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown.
+//! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown;
+//! - [`introspection`]: RFC 7662 introspection of opaque tokens (and, per issuer, of
+//!   JWTs) with its cache of answers.
 
 pub mod cache;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 
@@ -19,7 +22,8 @@ use crate::error::{AuthError, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::Metrics;
 use crate::request::{extract_token, looks_like_jwt, TokenSource};
-use cache::{token_hash, unix_now, TokenCache, VerifiedToken};
+use cache::{token_hash, unix_now, TokenCache, TokenHash, VerifiedToken};
+use introspection::Introspector;
 use jwks::KeyStore;
 use jwt::{peek_issuer, Issuer};
 
@@ -30,11 +34,12 @@ pub struct Allowed {
     pub cache_hit: bool,
 }
 
-/// Shared by all workers: one cache, one key store per issuer.
+/// Shared by all workers: one cache, one key store per issuer, one introspection cache.
 pub struct Verifier {
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
     cache: TokenCache,
+    introspector: Introspector,
     identity: IdentityMapping,
     sources: Vec<TokenSource>,
     max_token_length: usize,
@@ -70,10 +75,14 @@ impl Verifier {
             issuers.push(Issuer::new(index, issuer, &algorithms, keys));
             by_iss.insert(issuer.issuer.clone(), index);
         }
+        let key_stores: Vec<Arc<KeyStore>> =
+            issuers.iter().map(|issuer| issuer.keys.clone()).collect();
+        let introspector = Introspector::new(settings, &key_stores, client, metrics.clone())?;
         Ok(Self {
             issuers,
             by_iss,
             cache: TokenCache::new(settings.cache.max_entries, settings.cache.max_ttl),
+            introspector,
             identity: IdentityMapping::new(&settings.identity),
             sources: settings.token_sources()?,
             max_token_length: settings.token.max_length,
@@ -102,35 +111,52 @@ impl Verifier {
         &self.cache
     }
 
+    pub fn introspector(&self) -> &Introspector {
+        &self.introspector
+    }
+
     /// Finds the token in the request and verifies it.
     pub async fn verify_request(&self, headers: &HeaderMap) -> Result<Allowed, AuthError> {
         let token = extract_token(headers, &self.sources, self.max_token_length)?;
         self.verify_token(token).await
     }
 
-    /// Verifies one token: cache first, then the full check.
+    /// Verifies one token: cache first, then the full check. A JWT is verified locally; a
+    /// token that is not a JWT is introspected at the configured opaque-token issuer.
     pub async fn verify_token(&self, token: &str) -> Result<Allowed, AuthError> {
         if token.len() > self.max_token_length {
             return Err(Reason::TokenTooLarge.into());
         }
         let hash = token_hash(token);
+        if !looks_like_jwt(token) {
+            // An opaque token names no issuer: it goes only to the one the operator
+            // configured, so nothing in the token chooses where it (or our client
+            // secret) is sent.
+            let issuer = self
+                .introspector
+                .opaque_issuer()
+                .ok_or(Reason::MalformedToken)?;
+            let answer = self.introspector.verify(issuer, token, &hash).await?;
+            return Ok(Allowed {
+                token: answer.token,
+                cache_hit: answer.cache_hit,
+            });
+        }
         let now = unix_now();
         if let Some(cached) = self.cache.get(&hash, now) {
             let issuer = &self.issuers[cached.issuer];
             if cached.key_generation == issuer.keys.withdrawal_generation() {
                 self.metrics.cache_lookup(true);
+                let introspection_hit = self.require_active(cached.issuer, token, &hash).await?;
                 return Ok(Allowed {
                     token: cached,
-                    cache_hit: true,
+                    cache_hit: introspection_hit,
                 });
             }
             self.cache.remove(&hash);
         }
         self.metrics.cache_lookup(false);
 
-        if !looks_like_jwt(token) {
-            return Err(Reason::MalformedToken.into());
-        }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))?;
         let iss = peek_issuer(token)?;
@@ -143,6 +169,7 @@ impl Verifier {
             .ok_or(Reason::UnknownIssuer)?;
         let key_generation = issuer.keys.withdrawal_generation();
         let verified = issuer.verify(token, &header).await?;
+        self.require_active(issuer.index, token, &hash).await?;
         let token = Arc::new(VerifiedToken {
             issuer: issuer.index,
             expires_at: verified.expires_at,
@@ -154,5 +181,22 @@ impl Verifier {
             token,
             cache_hit: false,
         })
+    }
+
+    /// With `introspect_jwts`, a JWT whose signature verified must also be active at its
+    /// issuer: that is what makes revocation take effect before `exp`. Identity still
+    /// comes from the signed claims. Returns whether the answer came from the cache
+    /// (true when the issuer does not introspect JWTs: nothing was asked).
+    async fn require_active(
+        &self,
+        issuer: usize,
+        token: &str,
+        hash: &TokenHash,
+    ) -> Result<bool, AuthError> {
+        if !self.introspector.introspects_jwts(issuer) {
+            return Ok(true);
+        }
+        let answer = self.introspector.verify(issuer, token, hash).await?;
+        Ok(answer.cache_hit)
     }
 }

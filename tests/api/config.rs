@@ -150,3 +150,10 @@ fn environment_overrides_file_values() {
     let error = Settings::load(&path, Some(env)).unwrap_err();
     assert_eq!(error.key, "cache.max_entries");
 }
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/tokengate.example.yaml");
+    let (code, stderr) = run_binary(&["--config", path, "--check-config"]);
+    assert_eq!(code, 0, "{stderr}");
+}

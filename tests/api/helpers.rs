@@ -1,10 +1,14 @@
-//! Test harness: an in-process issuer whose keys the test controls, and `spawn_app()`
-//! starting the real application on port 0 against it.
+//! Test harness: an in-process issuer whose keys and introspection answers the test
+//! controls, and `spawn_app()` starting the real application on port 0 against it.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
 use jsonwebtoken::Algorithm;
 use prometheus::Registry;
 use serde_json::{json, Value};
@@ -14,6 +18,21 @@ use tokengate::startup::Application;
 use tokengate::verify::cache::unix_now;
 
 pub const AUDIENCE: &str = "orders-api";
+/// The client id and secret the test issuer's introspection endpoint accepts. The secret
+/// has the characters that RFC 6749 §2.3.1's form-urlencoding exists for.
+pub const INTROSPECTION_CLIENT_ID: &str = "tokengate";
+pub const INTROSPECTION_SECRET: &str = "s3cret: with/odd+chars%é";
+
+/// How the test issuer's introspection endpoint behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntrospectionMode {
+    /// Answers what the test registered for the token (`active: false` if nothing).
+    Answer,
+    /// Waits this long, then answers.
+    Slow(Duration),
+    /// Refuses our client credentials: 401 `invalid_client`.
+    RejectClient,
+}
 
 /// RSA key generation is slow in debug builds: share a few keys across tests.
 pub fn rsa_key(kid: &str) -> Arc<SigningKey> {
@@ -39,6 +58,13 @@ pub struct IssuerState {
     pub up: AtomicBool,
     pub jwks_fetches: AtomicUsize,
     pub discovery_fetches: AtomicUsize,
+    /// Introspection answers by token.
+    pub introspection_answers: Mutex<HashMap<String, Value>>,
+    pub introspection_mode: Mutex<IntrospectionMode>,
+    /// Calls to the introspection endpoint, whatever they were answered.
+    pub introspection_calls: AtomicUsize,
+    /// How the last accepted introspection call authenticated: `basic` or `post`.
+    pub last_client_auth: Mutex<Option<&'static str>>,
 }
 
 pub struct TestIssuer {
@@ -61,6 +87,10 @@ impl TestIssuer {
             up: AtomicBool::new(true),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
+            introspection_answers: Mutex::new(HashMap::new()),
+            introspection_mode: Mutex::new(IntrospectionMode::Answer),
+            introspection_calls: AtomicUsize::new(0),
+            last_client_auth: Mutex::new(None),
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -71,6 +101,7 @@ impl TestIssuer {
                     web::get().to(discovery),
                 )
                 .route("/jwks", web::get().to(jwks))
+                .route("/introspect", web::post().to(introspect))
         })
         .workers(1)
         .listen(listener)
@@ -115,6 +146,74 @@ impl TestIssuer {
     pub fn token(&self) -> String {
         rsa_key("k1").sign(&self.claims())
     }
+
+    /// URL of the RFC 7662 introspection endpoint (also named by discovery).
+    pub fn introspection_endpoint(&self) -> String {
+        format!("{}/introspect", self.url())
+    }
+
+    /// An `active: true` introspection answer for this issuer, valid for ten minutes,
+    /// with the members a real issuer sends (`username`, not `preferred_username`).
+    pub fn active_answer(&self) -> Value {
+        let now = unix_now();
+        json!({
+            "active": true,
+            "iss": self.url(),
+            "sub": "user-2",
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + 600,
+            "client_id": "web-app",
+            "scope": "openid orders:read",
+            "token_type": "Bearer",
+            "username": "bob",
+            "email": "bob@example.com",
+            "groups": ["ops", "support"],
+        })
+    }
+
+    /// A fresh opaque token that introspects as [`TestIssuer::active_answer`].
+    pub fn opaque_token(&self) -> String {
+        self.opaque_token_with(self.active_answer())
+    }
+
+    /// A fresh opaque token (not JWT-shaped) that introspects as `answer`.
+    pub fn opaque_token_with(&self, answer: Value) -> String {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let token = format!(
+            "opaque-{}-{}",
+            NEXT.fetch_add(1, Ordering::SeqCst),
+            URL_SAFE_NO_PAD.encode(unix_now().to_be_bytes())
+        );
+        self.set_answer(&token, answer);
+        token
+    }
+
+    /// What introspection answers for `token` from now on.
+    pub fn set_answer(&self, token: &str, answer: Value) {
+        self.state
+            .introspection_answers
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), answer);
+    }
+
+    /// Revokes `token`: introspection answers `active: false` from now on.
+    pub fn revoke(&self, token: &str) {
+        self.set_answer(token, json!({"active": false}));
+    }
+
+    pub fn set_introspection_mode(&self, mode: IntrospectionMode) {
+        *self.state.introspection_mode.lock().unwrap() = mode;
+    }
+
+    pub fn introspection_calls(&self) -> usize {
+        self.state.introspection_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn last_client_auth(&self) -> Option<&'static str> {
+        *self.state.last_client_auth.lock().unwrap()
+    }
 }
 
 async fn discovery(state: web::Data<IssuerState>) -> HttpResponse {
@@ -131,7 +230,63 @@ async fn discovery(state: web::Data<IssuerState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "issuer": issuer,
         "jwks_uri": format!("{}/jwks", state.url),
+        "introspection_endpoint": format!("{}/introspect", state.url),
     }))
+}
+
+/// RFC 7662 §2.1: a form POST with `token`, from an authenticated client.
+async fn introspect(
+    request: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+    state: web::Data<IssuerState>,
+) -> HttpResponse {
+    state.introspection_calls.fetch_add(1, Ordering::SeqCst);
+    if !state.up.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    let mode = *state.introspection_mode.lock().unwrap();
+    if let IntrospectionMode::Slow(delay) = mode {
+        tokio::time::sleep(delay).await;
+    }
+    let client_auth = authenticated_client(&request, &form);
+    if mode == IntrospectionMode::RejectClient || client_auth.is_none() {
+        return HttpResponse::Unauthorized()
+            .insert_header(("www-authenticate", "Basic"))
+            .json(json!({"error": "invalid_client"}));
+    }
+    *state.last_client_auth.lock().unwrap() = client_auth;
+    if form.get("token_type_hint").map(String::as_str) != Some("access_token") {
+        return HttpResponse::BadRequest().json(json!({"error": "invalid_request"}));
+    }
+    let answer = form
+        .get("token")
+        .and_then(|token| state.introspection_answers.lock().unwrap().get(token).cloned())
+        .unwrap_or_else(|| json!({"active": false}));
+    HttpResponse::Ok().json(answer)
+}
+
+/// RFC 6749 §2.3.1: HTTP Basic with form-urlencoded id and secret, or both in the body.
+fn authenticated_client(
+    request: &HttpRequest,
+    form: &HashMap<String, String>,
+) -> Option<&'static str> {
+    let expected = (INTROSPECTION_CLIENT_ID, INTROSPECTION_SECRET);
+    if let Some(value) = request.headers().get("authorization") {
+        let encoded = value.to_str().ok()?.strip_prefix("Basic ")?;
+        let decoded = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
+        let (id, secret) = decoded.split_once(':')?;
+        let pairs: HashMap<String, String> =
+            url::form_urlencoded::parse(format!("id={id}&secret={secret}").as_bytes())
+                .into_owned()
+                .collect();
+        let presented = (pairs.get("id")?.as_str(), pairs.get("secret")?.as_str());
+        return (presented == expected).then_some("basic");
+    }
+    let presented = (
+        form.get("client_id")?.as_str(),
+        form.get("client_secret")?.as_str(),
+    );
+    (presented == expected).then_some("post")
 }
 
 async fn jwks(state: web::Data<IssuerState>) -> HttpResponse {

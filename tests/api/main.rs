@@ -1,8 +1,9 @@
 //! Integration tests: the real application on port 0 against an in-process issuer whose
-//! keys each test controls. Tokens are signed at test time.
+//! keys and introspection answers each test controls. Tokens are signed at test time.
 
 mod auth_request;
 mod config;
 mod helpers;
+mod introspection;
 mod keys;
 mod readiness;

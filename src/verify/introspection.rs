@@ -1,0 +1,757 @@
+//! RFC 7662 token introspection: asking the issuer whether a token is active, and the
+//! cache of its answers.
+//!
+//! An opaque token can only be judged by its issuer, and a JWT can only be revoked
+//! before its `exp` if someone asks. Asking on every request would put the issuer on
+//! the hot path, so answers are cached, keyed by the token's SHA-256:
+//!
+//! - `active: true` answers for `min(positive_ttl, exp − now)`: **`positive_ttl` is the
+//!   revocation window**, a token revoked at the issuer keeps passing that long at most;
+//! - `active: false` answers (and answers whose claims we refuse) for `negative_ttl`, so
+//!   that a client retrying a dead token does not hammer the issuer;
+//! - errors and timeouts are never cached: the next request asks again.
+//!
+//! Concurrent misses for one token share one upstream call (moka's `try_get_with`), and
+//! a global cap bounds the calls in flight: beyond it a request gets 503 at once rather
+//! than queueing, so a flood of distinct tokens can neither pile up requests here nor be
+//! relayed to the issuer. Every call has a timeout; an issuer that is unreachable, slow,
+//! answers 5xx or refuses our credentials gives 503 (fail closed), never a 2xx.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use moka::future::Cache;
+use moka::Expiry;
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use url::{form_urlencoded, Url};
+
+use super::cache::{unix_now, TokenHash, VerifiedToken};
+use super::jwks::KeyStore;
+use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IssuerSettings, Settings};
+use crate::error::{AuthError, Reason};
+use crate::identity::IdentityMapping;
+use crate::metrics::{IntrospectionResult, Metrics};
+
+/// Largest introspection answer we read: real ones are well under a KiB.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Longest OAuth `error` code quoted from a refusal in our logs.
+const MAX_ERROR_CODE: usize = 64;
+
+/// Why an introspection call gave no answer. Never holds the token or the secret: these
+/// are logged at error level.
+#[derive(Debug, thiserror::Error)]
+pub enum IntrospectionError {
+    #[error("more than {max} introspection calls in flight; refused without asking")]
+    Overloaded { max: usize },
+    #[error("no introspection endpoint: none is configured and discovery has not named one")]
+    NoEndpoint,
+    #[error("{url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("request to {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} refused our client credentials (HTTP {status}{error}): check client_id and the client secret")]
+    Unauthorized {
+        url: String,
+        status: u16,
+        error: OAuthErrorCode,
+    },
+    #[error("{url} answered HTTP {status}{error}")]
+    Status {
+        url: String,
+        status: u16,
+        error: OAuthErrorCode,
+    },
+    #[error("{url} sent more than {MAX_ANSWER_BYTES} bytes")]
+    TooLarge { url: String },
+    #[error("{url} sent invalid JSON")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{url} sent an invalid introspection answer: {why}")]
+    InvalidAnswer { url: String, why: &'static str },
+}
+
+impl IntrospectionError {
+    /// The denial this error becomes: always a 503, since no verdict was possible.
+    pub fn reason(&self) -> Reason {
+        match self {
+            IntrospectionError::Overloaded { .. } => Reason::IntrospectionOverloaded,
+            _ => Reason::IntrospectionUnavailable,
+        }
+    }
+}
+
+/// The OAuth `error` code of a refusal (RFC 6749 §5.2), shown as `, error=invalid_client`
+/// in logs. Only a short code of safe characters is kept: the rest of an error body is
+/// the issuer's free text.
+#[derive(Debug, Default)]
+pub struct OAuthErrorCode(Option<String>);
+
+impl OAuthErrorCode {
+    fn from_body(body: &[u8]) -> Self {
+        let code = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|value| value.get("error")?.as_str().map(str::to_owned))
+            .filter(|code| {
+                !code.is_empty()
+                    && code.len() <= MAX_ERROR_CODE
+                    && code
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+        Self(code)
+    }
+}
+
+impl std::fmt::Display for OAuthErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(code) => write!(f, ", error={code}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A verdict from introspection.
+pub struct Introspected {
+    pub token: Arc<VerifiedToken>,
+    /// True when it came from the cache, without asking the issuer.
+    pub cache_hit: bool,
+}
+
+/// One cached answer, with the time it may be kept (decided when it was received).
+#[derive(Clone)]
+struct CachedAnswer {
+    verdict: Verdict,
+    ttl: Duration,
+}
+
+#[derive(Clone)]
+enum Verdict {
+    Active(Arc<VerifiedToken>),
+    Refused(Reason),
+}
+
+impl CachedAnswer {
+    /// A positive answer whose `exp` has passed is not used, even if the cache has not
+    /// dropped it yet: the cache's timer runs on a monotonic clock and on housekeeping,
+    /// `exp` on the wall clock. One compare per hit.
+    fn is_fresh(&self, now: u64) -> bool {
+        match &self.verdict {
+            Verdict::Active(token) => token.expires_at > now,
+            Verdict::Refused(_) => true,
+        }
+    }
+
+    fn into_result(self, cache_hit: bool) -> Result<Introspected, AuthError> {
+        match self.verdict {
+            Verdict::Active(token) => Ok(Introspected { token, cache_hit }),
+            Verdict::Refused(reason) => Err(reason.into()),
+        }
+    }
+}
+
+/// Each answer lives for the time decided when it arrived.
+struct AnswerExpiry;
+
+impl Expiry<TokenHash, CachedAnswer> for AnswerExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        value: &CachedAnswer,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// What an answer says, once its claims are checked.
+#[derive(Debug, PartialEq, Eq)]
+enum Judged {
+    /// `active: true` and every claim present is acceptable.
+    Active { expires_at: Option<u64> },
+    /// `active: false`, or a claim we refuse.
+    Refused(Reason),
+}
+
+/// The introspection client of one issuer, built once at start-up.
+pub struct IntrospectionClient {
+    index: usize,
+    name: String,
+    issuer: String,
+    audiences: Vec<String>,
+    leeway: u64,
+    /// Configured endpoint; when absent, the one the key store's discovery found.
+    endpoint: Option<Arc<Url>>,
+    keys: Arc<KeyStore>,
+    auth: ClientAuth,
+    timeout: Duration,
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+    introspect_jwts: bool,
+}
+
+/// How we authenticate, ready to use: the Basic header is built once.
+enum ClientAuth {
+    /// RFC 6749 §2.3.1: `Authorization: Basic base64(urlencode(id) ":" urlencode(secret))`,
+    /// marked sensitive so that no HTTP library prints it.
+    Basic(HeaderValue),
+    /// RFC 6749 §2.3.1: `client_id` and `client_secret` in the form body.
+    Post {
+        client_id: String,
+        secret: ClientSecret,
+    },
+}
+
+impl ClientAuth {
+    fn new(method: ClientAuthMethod, client_id: &str, secret: ClientSecret) -> Option<Self> {
+        match method {
+            ClientAuthMethod::ClientSecretBasic => {
+                basic_authorization(client_id, secret.expose()).map(ClientAuth::Basic)
+            }
+            ClientAuthMethod::ClientSecretPost => Some(ClientAuth::Post {
+                client_id: client_id.to_owned(),
+                secret,
+            }),
+        }
+    }
+}
+
+/// The `Authorization` value of `client_secret_basic`. RFC 6749 §2.3.1 has the id and the
+/// secret form-urlencoded before they are joined with `:` and base64-encoded, so a `:`
+/// or a non-ASCII character in the secret survives the trip.
+pub fn basic_authorization(client_id: &str, secret: &str) -> Option<HeaderValue> {
+    let id: String = form_urlencoded::byte_serialize(client_id.as_bytes()).collect();
+    let secret: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let credentials = STANDARD.encode(format!("{id}:{secret}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {credentials}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+impl IntrospectionClient {
+    fn new(
+        index: usize,
+        settings: &IssuerSettings,
+        keys: Arc<KeyStore>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let Some(introspection) = &settings.introspection else {
+            return Ok(None);
+        };
+        let key = format!("issuers[{index}].introspection");
+        let endpoint = introspection
+            .endpoint
+            .as_deref()
+            .map(Url::parse)
+            .transpose()
+            .map_err(|e| ConfigError::new(format!("{key}.endpoint"), e.to_string()))?
+            .map(Arc::new);
+        let secret = introspection.client_secret(&key)?;
+        let auth = ClientAuth::new(introspection.auth_method, &introspection.client_id, secret)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("{key}.client_id"),
+                    "cannot be sent in an Authorization header",
+                )
+            })?;
+        Ok(Some(Self {
+            index,
+            name: settings.display_name().to_owned(),
+            issuer: settings.issuer.clone(),
+            audiences: settings.audiences.clone(),
+            leeway: settings.leeway.as_secs(),
+            endpoint,
+            keys,
+            auth,
+            timeout: introspection.timeout,
+            positive_ttl: introspection.positive_ttl,
+            negative_ttl: introspection.negative_ttl,
+            introspect_jwts: introspection.introspect_jwts,
+        }))
+    }
+
+    fn endpoint(&self) -> Option<Arc<Url>> {
+        self.endpoint
+            .clone()
+            .or_else(|| self.keys.discovered_introspection_endpoint())
+    }
+
+    /// One RFC 7662 §2.1 request: a form POST with the token and our credentials.
+    async fn call(&self, http: &reqwest::Client, token: &str) -> Result<Value, IntrospectionError> {
+        let endpoint = self.endpoint().ok_or(IntrospectionError::NoEndpoint)?;
+        let url = endpoint.to_string();
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("token", token)
+            .append_pair("token_type_hint", "access_token");
+        let mut request = http
+            .post(endpoint.as_str())
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .timeout(self.timeout);
+        match &self.auth {
+            ClientAuth::Basic(authorization) => {
+                request = request.header(AUTHORIZATION, authorization.clone());
+            }
+            ClientAuth::Post { client_id, secret } => {
+                form.append_pair("client_id", client_id)
+                    .append_pair("client_secret", secret.expose());
+            }
+        }
+        let failed = |source: reqwest::Error| {
+            if source.is_timeout() {
+                IntrospectionError::Timeout {
+                    url: url.clone(),
+                    timeout: self.timeout,
+                }
+            } else {
+                IntrospectionError::Http {
+                    url: url.clone(),
+                    source,
+                }
+            }
+        };
+        let mut response = request.body(form.finish()).send().await.map_err(failed)?;
+        let status = response.status();
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(IntrospectionError::TooLarge { url });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(IntrospectionError::TooLarge { url });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let error = OAuthErrorCode::from_body(&body);
+            let status = status.as_u16();
+            // RFC 7662 §2.3: invalid client credentials give a 401. We treat 403 alike:
+            // either way our client is not allowed to introspect, which no retry fixes.
+            return Err(if matches!(status, 401 | 403) {
+                IntrospectionError::Unauthorized { url, status, error }
+            } else {
+                IntrospectionError::Status { url, status, error }
+            });
+        }
+        serde_json::from_slice(&body).map_err(|source| IntrospectionError::Json { url, source })
+    }
+
+    /// Checks an answer (RFC 7662 §2.2). Only `active: true` means active; the optional
+    /// `exp`, `nbf`, `aud` and `iss` members are checked like the same JWT claims when
+    /// present, because an issuer may well answer `active: true` for a token it issued to
+    /// another audience.
+    fn judge(&self, answer: &Value, now: u64) -> Result<Judged, &'static str> {
+        if !answer.is_object() {
+            return Err("not a JSON object");
+        }
+        match answer.get("active") {
+            Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => return Ok(Judged::Refused(Reason::InactiveToken)),
+            _ => return Err("no boolean `active` member"),
+        }
+        let refused = |reason| Ok(Judged::Refused(reason));
+        if answer
+            .get("token_type")
+            .and_then(Value::as_str)
+            .is_some_and(|kind| kind.eq_ignore_ascii_case("refresh_token"))
+        {
+            // A refresh token is active too, but it is a credential for the token
+            // endpoint only (RFC 6749 §1.5); it must never open a resource.
+            return refused(Reason::WrongTokenType);
+        }
+        match answer.get("iss") {
+            None => {}
+            Some(Value::String(iss)) if *iss == self.issuer => {}
+            // Exact match, like a JWT's `iss`: no normalisation.
+            Some(Value::String(_)) => return refused(Reason::UnknownIssuer),
+            Some(_) => return refused(Reason::InvalidClaims),
+        }
+        match answer.get("aud") {
+            None => {}
+            Some(Value::String(aud)) if self.audiences.contains(aud) => {}
+            Some(Value::Array(auds))
+                if auds
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|aud| self.audiences.iter().any(|allowed| allowed == aud)) => {}
+            Some(Value::String(_) | Value::Array(_)) => return refused(Reason::WrongAudience),
+            Some(_) => return refused(Reason::InvalidClaims),
+        }
+        let expires_at = match answer.get("exp").map(numeric_date) {
+            None => None,
+            Some(None) => return refused(Reason::InvalidClaims),
+            Some(Some(exp)) if exp.saturating_add(self.leeway) < now => {
+                return refused(Reason::Expired)
+            }
+            Some(Some(exp)) => Some(exp),
+        };
+        match answer.get("nbf").map(numeric_date) {
+            None => {}
+            Some(None) => return refused(Reason::InvalidClaims),
+            Some(Some(nbf)) if nbf > now.saturating_add(self.leeway) => {
+                return refused(Reason::NotYetValid)
+            }
+            Some(Some(_)) => {}
+        }
+        Ok(Judged::Active { expires_at })
+    }
+
+    /// How long a judged answer may be kept: positive ones never past their `exp`.
+    fn ttl(&self, judged: &Judged, now: u64) -> Duration {
+        match judged {
+            Judged::Active {
+                expires_at: Some(exp),
+            } => self
+                .positive_ttl
+                .min(Duration::from_secs(exp.saturating_sub(now))),
+            Judged::Active { expires_at: None } => self.positive_ttl,
+            Judged::Refused(_) => self.negative_ttl,
+        }
+    }
+}
+
+/// An RFC 7519 NumericDate: seconds since the epoch, possibly with a fraction.
+fn numeric_date(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+            // Truncation is what we want: whole seconds, like `exp` elsewhere.
+            .map(|seconds| seconds as u64)
+    })
+}
+
+/// Every issuer's introspection client, the shared answer cache and the in-flight cap.
+pub struct Introspector {
+    /// By issuer index; `None` where introspection is not configured.
+    clients: Vec<Option<IntrospectionClient>>,
+    opaque_issuer: Option<usize>,
+    cache: Cache<TokenHash, CachedAnswer>,
+    in_flight: Semaphore,
+    max_in_flight: usize,
+    http: reqwest::Client,
+    identity: IdentityMapping,
+    metrics: Arc<Metrics>,
+}
+
+impl Introspector {
+    /// Builds the clients; `key_stores` are the issuers' key stores, by index (they hold
+    /// the discovered endpoints). Reads the client secrets.
+    pub fn new(
+        settings: &Settings,
+        key_stores: &[Arc<KeyStore>],
+        http: reqwest::Client,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ConfigError> {
+        let clients = settings
+            .issuers
+            .iter()
+            .zip(key_stores)
+            .enumerate()
+            .map(|(index, (issuer, keys))| IntrospectionClient::new(index, issuer, keys.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_in_flight = settings.http_client.introspection_max_in_flight;
+        Ok(Self {
+            clients,
+            opaque_issuer: settings.opaque_issuer()?,
+            cache: Cache::builder()
+                .max_capacity(settings.cache.introspection_max_entries)
+                .expire_after(AnswerExpiry)
+                .build(),
+            in_flight: Semaphore::new(max_in_flight),
+            max_in_flight,
+            http,
+            identity: IdentityMapping::new(&settings.identity),
+            metrics,
+        })
+    }
+
+    /// The issuer asked about opaque tokens, if one is configured.
+    pub fn opaque_issuer(&self) -> Option<usize> {
+        self.opaque_issuer
+    }
+
+    /// True when issuer `index`'s JWTs must also be found active by introspection.
+    pub fn introspects_jwts(&self, index: usize) -> bool {
+        self.client(index)
+            .is_some_and(|client| client.introspect_jwts)
+    }
+
+    fn client(&self, index: usize) -> Option<&IntrospectionClient> {
+        self.clients.get(index).and_then(Option::as_ref)
+    }
+
+    /// Asks issuer `issuer` (through the cache) whether `token` is active.
+    pub async fn verify(
+        &self,
+        issuer: usize,
+        token: &str,
+        hash: &TokenHash,
+    ) -> Result<Introspected, AuthError> {
+        let client = self
+            .client(issuer)
+            .ok_or(Reason::IntrospectionUnavailable)?;
+        if let Some(answer) = self.cache.get(hash).await {
+            if answer.is_fresh(unix_now()) {
+                self.metrics.introspection_cache_lookup(true);
+                return answer.into_result(true);
+            }
+            self.cache.invalidate(hash).await;
+        }
+        self.metrics.introspection_cache_lookup(false);
+        // Single flight: concurrent misses for this token wait for the one call made
+        // here. An error is handed to those waiters and never inserted.
+        self.cache
+            .try_get_with(*hash, self.ask(client, token))
+            .await
+            .map_err(|error| AuthError::with_source(error.reason(), error))?
+            .into_result(false)
+    }
+
+    /// The one upstream call behind a cache miss, and the answer to cache.
+    async fn ask(
+        &self,
+        client: &IntrospectionClient,
+        token: &str,
+    ) -> Result<CachedAnswer, IntrospectionError> {
+        // The permit is taken here, by the caller that really calls out, so a burst of
+        // requests for one token needs a single permit. Waiting for one would let a flood
+        // of distinct tokens queue without bound: refuse instead.
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            tracing::warn!(
+                issuer = %client.name,
+                max_in_flight = self.max_in_flight,
+                "introspection refused: too many calls in flight (503)"
+            );
+            return Err(IntrospectionError::Overloaded {
+                max: self.max_in_flight,
+            });
+        };
+        let answer = match client.call(&self.http, token).await {
+            Ok(answer) => answer,
+            Err(error) => return Err(self.failed(client, error)),
+        };
+        let now = unix_now();
+        let judged = match client.judge(&answer, now) {
+            Ok(judged) => judged,
+            Err(why) => {
+                let url = client.endpoint().map(|url| url.to_string());
+                let error = IntrospectionError::InvalidAnswer {
+                    url: url.unwrap_or_default(),
+                    why,
+                };
+                return Err(self.failed(client, error));
+            }
+        };
+        let result = match &judged {
+            Judged::Refused(Reason::InactiveToken) => IntrospectionResult::Inactive,
+            _ => IntrospectionResult::Success,
+        };
+        self.metrics.introspection_call(client.index, result);
+        let ttl = client.ttl(&judged, now);
+        let verdict = match judged {
+            Judged::Active { expires_at } => Verdict::Active(Arc::new(VerifiedToken {
+                issuer: client.index,
+                expires_at: expires_at.unwrap_or(u64::MAX),
+                key_generation: 0,
+                // Built once per answer: a cache hit only copies ready header values.
+                identity: self.identity.introspection_identity(&answer),
+            })),
+            Judged::Refused(reason) => Verdict::Refused(reason),
+        };
+        Ok(CachedAnswer { verdict, ttl })
+    }
+
+    /// Counts and logs a failed call, once for all the requests waiting on it. The log
+    /// says why (status, timeout, refused credentials…); it never holds the token or the
+    /// secret, which no error variant carries.
+    fn failed(&self, client: &IntrospectionClient, error: IntrospectionError) -> IntrospectionError {
+        self.metrics
+            .introspection_call(client.index, IntrospectionResult::Error);
+        tracing::error!(
+            issuer = %client.name,
+            error = %error,
+            cause = ?std::error::Error::source(&error).map(ToString::to_string),
+            "token introspection failed; answering 503 (fail closed)"
+        );
+        error
+    }
+
+    /// Answers currently cached (approximate until pending work is run).
+    pub async fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn client(leeway: u64) -> IntrospectionClient {
+        let settings: IssuerSettings = serde_json::from_value(json!({
+            "issuer": "https://sso.example.com",
+            "audiences": ["orders-api"],
+        }))
+        .unwrap();
+        let metrics = Arc::new(Metrics::new(&prometheus::Registry::new(), &[]).unwrap());
+        let keys = Arc::new(KeyStore::new(
+            0,
+            &settings,
+            None,
+            vec![jsonwebtoken::Algorithm::RS256],
+            reqwest::Client::new(),
+            metrics,
+        ));
+        IntrospectionClient {
+            index: 0,
+            name: "test".to_owned(),
+            issuer: settings.issuer,
+            audiences: settings.audiences,
+            leeway,
+            endpoint: None,
+            keys,
+            auth: ClientAuth::Basic(HeaderValue::from_static("Basic eDp5")),
+            timeout: Duration::from_secs(1),
+            positive_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            introspect_jwts: false,
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn judge(answer: Value) -> Result<Judged, &'static str> {
+        client(0).judge(&answer, NOW)
+    }
+
+    #[test]
+    fn only_active_true_is_active() {
+        assert_eq!(
+            judge(json!({"active": true})),
+            Ok(Judged::Active { expires_at: None })
+        );
+        assert_eq!(
+            judge(json!({"active": false, "sub": "x"})),
+            Ok(Judged::Refused(Reason::InactiveToken))
+        );
+        // Not a boolean: the issuer is broken, no verdict (503), nothing cached.
+        assert!(judge(json!({"active": "true"})).is_err());
+        assert!(judge(json!({"sub": "x"})).is_err());
+        assert!(judge(json!([true])).is_err());
+    }
+
+    #[test]
+    fn claims_present_are_checked_like_jwt_claims() {
+        let refused = |answer| match judge(answer) {
+            Ok(Judged::Refused(reason)) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refused(json!({"active": true, "exp": NOW - 1})),
+            Reason::Expired
+        );
+        assert_eq!(
+            refused(json!({"active": true, "nbf": NOW + 10})),
+            Reason::NotYetValid
+        );
+        assert_eq!(
+            refused(json!({"active": true, "aud": "another-api"})),
+            Reason::WrongAudience
+        );
+        assert_eq!(
+            refused(json!({"active": true, "aud": ["a", "b"]})),
+            Reason::WrongAudience
+        );
+        assert_eq!(
+            refused(json!({"active": true, "iss": "https://sso.example.com/"})),
+            Reason::UnknownIssuer
+        );
+        assert_eq!(
+            refused(json!({"active": true, "exp": "soon"})),
+            Reason::InvalidClaims
+        );
+        assert_eq!(
+            refused(json!({"active": true, "token_type": "refresh_token"})),
+            Reason::WrongTokenType
+        );
+        assert_eq!(
+            judge(json!({
+                "active": true, "exp": NOW + 30, "nbf": NOW, "iss": "https://sso.example.com",
+                "aud": ["other", "orders-api"], "token_type": "Bearer",
+            })),
+            Ok(Judged::Active {
+                expires_at: Some(NOW + 30)
+            })
+        );
+    }
+
+    #[test]
+    fn leeway_applies_to_exp_and_nbf() {
+        let lenient = client(30);
+        let answer = json!({"active": true, "exp": NOW - 10, "nbf": NOW + 10});
+        assert_eq!(
+            lenient.judge(&answer, NOW),
+            Ok(Judged::Active {
+                expires_at: Some(NOW - 10)
+            })
+        );
+    }
+
+    #[test]
+    fn positive_answers_never_outlive_exp() {
+        let client = client(0);
+        let active = |exp| Judged::Active { expires_at: exp };
+        assert_eq!(
+            client.ttl(&active(Some(NOW + 10)), NOW),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            client.ttl(&active(Some(NOW + 3600)), NOW),
+            Duration::from_secs(60)
+        );
+        assert_eq!(client.ttl(&active(None), NOW), Duration::from_secs(60));
+        assert_eq!(
+            client.ttl(&Judged::Refused(Reason::InactiveToken), NOW),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn basic_credentials_are_form_urlencoded_first() {
+        // RFC 6749 §2.3.1 and its errata: "a b:c/é" → "a+b%3Ac%2F%C3%A9".
+        let value = basic_authorization("client one", "a b:c/é").unwrap();
+        assert!(value.is_sensitive());
+        let encoded = value.to_str().unwrap().strip_prefix("Basic ").unwrap();
+        let decoded = String::from_utf8(STANDARD.decode(encoded).unwrap()).unwrap();
+        assert_eq!(decoded, "client+one:a+b%3Ac%2F%C3%A9");
+    }
+
+    #[test]
+    fn oauth_error_codes_are_quoted_only_when_short_and_plain() {
+        let code = |body: &str| OAuthErrorCode::from_body(body.as_bytes()).to_string();
+        assert_eq!(code(r#"{"error":"invalid_client"}"#), ", error=invalid_client");
+        assert_eq!(code(r#"{"error":"bad\nline"}"#), "");
+        assert_eq!(code("<html>"), "");
+    }
+
+    #[test]
+    fn fractional_numeric_dates() {
+        assert_eq!(numeric_date(&json!(12.7)), Some(12));
+        assert_eq!(numeric_date(&json!(-1)), None);
+    }
+}
