@@ -177,9 +177,8 @@ pub fn find_executable(name: &str, env_var: &str, fixed: &[&str]) -> PathBuf {
         .unwrap_or_default()
         .into_iter()
         .map(|dir| dir.join(name));
-    let fixed = fixed.iter().map(PathBuf::from);
     on_path
-        .chain(fixed)
+        .chain(fixed.iter().map(PathBuf::from))
         .find(|path| is_executable(path))
         .unwrap_or_else(|| {
             panic!(
