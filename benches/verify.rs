@@ -1,12 +1,15 @@
 //! Micro-benchmarks of the request path: token extraction, full verification per
-//! algorithm (cache miss), the verified-token cache hit, and identity-header building.
+//! algorithm (cache miss), the verified-token cache hit, the introspection cache hit (an
+//! opaque token whose answer is cached), and identity-header building.
 //!
 //! `cargo bench` runs them; compare numbers within one run only.
 
 use std::hint::black_box;
+use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use actix_web::{web, App, HttpResponse, HttpServer};
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
 use jsonwebtoken::Algorithm;
@@ -32,14 +35,64 @@ fn claims() -> Value {
     })
 }
 
-/// A verifier whose keys are loaded from a JWKS document, without any network.
-fn verifier(keys: &[&SigningKey]) -> Verifier {
+/// An opaque token (not a JWT): it goes to introspection.
+const OPAQUE_TOKEN: &str = "bench-opaque-2YotnFZFEjr1zCsicMWpAA-tGzv3JOkF0XG5Qx2TlKWIA";
+
+/// What the in-process introspection endpoint answers, for every token.
+fn introspection_answer() -> Value {
+    let mut answer = claims();
+    answer["active"] = json!(true);
+    answer["username"] = json!("alice");
+    answer
+}
+
+/// Starts an in-process RFC 7662 endpoint; returns its URL. Only used to fill the cache
+/// once, the way a real request would.
+fn start_introspection_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "http://{}/introspect",
+        listener.local_addr().expect("address")
+    );
+    let server = HttpServer::new(|| {
+        App::new().route(
+            "/introspect",
+            web::post().to(|| async { HttpResponse::Ok().json(introspection_answer()) }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    url
+}
+
+/// A verifier whose keys are loaded from a JWKS document, without any network, and
+/// whose opaque tokens are introspected at `introspection_endpoint`.
+fn verifier(keys: &[&SigningKey], introspection_endpoint: &str) -> Verifier {
+    let secret = std::env::temp_dir().join(format!("tokengate-bench-{}", std::process::id()));
+    std::fs::write(&secret, "bench-secret\n").expect("secret file");
     let settings = Settings::from_yaml(&format!(
-        "issuers:\n  - issuer: {ISSUER}\n    audiences: [orders-api]\n    algorithms: [RS256, PS256, ES256, EdDSA]\n"
+        "issuers:
+  - issuer: {ISSUER}
+    audiences: [orders-api]
+    algorithms: [RS256, PS256, ES256, EdDSA]
+    introspection:
+      endpoint: {introspection_endpoint}
+      client_id: tokengate
+      client_secret_file: {secret}
+      positive_ttl: 1h
+token:
+  opaque_issuer: {ISSUER}
+",
+        secret = secret.display()
     ))
     .expect("settings");
     let metrics = Arc::new(Metrics::new(&Registry::new(), &["bench".to_owned()]).expect("metrics"));
     let verifier = Verifier::new(&settings, reqwest::Client::new(), metrics).expect("verifier");
+    let _ = std::fs::remove_file(&secret);
     let jwks = jwks_document(keys.iter().copied()).to_string();
     for store in verifier.key_stores() {
         store.load_jwks(jwks.as_bytes()).expect("keys");
@@ -57,7 +110,9 @@ fn benches(c: &mut Criterion) {
     .into_iter()
     .map(|(alg, kid)| SigningKey::generate(alg, kid))
     .collect();
-    let verifier = verifier(&keys.iter().collect::<Vec<_>>());
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let endpoint = runtime.block_on(async { start_introspection_endpoint() });
+    let verifier = verifier(&keys.iter().collect::<Vec<_>>(), &endpoint);
 
     let token = keys[0].sign(&claims());
     let mut headers = HeaderMap::new();
@@ -102,7 +157,24 @@ fn benches(c: &mut Criterion) {
         })
     });
 
-    let mapping = IdentityMapping::new(&Default::default());
+    // One real introspection fills the cache; every iteration after it is a cache hit.
+    let first = runtime
+        .block_on(verifier.verify_token(OPAQUE_TOKEN))
+        .expect("active answer");
+    assert!(!first.cache_hit);
+    c.bench_function("introspection_cache_hit", |b| {
+        b.iter(|| {
+            let allowed = verifier
+                .verify_token(black_box(OPAQUE_TOKEN))
+                .now_or_never()
+                .expect("no waiting on the request path")
+                .expect("active token");
+            debug_assert!(allowed.cache_hit);
+            allowed
+        })
+    });
+
+    let mapping = IdentityMapping::new(&Default::default()).expect("mapping");
     let claims = claims();
     c.bench_function("identity_headers", |b| {
         b.iter(|| mapping.identity(black_box(&claims)))

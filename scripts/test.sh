@@ -70,10 +70,98 @@ install_nginx() {
     echo "nginx: installed $("$(nginx_binary)" -v 2>&1)"
 }
 
+# --- the real OpenID Provider: panva/oidc-provider from npm -------------------------
+#
+# tests/e2e/introspection.rs runs tests/e2e/op/op.mjs with Node.js. oidc-provider 9
+# calls crypto.hash (Node.js >= 20.12); Debian 12's own nodejs is 18. A recent enough
+# system node is used as it is; otherwise a pinned Node.js LTS is installed from the npm
+# registry (package node-linux-<arch>, integrity-checked by npm) into .e2e/node, where
+# the tests look first. The npm packages are pinned in tests/e2e/op/package.json and
+# installed, without a lockfile, into tests/e2e/op/node_modules. Both are gitignored.
+
+E2E_NODE_VERSION=22.23.3
+E2E_NODE_PREFIX=.e2e/node
+OP_DIR=tests/e2e/op
+
+node_arch() {
+    case "$(uname -m)" in
+        x86_64) echo x64 ;;
+        aarch64 | arm64) echo arm64 ;;
+        *) echo "unsupported machine $(uname -m) for Node.js" >&2; return 1 ;;
+    esac
+}
+
+# The Node.js installed into .e2e/node, whether or not it exists yet.
+bundled_node() {
+    echo "$E2E_NODE_PREFIX/node_modules/node-linux-$(node_arch)/bin/node"
+}
+
+# node_is_recent NODE: true when NODE runs and is at least 20.12.
+node_is_recent() {
+    "$1" -e 'const [major, minor] = process.versions.node.split(".").map(Number);
+             process.exit(major > 20 || (major === 20 && minor >= 12) ? 0 : 1)' 2>/dev/null
+}
+
+# The node the tests will run: the one in .e2e/node if present, else the system's.
+e2e_node() {
+    local bundled
+    bundled=$(bundled_node)
+    if [[ -x $bundled ]]; then
+        echo "$bundled"
+    else
+        command -v node
+    fi
+}
+
+install_node() {
+    if ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    local node
+    node=$(e2e_node || true)
+    if [[ -n $node ]] && node_is_recent "$node"; then
+        echo "node: $("$node" --version) ($node)"
+        return
+    fi
+    npm install --prefix "$E2E_NODE_PREFIX" --no-package-lock --no-save --no-audit \
+        --no-fund --loglevel=error "node-linux-$(node_arch)@$E2E_NODE_VERSION"
+    node=$(bundled_node)
+    node_is_recent "$node"
+    echo "node: installed $("$node" --version) ($node)"
+}
+
+# True when every dependency of tests/e2e/op/package.json is installed at its pinned
+# version.
+op_packages_installed() {
+    "$(e2e_node)" -e '
+        const fs = require("fs");
+        const path = require("path");
+        const dir = process.argv[1];
+        const read = (file) => JSON.parse(fs.readFileSync(file, "utf8"));
+        const wanted = read(path.join(dir, "package.json")).dependencies;
+        for (const [name, version] of Object.entries(wanted)) {
+            const installed = path.join(dir, "node_modules", name, "package.json");
+            if (!fs.existsSync(installed) || read(installed).version !== version) process.exit(1);
+        }' "$OP_DIR"
+}
+
+install_oidc_provider() {
+    install_node
+    if ! op_packages_installed; then
+        (cd "$OP_DIR" && npm install --no-package-lock --no-audit --no-fund --omit=dev \
+            --loglevel=error)
+        op_packages_installed
+    fi
+    local version
+    version=$("$(e2e_node)" -p 'require("./'"$OP_DIR"'/node_modules/oidc-provider/package.json").version')
+    echo "oidc-provider: $version"
+}
+
 # Everything the end-to-end tests (tests/e2e) drive. One install_* function per
 # component; each is quick when its component is already present.
 install_e2e_dependencies() {
     install_nginx
+    install_oidc_provider
 }
 
 # rustfmt and clippy come with rustup's default profile; add them if a minimal

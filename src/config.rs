@@ -12,7 +12,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use url::Url;
 
-use crate::request::TokenSource;
+use crate::request::{ProxyHeaders, TokenSource};
 
 /// Prefix of environment overrides: `TOKENGATE__CACHE__MAX_ENTRIES=5000`.
 pub const ENV_PREFIX: &str = "TOKENGATE";
@@ -68,6 +68,13 @@ pub struct Settings {
     /// HTTP worker threads; defaults to the number of CPUs.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Which proxy's original-request headers `/auth` trusts: `auto`, `ingress_nginx`,
+    /// `nginx` or `traefik` (Envoy's `/ext-authz/…` needs none).
+    #[serde(default)]
+    pub proxy_headers: ProxyHeaders,
+    /// Route rules matched on the original request; the first match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleSettings>,
     /// The token issuers this instance trusts, chosen by exact `iss` match.
     #[serde(default)]
     pub issuers: Vec<IssuerSettings>,
@@ -267,6 +274,112 @@ pub struct IdentitySettings {
     /// dropped whole, never cut in the middle).
     #[serde(default = "defaults::max_header_length")]
     pub max_header_length: usize,
+    /// Budget for all identity headers of one answer together (names and values). Over
+    /// it the answer is 403 with a log line, instead of nginx failing with a 500 because
+    /// the headers overflow its `proxy_buffer_size` (4 KiB by default).
+    #[serde(default = "defaults::max_headers_bytes")]
+    pub max_headers_bytes: usize,
+    /// Extra headers from claims, e.g. `{header: X-Auth-Request-Tenant, claim: tenant_id}`.
+    #[serde(default)]
+    pub claim_headers: Vec<ClaimHeaderSettings>,
+    /// Which groups are sent upstream (policy checks always see every group).
+    #[serde(default)]
+    pub groups_filter: Option<GroupsFilterSettings>,
+    /// `headers` (`X-Auth-Request-*`) or `kubernetes_impersonation`
+    /// (`Impersonate-User` and one `Impersonate-Group` line per group).
+    #[serde(default)]
+    pub output: IdentityOutput,
+    /// For `kubernetes_impersonation`: identities by email, replacing the token's user
+    /// and groups.
+    #[serde(default)]
+    pub impersonation_map: Vec<ImpersonationEntry>,
+}
+
+/// One extra identity header.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimHeaderSettings {
+    /// Response header name.
+    pub header: String,
+    /// Claim name or dotted path.
+    pub claim: String,
+}
+
+/// Keeps only matching groups in the groups header: with hundreds of directory groups,
+/// the header would otherwise outgrow the proxy's buffers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsFilterSettings {
+    /// Keep groups starting with one of these.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// Keep groups matching this regular expression.
+    #[serde(default)]
+    pub pattern: Option<String>,
+}
+
+/// How the identity is handed to the upstream.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityOutput {
+    #[default]
+    Headers,
+    KubernetesImpersonation,
+}
+
+/// One identity-map entry for Kubernetes impersonation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImpersonationEntry {
+    /// Matched case-insensitively against the token's email.
+    pub email: String,
+    /// Kubernetes user name.
+    pub user: String,
+    /// Kubernetes groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// One route rule. Conditions left empty match anything; a condition on a part of the
+/// original request the proxy did not send never matches.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSettings {
+    /// Name for logs; defaults to `rules[N]`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Hosts (`app.example.com`, or `*.example.com` for subdomains).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Path prefixes (`/admin` matches `/admin` and `/admin/…`) or globs (`/api/*/admin`,
+    /// `/docs/**`), matched on the normalised path.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Methods (`GET`, `POST`, …).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Let matching requests through with no token and no identity headers.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    /// Refuse matching requests, whatever the token.
+    #[serde(default)]
+    pub deny: bool,
+    /// Let CORS preflights (`OPTIONS` + `Origin` + `Access-Control-Request-Method`)
+    /// through without a token.
+    #[serde(default)]
+    pub allow_cors_preflight: bool,
+    /// The identity must be in one of these groups.
+    #[serde(default)]
+    pub allowed_groups: Vec<String>,
+    /// The email must be one of these.
+    #[serde(default)]
+    pub allowed_emails: Vec<String>,
+    /// The email's domain must be one of these (`*.example.com` for subdomains).
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    /// Every one of these scopes must be in `scope`/`scp`.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
 }
 
 impl Default for IdentitySettings {
@@ -276,6 +389,11 @@ impl Default for IdentitySettings {
             email_claim: defaults::email_claim(),
             groups_claim: defaults::groups_claim(),
             max_header_length: defaults::max_header_length(),
+            max_headers_bytes: defaults::max_headers_bytes(),
+            claim_headers: Vec::new(),
+            groups_filter: None,
+            output: IdentityOutput::Headers,
+            impersonation_map: Vec::new(),
         }
     }
 }
@@ -419,6 +537,9 @@ mod defaults {
     pub fn max_header_length() -> usize {
         2048
     }
+    pub fn max_headers_bytes() -> usize {
+        3072
+    }
     pub fn cache_max_entries() -> u64 {
         100_000
     }
@@ -542,6 +663,14 @@ impl Settings {
                 "must be between 64 and 16384 bytes",
             ));
         }
+        if !(256..=65_536).contains(&self.identity.max_headers_bytes) {
+            return Err(ConfigError::new(
+                "identity.max_headers_bytes",
+                "must be between 256 and 65536 bytes",
+            ));
+        }
+        crate::identity::IdentityMapping::new(&self.identity)?;
+        crate::policy::RouteRules::new(&self.rules)?;
         if !(1..=MAX_CACHE_ENTRIES).contains(&self.cache.max_entries) {
             return Err(ConfigError::new(
                 "cache.max_entries",
@@ -557,7 +686,8 @@ impl Settings {
                 format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
             ));
         }
-        if !(1..=MAX_INTROSPECTIONS_IN_FLIGHT).contains(&self.http_client.introspection_max_in_flight)
+        if !(1..=MAX_INTROSPECTIONS_IN_FLIGHT)
+            .contains(&self.http_client.introspection_max_in_flight)
         {
             return Err(ConfigError::new(
                 "http_client.introspection_max_in_flight",
@@ -870,6 +1000,32 @@ impl IntrospectionSettings {
 
 /// Turns the `config` crate's error into our one-line form, keeping the key it names.
 fn from_config_error(error: config::ConfigError) -> ConfigError {
+    let error = from_config_error_raw(error);
+    ConfigError {
+        key: dotted_key(&error.key),
+        reason: error.reason,
+    }
+}
+
+/// The `config` crate writes a field after an index without a dot
+/// (`issuers[0]introspection.timeout`); our keys have one (`issuers[0].introspection.timeout`).
+fn dotted_key(key: &str) -> String {
+    let mut dotted = String::with_capacity(key.len() + 4);
+    let mut chars = key.chars().peekable();
+    while let Some(ch) = chars.next() {
+        dotted.push(ch);
+        if ch == ']'
+            && chars
+                .peek()
+                .is_some_and(|next| next.is_alphanumeric() || *next == '_')
+        {
+            dotted.push('.');
+        }
+    }
+    dotted
+}
+
+fn from_config_error_raw(error: config::ConfigError) -> ConfigError {
     match &error {
         config::ConfigError::Type {
             key: Some(key),

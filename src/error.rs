@@ -46,11 +46,29 @@ pub enum Reason {
     IntrospectionUnavailable,
     /// Too many introspection calls in flight: refused at once rather than queued.
     IntrospectionOverloaded,
+    /// The proxies' original-request headers contradict each other (see
+    /// [`crate::request::ProxyHeaders::Auto`]).
+    AmbiguousRequest,
+    /// The auth URL's query string holds an unknown policy parameter: a proxy
+    /// misconfiguration, refused rather than ignored.
+    BadPolicy,
+    /// A route rule with `deny: true` matched.
+    RouteDenied,
+    /// The identity is in none of the allowed groups.
+    NotInGroup,
+    /// The email (or its domain) is not allowed.
+    EmailNotAllowed,
+    /// A required scope is missing.
+    InsufficientScope,
+    /// The identity headers would exceed `identity.max_headers_bytes`.
+    IdentityTooLarge,
+    /// Kubernetes impersonation without a user to impersonate.
+    UnusableIdentity,
 }
 
 impl Reason {
     /// Every reason, for pre-registering one metric series per reason.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 24] = [
         Reason::MissingToken,
         Reason::TokenTooLarge,
         Reason::MalformedToken,
@@ -67,6 +85,14 @@ impl Reason {
         Reason::InactiveToken,
         Reason::IntrospectionUnavailable,
         Reason::IntrospectionOverloaded,
+        Reason::AmbiguousRequest,
+        Reason::BadPolicy,
+        Reason::RouteDenied,
+        Reason::NotInGroup,
+        Reason::EmailNotAllowed,
+        Reason::InsufficientScope,
+        Reason::IdentityTooLarge,
+        Reason::UnusableIdentity,
     ];
 
     /// Stable label for logs and metrics.
@@ -88,6 +114,14 @@ impl Reason {
             Reason::InactiveToken => "inactive_token",
             Reason::IntrospectionUnavailable => "introspection_unavailable",
             Reason::IntrospectionOverloaded => "introspection_overloaded",
+            Reason::AmbiguousRequest => "ambiguous_request",
+            Reason::BadPolicy => "bad_policy",
+            Reason::RouteDenied => "route_denied",
+            Reason::NotInGroup => "not_in_group",
+            Reason::EmailNotAllowed => "email_not_allowed",
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::IdentityTooLarge => "identity_too_large",
+            Reason::UnusableIdentity => "unusable_identity",
         }
     }
 
@@ -107,18 +141,56 @@ impl Reason {
             Reason::KeysUnavailable
             | Reason::IntrospectionUnavailable
             | Reason::IntrospectionOverloaded => StatusCode::SERVICE_UNAVAILABLE,
+            // A broken request from the proxy: nginx turns 400 into 500 (fail closed).
+            Reason::AmbiguousRequest | Reason::BadPolicy => StatusCode::BAD_REQUEST,
+            // A valid token that the policy does not let through (RFC 6750 §3.1).
+            Reason::RouteDenied
+            | Reason::NotInGroup
+            | Reason::EmailNotAllowed
+            | Reason::InsufficientScope
+            | Reason::IdentityTooLarge
+            | Reason::UnusableIdentity => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
 
     /// RFC 6750 §3.1 error code: none when no token was sent (§3.1: "the resource server
     /// SHOULD NOT include an error code" then), `invalid_token` for any bad token.
+    /// RFC 6750 §3.1 error code: none when no token was sent ("the resource server SHOULD
+    /// NOT include an error code" then), `invalid_token` for any bad token,
+    /// `insufficient_scope` for a missing scope, none for other denials.
     fn bearer_error(self) -> Option<&'static str> {
-        match self {
-            Reason::MissingToken => None,
-            // No verdict on the token at all: saying it is invalid would be a lie.
-            _ if self.status().is_server_error() => None,
-            _ => Some("invalid_token"),
+        match self.status() {
+            StatusCode::UNAUTHORIZED if self != Reason::MissingToken => Some("invalid_token"),
+            StatusCode::FORBIDDEN if self == Reason::InsufficientScope => {
+                Some("insufficient_scope")
+            }
+            _ => None,
+        }
+    }
+
+    /// `WWW-Authenticate` value, if any.
+    fn challenge(self) -> Option<&'static str> {
+        match (self.status(), self.bearer_error()) {
+            (_, Some("invalid_token")) => Some(r#"Bearer error="invalid_token""#),
+            (_, Some(_)) => Some(r#"Bearer error="insufficient_scope""#),
+            (StatusCode::UNAUTHORIZED, None) => Some("Bearer"),
+            _ => None,
+        }
+    }
+
+    /// Fixed, tiny JSON body with an RFC 6750 / RFC 6749 error name: never the token,
+    /// never a library message. Traefik hands it to the client as it is.
+    fn body(self) -> &'static str {
+        match self.status() {
+            StatusCode::SERVICE_UNAVAILABLE => r#"{"error":"temporarily_unavailable"}"#,
+            StatusCode::BAD_REQUEST => r#"{"error":"invalid_request"}"#,
+            StatusCode::FORBIDDEN if self == Reason::InsufficientScope => {
+                r#"{"error":"insufficient_scope"}"#
+            }
+            StatusCode::FORBIDDEN => r#"{"error":"access_denied"}"#,
+            _ if self == Reason::MissingToken => r#"{"error":"unauthorized"}"#,
+            _ => r#"{"error":"invalid_token"}"#,
         }
     }
 }
@@ -174,23 +246,70 @@ impl ResponseError for AuthError {
         ));
         // Tell a caching proxy (ingress-nginx `auth-cache-key`) never to keep a denial.
         response.insert_header(("x-accel-expires", HeaderValue::from_static("0")));
-        match self.reason.bearer_error() {
-            Some(_) => {
-                response.insert_header((
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
-                ));
-                // Fixed, tiny body: never the token, never a library message.
-                response.body(r#"{"error":"invalid_token"}"#)
-            }
-            None if self.reason.status().is_server_error() => {
-                response.body(r#"{"error":"temporarily_unavailable"}"#)
-            }
-            None => {
-                response
-                    .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-                response.body(r#"{"error":"unauthorized"}"#)
+        if let Some(challenge) = self.reason.challenge() {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            ));
+        }
+        response.body(self.reason.body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_reason_once() {
+        // Adding a variant breaks this match: extend `Reason::ALL` (and this list) too.
+        for reason in Reason::ALL {
+            match reason {
+                Reason::MissingToken
+                | Reason::TokenTooLarge
+                | Reason::MalformedToken
+                | Reason::UnknownIssuer
+                | Reason::AlgorithmNotAllowed
+                | Reason::UnknownKey
+                | Reason::WrongTokenType
+                | Reason::BadSignature
+                | Reason::Expired
+                | Reason::NotYetValid
+                | Reason::WrongAudience
+                | Reason::InvalidClaims
+                | Reason::KeysUnavailable
+                | Reason::InactiveToken
+                | Reason::IntrospectionUnavailable
+                | Reason::IntrospectionOverloaded
+                | Reason::AmbiguousRequest
+                | Reason::BadPolicy
+                | Reason::RouteDenied
+                | Reason::NotInGroup
+                | Reason::EmailNotAllowed
+                | Reason::InsufficientScope
+                | Reason::IdentityTooLarge
+                | Reason::UnusableIdentity => {}
             }
         }
+        let labels: std::collections::HashSet<_> =
+            Reason::ALL.iter().map(|reason| reason.as_str()).collect();
+        assert_eq!(labels.len(), Reason::ALL.len());
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), index);
+        }
+    }
+
+    #[test]
+    fn no_verdict_is_503_without_a_token_error() {
+        for reason in [
+            Reason::KeysUnavailable,
+            Reason::IntrospectionUnavailable,
+            Reason::IntrospectionOverloaded,
+        ] {
+            assert_eq!(reason.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(reason.bearer_error(), None);
+        }
+        assert_eq!(Reason::InactiveToken.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(Reason::InactiveToken.bearer_error(), Some("invalid_token"));
     }
 }

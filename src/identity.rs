@@ -1,14 +1,42 @@
 //! Claims → identity headers. Built once per verified token and kept in the cache, so a
 //! cache hit only copies ready header values.
 
+use std::collections::HashMap;
+use std::str::FromStr;
+
 use actix_web::http::header::{HeaderName, HeaderValue};
+use regex::Regex;
 use serde_json::Value;
 
-use crate::config::IdentitySettings;
+use crate::config::{ConfigError, IdentityOutput, IdentitySettings};
+use crate::error::Reason;
 
 pub const USER_HEADER: HeaderName = HeaderName::from_static("x-auth-request-user");
 pub const EMAIL_HEADER: HeaderName = HeaderName::from_static("x-auth-request-email");
 pub const GROUPS_HEADER: HeaderName = HeaderName::from_static("x-auth-request-groups");
+pub const IMPERSONATE_USER: HeaderName = HeaderName::from_static("impersonate-user");
+pub const IMPERSONATE_GROUP: HeaderName = HeaderName::from_static("impersonate-group");
+
+/// Headers a claim may never set: they carry meaning for HTTP itself, for the proxy
+/// (nginx acts on `X-Accel-*`), or are our own identity and cache headers.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "www-authenticate",
+    "cache-control",
+    "location",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+];
+const RESERVED_PREFIXES: &[&str] = &["x-accel-", "impersonate-", "proxy-"];
 
 /// A claim name or a dotted path into nested objects (`realm_access.roles`).
 #[derive(Debug, Clone)]
@@ -41,9 +69,15 @@ pub struct Identity {
     /// The user name (configured claim, falling back to `sub`).
     pub user: Option<String>,
     pub email: Option<String>,
+    /// Every group, unfiltered: the policy checks these.
     pub groups: Vec<String>,
-    /// Ready-to-send response headers.
+    /// From `scope` (space-separated) or `scp` (list or string).
+    pub scopes: Vec<String>,
+    /// Ready-to-send response headers; a name may repeat (`Impersonate-Group`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Why these headers must not be sent, if they must not (over the size budget, or no
+    /// user to impersonate).
+    pub problem: Option<Reason>,
 }
 
 /// How claims map to identity fields, built once from the settings.
@@ -53,16 +87,108 @@ pub struct IdentityMapping {
     email: ClaimPath,
     groups: ClaimPath,
     max_header_length: usize,
+    max_headers_bytes: usize,
+    claim_headers: Vec<(HeaderName, ClaimPath)>,
+    groups_filter: Option<GroupsFilter>,
+    output: IdentityOutput,
+    /// Lower-case email → (user, groups).
+    impersonation_map: HashMap<String, (String, Vec<String>)>,
+}
+
+#[derive(Debug, Clone)]
+struct GroupsFilter {
+    prefixes: Vec<String>,
+    pattern: Option<Regex>,
+}
+
+impl GroupsFilter {
+    fn keeps(&self, group: &str) -> bool {
+        self.prefixes
+            .iter()
+            .any(|prefix| group.starts_with(prefix.as_str()))
+            || self
+                .pattern
+                .as_ref()
+                .is_some_and(|pattern| pattern.is_match(group))
+    }
 }
 
 impl IdentityMapping {
-    pub fn new(settings: &IdentitySettings) -> Self {
-        Self {
+    pub fn new(settings: &IdentitySettings) -> Result<Self, ConfigError> {
+        let claim_headers = settings
+            .claim_headers
+            .iter()
+            .enumerate()
+            .map(|(index, mapping)| {
+                let key = format!("identity.claim_headers[{index}].header");
+                let name = HeaderName::from_str(mapping.header.trim())
+                    .map_err(|_| ConfigError::new(&key, "not a valid header name"))?;
+                let lower = name.as_str();
+                if RESERVED_HEADERS.contains(&lower)
+                    || RESERVED_PREFIXES.iter().any(|p| lower.starts_with(p))
+                {
+                    return Err(ConfigError::new(
+                        &key,
+                        format!("'{lower}' is reserved and cannot come from a claim"),
+                    ));
+                }
+                if mapping.claim.is_empty() || mapping.claim.split('.').any(str::is_empty) {
+                    return Err(ConfigError::new(
+                        format!("identity.claim_headers[{index}].claim"),
+                        "must be a claim name or a dotted path",
+                    ));
+                }
+                Ok((name, ClaimPath::new(&mapping.claim)))
+            })
+            .collect::<Result<_, _>>()?;
+        let groups_filter = settings
+            .groups_filter
+            .as_ref()
+            .map(|filter| {
+                let pattern = filter
+                    .pattern
+                    .as_deref()
+                    .map(Regex::new)
+                    .transpose()
+                    .map_err(|e| {
+                        ConfigError::new(
+                            "identity.groups_filter.pattern",
+                            e.to_string().replace('\n', " "),
+                        )
+                    })?;
+                if filter.prefixes.is_empty() && pattern.is_none() {
+                    return Err(ConfigError::new(
+                        "identity.groups_filter",
+                        "give prefixes or a pattern",
+                    ));
+                }
+                Ok(GroupsFilter {
+                    prefixes: filter.prefixes.clone(),
+                    pattern,
+                })
+            })
+            .transpose()?;
+        let impersonation_map = settings
+            .impersonation_map
+            .iter()
+            .map(|entry| {
+                (
+                    entry.email.to_ascii_lowercase(),
+                    (entry.user.clone(), entry.groups.clone()),
+                )
+            })
+            .collect();
+        Ok(Self {
             user: ClaimPath::new(&settings.user_claim),
             email: ClaimPath::new(&settings.email_claim),
             groups: ClaimPath::new(&settings.groups_claim),
             max_header_length: settings.max_header_length,
-        }
+            max_headers_bytes: settings.max_headers_bytes,
+            claim_headers,
+            groups_filter,
+            output: settings.output,
+            impersonation_map,
+        })
     }
 
     /// The identity carried by JWT claims: the configured user claim, else `sub`.
@@ -96,23 +222,109 @@ impl IdentityMapping {
             .map(string_list)
             .unwrap_or_default();
 
-        let mut headers = Vec::with_capacity(3);
-        let limit = self.max_header_length;
-        if let Some(value) = user.as_deref().and_then(|v| header_value(v, limit)) {
-            headers.push((USER_HEADER, value));
-        }
-        if let Some(value) = email.as_deref().and_then(|v| header_value(v, limit)) {
-            headers.push((EMAIL_HEADER, value));
-        }
-        if let Some(value) = join_groups(&groups, limit) {
-            headers.push((GROUPS_HEADER, value));
-        }
-        Identity {
+        let scopes = claims
+            .get("scope")
+            .or_else(|| claims.get("scp"))
+            .map(string_list)
+            .unwrap_or_default();
+        let mut identity = Identity {
             subject,
             user,
             email,
             groups,
-            headers,
+            scopes,
+            headers: Vec::with_capacity(3),
+            problem: None,
+        };
+        match self.output {
+            IdentityOutput::Headers => self.push_auth_request_headers(&mut identity),
+            IdentityOutput::KubernetesImpersonation => {
+                self.push_impersonation_headers(&mut identity)
+            }
+        }
+        for (name, path) in &self.claim_headers {
+            let value = path.lookup(claims).and_then(|value| match value {
+                Value::Array(_) => Some(string_list(value).join(",")),
+                other => scalar_string(other),
+            });
+            if let Some(value) = value.and_then(|v| header_value(&v, self.max_header_length)) {
+                identity.headers.push((name.clone(), value));
+            }
+        }
+        let bytes: usize = identity
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        if bytes > self.max_headers_bytes && identity.problem.is_none() {
+            identity.problem = Some(Reason::IdentityTooLarge);
+        }
+        identity
+    }
+
+    fn emitted_groups<'a>(&'a self, groups: &'a [String]) -> impl Iterator<Item = &'a String> {
+        groups.iter().filter(|group| {
+            self.groups_filter
+                .as_ref()
+                .is_none_or(|filter| filter.keeps(group))
+        })
+    }
+
+    fn push_auth_request_headers(&self, identity: &mut Identity) {
+        let limit = self.max_header_length;
+        if let Some(value) = identity
+            .user
+            .as_deref()
+            .and_then(|v| header_value(v, limit))
+        {
+            identity.headers.push((USER_HEADER, value));
+        }
+        if let Some(value) = identity
+            .email
+            .as_deref()
+            .and_then(|v| header_value(v, limit))
+        {
+            identity.headers.push((EMAIL_HEADER, value));
+        }
+        let groups: Vec<&String> = self.emitted_groups(&identity.groups).collect();
+        if let Some(value) = join_groups(groups, limit) {
+            identity.headers.push((GROUPS_HEADER, value));
+        }
+    }
+
+    /// Kubernetes user impersonation: `Impersonate-User` and one `Impersonate-Group` line
+    /// per group. Names starting with `system:` never come from a token: a group claim
+    /// called `system:masters` would otherwise make its holder cluster-admin. Only the
+    /// identity map can grant them. Without a user the request is refused, because
+    /// without `Impersonate-User` the API server would act as the proxy itself.
+    fn push_impersonation_headers(&self, identity: &mut Identity) {
+        let mapped = identity
+            .email
+            .as_deref()
+            .and_then(|email| self.impersonation_map.get(&email.to_ascii_lowercase()));
+        let (user, groups): (Option<String>, Vec<String>) = match mapped {
+            Some((user, groups)) => (Some(user.clone()), groups.clone()),
+            None => (
+                identity
+                    .user
+                    .clone()
+                    .filter(|user| !user.starts_with("system:")),
+                self.emitted_groups(&identity.groups)
+                    .filter(|group| !group.starts_with("system:"))
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        let limit = self.max_header_length;
+        let Some(user) = user.as_deref().and_then(|user| header_value(user, limit)) else {
+            identity.problem = Some(Reason::UnusableIdentity);
+            return;
+        };
+        identity.headers.push((IMPERSONATE_USER, user));
+        for group in &groups {
+            if let Some(value) = header_value(group, limit) {
+                identity.headers.push((IMPERSONATE_GROUP, value));
+            }
         }
     }
 }
@@ -163,7 +375,10 @@ fn header_value(value: &str, limit: usize) -> Option<HeaderValue> {
 
 /// Comma-joins whole groups up to `limit` bytes: a group is dropped, never cut, so the
 /// upstream cannot see a truncated name that happens to be another group.
-fn join_groups(groups: &[String], limit: usize) -> Option<HeaderValue> {
+fn join_groups<'a>(
+    groups: impl IntoIterator<Item = &'a String>,
+    limit: usize,
+) -> Option<HeaderValue> {
     let mut joined = String::new();
     for group in groups {
         let clean = sanitize(group, limit);
@@ -200,6 +415,7 @@ mod tests {
             max_header_length: 64,
             ..IdentitySettings::default()
         })
+        .unwrap()
     }
 
     #[test]

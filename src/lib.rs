@@ -11,9 +11,10 @@
 //! - [`error`]: the one denial type → status, `WWW-Authenticate`, reason label;
 //! - [`metrics`]: typed Prometheus handles in a registry passed in;
 //! - [`http`]: thin handlers for `/auth` and the admin listener;
-//! - [`request`]: where the token is in the proxy's request;
-//! - [`identity`]: claims → sanitised identity headers;
-//! - [`verify`]: the verifier: cache, JWT validation, key stores;
+//! - [`request`]: where the token is, and the original request, in the proxy's call;
+//! - [`identity`]: claims → sanitised identity headers (or Kubernetes impersonation);
+//! - [`policy`]: per-route requirements and route rules;
+//! - [`verify`]: the verifier: cache, JWT validation, key stores, RFC 7662 introspection;
 //! - [`demo`]: the embedded demo issuer behind `tokengate demo`.
 
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod policy;
 pub mod request;
 pub mod startup;
 pub mod telemetry;

@@ -1,8 +1,12 @@
-//! What the proxy told us: where the client's token is.
+//! What the proxy told us: where the client's token is, and what the client asked for
+//! (method, host, path), read from the headers each proxy sets on its auth subrequest.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use actix_web::http::header::{self, HeaderMap, HeaderName};
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
 
 use crate::error::{AuthError, Reason};
 
@@ -135,6 +139,182 @@ fn is_base64url(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_'
 }
 
+/// Which proxy's original-request headers to trust on `/auth`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyHeaders {
+    /// Whichever set is present; when several are present they must agree, or the
+    /// request is refused (a client may add the headers of a proxy that is not in front
+    /// of us, but cannot remove the ones the real proxy sets).
+    #[default]
+    Auto,
+    /// ingress-nginx `auth-url`: `X-Original-URL`, `X-Original-Method`.
+    IngressNginx,
+    /// Plain nginx `auth_request` with our snippet: `X-Original-URI`,
+    /// `X-Original-Method`, `X-Forwarded-Host`.
+    Nginx,
+    /// Traefik `forwardAuth`: `X-Forwarded-Method`, `-Host`, `-Uri`, `-Proto`.
+    Traefik,
+}
+
+/// What the client asked the proxy for. Absent parts are unknown, and rules that need
+/// them do not match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginalRequest {
+    /// Upper-case method.
+    pub method: Option<String>,
+    /// Lower-case host, without port.
+    pub host: Option<String>,
+    /// Normalised path (see [`normalize_path`]), without the query string.
+    pub path: Option<String>,
+}
+
+const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+impl OriginalRequest {
+    /// Reads the original request of an `/auth` call from the trusted proxy's headers.
+    pub fn from_auth_headers(headers: &HeaderMap, trust: ProxyHeaders) -> Result<Self, AuthError> {
+        let ingress = || -> Result<Option<Self>, AuthError> {
+            let Some(url) = single_header(headers, &X_ORIGINAL_URL)? else {
+                return Ok(None);
+            };
+            let url = url::Url::parse(url).map_err(|_| Reason::AmbiguousRequest)?;
+            Ok(Some(Self::new(
+                single_header(headers, &X_ORIGINAL_METHOD)?,
+                url.host_str(),
+                Some(url.path()),
+            )))
+        };
+        let nginx = || -> Result<Option<Self>, AuthError> {
+            let Some(uri) = single_header(headers, &X_ORIGINAL_URI)? else {
+                return Ok(None);
+            };
+            let host = match single_header(headers, &X_FORWARDED_HOST)? {
+                Some(host) => Some(host),
+                None => single_header(headers, &header::HOST)?,
+            };
+            Ok(Some(Self::new(
+                single_header(headers, &X_ORIGINAL_METHOD)?,
+                host,
+                Some(uri),
+            )))
+        };
+        let traefik = || -> Result<Option<Self>, AuthError> {
+            let Some(uri) = single_header(headers, &X_FORWARDED_URI)? else {
+                return Ok(None);
+            };
+            Ok(Some(Self::new(
+                single_header(headers, &X_FORWARDED_METHOD)?,
+                single_header(headers, &X_FORWARDED_HOST)?,
+                Some(uri),
+            )))
+        };
+        let found = match trust {
+            ProxyHeaders::IngressNginx => ingress()?,
+            ProxyHeaders::Nginx => nginx()?,
+            ProxyHeaders::Traefik => traefik()?,
+            ProxyHeaders::Auto => {
+                let candidates: Vec<Self> = [ingress()?, nginx()?, traefik()?]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let Some((first, rest)) = candidates.split_first() else {
+                    return Ok(Self::default());
+                };
+                if rest.iter().any(|other| !first.agrees_with(other)) {
+                    return Err(Reason::AmbiguousRequest.into());
+                }
+                Some(first.clone())
+            }
+        };
+        Ok(found.unwrap_or_default())
+    }
+
+    /// Envoy `ext_authz`: the original path follows the configured prefix, and the
+    /// method and `Host` are the client's own.
+    pub fn from_ext_authz(
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Self, AuthError> {
+        Ok(Self::new(
+            Some(method),
+            single_header(headers, &header::HOST)?,
+            Some(path),
+        ))
+    }
+
+    fn new(method: Option<&str>, host: Option<&str>, path_and_query: Option<&str>) -> Self {
+        Self {
+            method: method.map(|method| method.trim().to_ascii_uppercase()),
+            host: host.map(normalize_host),
+            path: path_and_query.map(|raw| {
+                let path = raw.split(['?', '#']).next().unwrap_or_default();
+                normalize_path(path)
+            }),
+        }
+    }
+
+    /// Two readings agree when every part both of them know is equal.
+    fn agrees_with(&self, other: &Self) -> bool {
+        fn same(a: &Option<String>, b: &Option<String>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+        }
+        same(&self.method, &other.method)
+            && same(&self.host, &other.host)
+            && same(&self.path, &other.path)
+    }
+}
+
+/// Lower-case host without port (or IPv6 brackets kept as they are).
+fn normalize_host(host: &str) -> String {
+    let host = host.trim().trim_end_matches('.');
+    let without_port = match host.rsplit_once(':') {
+        Some((name, _)) if !name.ends_with(']') && name.contains(':') => host, // bare IPv6
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    without_port.to_ascii_lowercase()
+}
+
+/// The path as the upstream will most likely resolve it, so that a rule for `/admin`
+/// cannot be dodged with `/%61dmin`, `/public/../admin`, `//admin` or `/admin/.`:
+/// percent-decoded once (as nginx does before matching locations), backslashes read as
+/// slashes, `.` and `..` segments resolved (never above the root), empty segments
+/// collapsed. A trailing slash is kept.
+pub fn normalize_path(raw: &str) -> String {
+    let decoded: Cow<str> = percent_decode_str(raw).decode_utf8_lossy();
+    let unified = decoded.replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in unified.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let trailing = unified.ends_with('/') || unified.ends_with("/.") || unified.ends_with("/..");
+    let mut path = String::with_capacity(unified.len() + 1);
+    for segment in &segments {
+        path.push('/');
+        path.push_str(segment);
+    }
+    if path.is_empty() || (trailing && !segments.is_empty()) {
+        path.push('/');
+    }
+    path
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +382,57 @@ mod tests {
         assert!(!looks_like_jwt("eyJh..c2ln"));
         assert!(!looks_like_jwt("eyJh.eyJi.c2l="));
         assert!(!looks_like_jwt("opaque-token"));
+    }
+
+    #[test]
+    fn path_normalisation_defeats_bypasses() {
+        for bypass in [
+            "/%61dmin",
+            "/public/../admin",
+            "//admin",
+            "/admin/.",
+            "/./admin",
+            "/public/%2e%2e/admin",
+            "/public%2f..%2fadmin",
+            "/x/..\\admin",
+            "/../../admin",
+        ] {
+            let normalized = normalize_path(bypass);
+            assert!(
+                normalized == "/admin" || normalized == "/admin/",
+                "{bypass} -> {normalized}"
+            );
+        }
+        assert_eq!(normalize_path("/"), "/");
+        assert_eq!(normalize_path(""), "/");
+        assert_eq!(normalize_path("/a/b/"), "/a/b/");
+    }
+
+    #[test]
+    fn hosts_lose_port_and_case() {
+        assert_eq!(normalize_host("App.Example.com:8443"), "app.example.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn ingress_nginx_headers() {
+        let map = headers(&[
+            ("x-original-url", "https://App.example.com/api/v1?x=1"),
+            ("x-original-method", "post"),
+        ]);
+        let original = OriginalRequest::from_auth_headers(&map, ProxyHeaders::Auto).unwrap();
+        assert_eq!(original.method.as_deref(), Some("POST"));
+        assert_eq!(original.host.as_deref(), Some("app.example.com"));
+        assert_eq!(original.path.as_deref(), Some("/api/v1"));
+    }
+
+    #[test]
+    fn contradictory_proxy_headers_are_refused_in_auto_mode() {
+        let map = headers(&[("x-original-uri", "/admin"), ("x-forwarded-uri", "/public")]);
+        let error = OriginalRequest::from_auth_headers(&map, ProxyHeaders::Auto).unwrap_err();
+        assert_eq!(error.reason, Reason::AmbiguousRequest);
+        // With an explicit proxy, the other proxy's headers are not read at all.
+        let original = OriginalRequest::from_auth_headers(&map, ProxyHeaders::Nginx).unwrap();
+        assert_eq!(original.path.as_deref(), Some("/admin"));
     }
 }

@@ -13,8 +13,9 @@ use prometheus::Registry;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, HttpClientSettings, Settings};
-use crate::http::{admin, auth, AppState};
+use crate::http::{admin, auth, ext_authz, AppState};
 use crate::metrics::Metrics;
+use crate::policy::RouteRules;
 use crate::verify::Verifier;
 
 /// Why the application could not start.
@@ -77,6 +78,8 @@ impl Application {
             .map_err(|_| ConfigError::new("success_status", "not an HTTP status"))?;
         let state = web::Data::new(AppState {
             verifier,
+            rules: RouteRules::new(&settings.rules)?,
+            proxy_headers: settings.proxy_headers,
             metrics,
             registry,
             success_status,
@@ -91,6 +94,11 @@ impl Application {
             App::new()
                 .app_data(auth_state.clone())
                 .route("/auth", web::route().to(auth::auth))
+                .route(ext_authz::PREFIX, web::route().to(ext_authz::ext_authz))
+                .route(
+                    &format!("{}/{{tail:.*}}", ext_authz::PREFIX),
+                    web::route().to(ext_authz::ext_authz),
+                )
                 .default_service(web::to(HttpResponse::NotFound))
         })
         .workers(workers)

@@ -423,6 +423,21 @@ impl IntrospectionClient {
     }
 }
 
+/// An error with its causes, `outer: inner: innermost`, for one log field.
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// An RFC 7519 NumericDate: seconds since the epoch, possibly with a fraction.
 fn numeric_date(value: &Value) -> Option<u64> {
     value.as_u64().or_else(|| {
@@ -474,7 +489,7 @@ impl Introspector {
             in_flight: Semaphore::new(max_in_flight),
             max_in_flight,
             http,
-            identity: IdentityMapping::new(&settings.identity),
+            identity: IdentityMapping::new(&settings.identity)?,
             metrics,
         })
     }
@@ -578,13 +593,16 @@ impl Introspector {
     /// Counts and logs a failed call, once for all the requests waiting on it. The log
     /// says why (status, timeout, refused credentials…); it never holds the token or the
     /// secret, which no error variant carries.
-    fn failed(&self, client: &IntrospectionClient, error: IntrospectionError) -> IntrospectionError {
+    fn failed(
+        &self,
+        client: &IntrospectionClient,
+        error: IntrospectionError,
+    ) -> IntrospectionError {
         self.metrics
             .introspection_call(client.index, IntrospectionResult::Error);
         tracing::error!(
             issuer = %client.name,
-            error = %error,
-            cause = ?std::error::Error::source(&error).map(ToString::to_string),
+            error = %ErrorChain(&error),
             "token introspection failed; answering 503 (fail closed)"
         );
         error
@@ -744,7 +762,10 @@ mod tests {
     #[test]
     fn oauth_error_codes_are_quoted_only_when_short_and_plain() {
         let code = |body: &str| OAuthErrorCode::from_body(body.as_bytes()).to_string();
-        assert_eq!(code(r#"{"error":"invalid_client"}"#), ", error=invalid_client");
+        assert_eq!(
+            code(r#"{"error":"invalid_client"}"#),
+            ", error=invalid_client"
+        );
         assert_eq!(code(r#"{"error":"bad\nline"}"#), "");
         assert_eq!(code("<html>"), "");
     }

@@ -83,7 +83,7 @@ impl Verifier {
             by_iss,
             cache: TokenCache::new(settings.cache.max_entries, settings.cache.max_ttl),
             introspector,
-            identity: IdentityMapping::new(&settings.identity),
+            identity: IdentityMapping::new(&settings.identity)?,
             sources: settings.token_sources()?,
             max_token_length: settings.token.max_length,
             metrics,

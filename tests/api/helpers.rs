@@ -260,7 +260,14 @@ async fn introspect(
     }
     let answer = form
         .get("token")
-        .and_then(|token| state.introspection_answers.lock().unwrap().get(token).cloned())
+        .and_then(|token| {
+            state
+                .introspection_answers
+                .lock()
+                .unwrap()
+                .get(token)
+                .cloned()
+        })
         .unwrap_or_else(|| json!({"active": false}));
     HttpResponse::Ok().json(answer)
 }

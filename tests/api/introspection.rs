@@ -119,7 +119,10 @@ async fn identity_uses_the_configured_claims_then_username_then_sub() {
     .await;
 
     let response = app.auth_with_token(&issuer.opaque_token()).await;
-    assert_eq!(response.headers()["x-auth-request-groups"], "openid,orders:read");
+    assert_eq!(
+        response.headers()["x-auth-request-groups"],
+        "openid,orders:read"
+    );
 
     let mut answer = issuer.active_answer();
     answer.as_object_mut().unwrap().remove("username");
@@ -136,7 +139,11 @@ async fn inactive_token_gets_401_and_the_answer_is_kept_briefly() {
     assert_invalid_token(app.auth_with_token(&token).await).await;
     assert_invalid_token(app.auth_with_token(&token).await).await;
 
-    assert_eq!(issuer.introspection_calls(), 1, "negative answers are cached");
+    assert_eq!(
+        issuer.introspection_calls(),
+        1,
+        "negative answers are cached"
+    );
     assert_eq!(reason_count(&app, "inactive_token"), 2.0);
     assert_eq!(
         counter(
@@ -352,7 +359,10 @@ async fn wrong_client_credentials_get_503_and_an_error_log_that_says_why() {
         "{line}"
     );
     assert!(!logs.contains(&token), "a log line holds the token");
-    assert!(!logs.contains(INTROSPECTION_SECRET), "a log line holds the secret");
+    assert!(
+        !logs.contains(INTROSPECTION_SECRET),
+        "a log line holds the secret"
+    );
 }
 
 #[tokio::test]
@@ -363,7 +373,10 @@ async fn client_secret_post_sends_the_credentials_in_the_form() {
     })
     .await;
 
-    assert_eq!(app.auth_with_token(&issuer.opaque_token()).await.status(), 202);
+    assert_eq!(
+        app.auth_with_token(&issuer.opaque_token()).await.status(),
+        202
+    );
     assert_eq!(issuer.last_client_auth(), Some("post"));
 }
 
@@ -376,8 +389,17 @@ async fn configured_endpoint_needs_no_discovery() {
     })
     .await;
 
-    assert_eq!(app.auth_with_token(&issuer.opaque_token()).await.status(), 202);
-    assert_eq!(issuer.state.discovery_fetches.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        app.auth_with_token(&issuer.opaque_token()).await.status(),
+        202
+    );
+    assert_eq!(
+        issuer
+            .state
+            .discovery_fetches
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[tokio::test]
@@ -431,8 +453,11 @@ async fn jwts_can_be_introspected_for_instant_revocation() {
     assert_eq!(reason_count(&app, "inactive_token"), 1.0);
 
     // A JWT the issuer does not know is refused although its signature is good.
-    assert_invalid_token(app.auth_with_token(&rsa_key("k1").sign(&issuer.claims())).await)
-        .await;
+    assert_invalid_token(
+        app.auth_with_token(&rsa_key("k1").sign(&issuer.claims()))
+            .await,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -554,7 +579,10 @@ fn the_secret_is_read_without_its_trailing_newline_and_never_shown() {
     let secret = introspection.client_secret("key").unwrap();
     assert_eq!(secret.expose(), INTROSPECTION_SECRET);
     assert_eq!(format!("{secret:?}"), "<redacted>");
-    assert_eq!(introspection.auth_method, ClientAuthMethod::ClientSecretPost);
+    assert_eq!(
+        introspection.auth_method,
+        ClientAuthMethod::ClientSecretPost
+    );
     assert_eq!(introspection.positive_ttl, Duration::from_secs(60));
     assert_eq!(introspection.negative_ttl, Duration::from_secs(5));
     assert_eq!(introspection.timeout, Duration::from_secs(2));

@@ -1,0 +1,551 @@
+//! Who may pass: per-route requirements from the auth URL's query string (as
+//! oauth2-proxy users write them) and route rules from the config, matched on the
+//! original request. Plain functions, so tests can call them without HTTP.
+
+use std::sync::Arc;
+
+use actix_web::http::header::{HeaderMap, HeaderName};
+use globset::{Glob, GlobMatcher};
+
+use crate::config::{ConfigError, RuleSettings};
+use crate::error::{AuthError, Reason};
+use crate::identity::Identity;
+use crate::request::OriginalRequest;
+use crate::verify::cache::VerifiedToken;
+use crate::verify::Verifier;
+
+/// How a request was let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A rule let it through without a token (public path or CORS preflight).
+    Anonymous,
+    /// A valid token that met every requirement.
+    Authenticated,
+}
+
+/// A decision with what it was based on, for the answer and the log line.
+pub struct Decision<'r> {
+    pub outcome: Result<Verdict, AuthError>,
+    /// The verified token, when one was verified (also on a policy denial).
+    pub token: Option<Arc<VerifiedToken>>,
+    pub cache_hit: bool,
+    /// The matching rule's name.
+    pub rule: Option<&'r str>,
+}
+
+/// Decides one request: the first matching rule may deny it or let it through without a
+/// token; otherwise the token is verified and must meet the rule's requirements and the
+/// auth URL's.
+pub async fn authorize<'r>(
+    verifier: &Verifier,
+    rules: &'r RouteRules,
+    original: &OriginalRequest,
+    headers: &HeaderMap,
+    query: &Requirements,
+) -> Decision<'r> {
+    let rule = rules.first_match(original);
+    let mut decision = Decision {
+        outcome: Ok(Verdict::Authenticated),
+        token: None,
+        cache_hit: false,
+        rule: rule.map(|rule| rule.name.as_str()),
+    };
+    if let Some(rule) = rule {
+        let early = match rule.access {
+            Access::Deny => Some(Err(Reason::RouteDenied.into())),
+            Access::Anonymous => Some(Ok(Verdict::Anonymous)),
+            Access::Authenticated if rule.lets_preflight_through(original, headers) => {
+                Some(Ok(Verdict::Anonymous))
+            }
+            Access::Authenticated => None,
+        };
+        if let Some(outcome) = early {
+            decision.outcome = outcome;
+            return decision;
+        }
+    }
+    let allowed = match verifier.verify_request(headers).await {
+        Ok(allowed) => allowed,
+        Err(error) => {
+            decision.outcome = Err(error);
+            return decision;
+        }
+    };
+    let identity = &allowed.token.identity;
+    decision.outcome = rule
+        .map_or(Ok(()), |rule| rule.requirements.check(identity))
+        .and_then(|()| query.check(identity))
+        .and_then(|()| {
+            identity
+                .problem
+                .map_or(Ok(()), |problem| Err(problem.into()))
+        })
+        .map(|()| Verdict::Authenticated);
+    decision.cache_hit = allowed.cache_hit;
+    decision.token = Some(allowed.token);
+    decision
+}
+
+/// Requirements on a verified identity. Every non-empty list must be satisfied; within a
+/// list, any value matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirements {
+    pub groups: Vec<String>,
+    /// Lower-case addresses.
+    pub emails: Vec<String>,
+    /// Lower-case domains; `*.example.com` also matches subdomains.
+    pub email_domains: Vec<String>,
+    /// All of these must be in the token's `scope`/`scp`.
+    pub scopes: Vec<String>,
+}
+
+impl Requirements {
+    /// Parses `allowed_groups`, `allowed_emails`, `allowed_email_domains` and
+    /// `required_scopes` from a query string: comma-separated and repeatable. Any other
+    /// parameter is refused: a typo such as `allowed_group=` must not silently turn a
+    /// restricted route into one open to every valid token.
+    pub fn from_query(query: &str) -> Result<Self, AuthError> {
+        let mut requirements = Self::default();
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            let list = match name.as_ref() {
+                "allowed_groups" => &mut requirements.groups,
+                "allowed_emails" => &mut requirements.emails,
+                "allowed_email_domains" => &mut requirements.email_domains,
+                "required_scopes" => &mut requirements.scopes,
+                _ => return Err(Reason::BadPolicy.into()),
+            };
+            list.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        requirements.normalize();
+        Ok(requirements)
+    }
+
+    /// Builds requirements from lists given in the config.
+    pub fn from_lists(
+        groups: &[String],
+        emails: &[String],
+        email_domains: &[String],
+        scopes: &[String],
+    ) -> Self {
+        let mut requirements = Self {
+            groups: groups.to_vec(),
+            emails: emails.to_vec(),
+            email_domains: email_domains.to_vec(),
+            scopes: scopes.to_vec(),
+        };
+        requirements.normalize();
+        requirements
+    }
+
+    fn normalize(&mut self) {
+        for email in &mut self.emails {
+            *email = email.to_ascii_lowercase();
+        }
+        for domain in &mut self.email_domains {
+            *domain = domain.trim_start_matches('@').to_ascii_lowercase();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+            && self.emails.is_empty()
+            && self.email_domains.is_empty()
+            && self.scopes.is_empty()
+    }
+
+    /// Checks a verified identity; the denial names which requirement failed.
+    pub fn check(&self, identity: &Identity) -> Result<(), AuthError> {
+        if !self.groups.is_empty()
+            && !self
+                .groups
+                .iter()
+                .any(|group| identity.groups.contains(group))
+        {
+            return Err(Reason::NotInGroup.into());
+        }
+        let email = identity.email.as_deref().map(str::to_ascii_lowercase);
+        if !self.emails.is_empty()
+            && !email
+                .as_ref()
+                .is_some_and(|email| self.emails.contains(email))
+        {
+            return Err(Reason::EmailNotAllowed.into());
+        }
+        if !self.email_domains.is_empty() {
+            let domain = email
+                .as_deref()
+                .and_then(|email| email.rsplit_once('@'))
+                .map(|(_, domain)| domain);
+            let allowed = domain.is_some_and(|domain| {
+                self.email_domains
+                    .iter()
+                    .any(|allowed| domain_matches(allowed, domain))
+            });
+            if !allowed {
+                return Err(Reason::EmailNotAllowed.into());
+            }
+        }
+        if !self
+            .scopes
+            .iter()
+            .all(|scope| identity.scopes.contains(scope))
+        {
+            return Err(Reason::InsufficientScope.into());
+        }
+        Ok(())
+    }
+}
+
+fn domain_matches(allowed: &str, domain: &str) -> bool {
+    match allowed.strip_prefix("*.") {
+        Some(parent) => domain.ends_with(&format!(".{parent}")),
+        None => allowed == domain,
+    }
+}
+
+/// What a matching rule does before any token is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Refuse whatever the token.
+    Deny,
+    /// Let through without a token and without identity headers.
+    Anonymous,
+    /// Require a valid token that meets the rule's requirements.
+    Authenticated,
+}
+
+/// A compiled route rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    hosts: Vec<HostPattern>,
+    paths: Vec<PathPattern>,
+    methods: Vec<String>,
+    pub access: Access,
+    allow_cors_preflight: bool,
+    pub requirements: Requirements,
+}
+
+#[derive(Debug)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.com`: any subdomain, not the apex.
+    Subdomain(String),
+}
+
+#[derive(Debug)]
+enum PathPattern {
+    /// `/admin` matches `/admin` and `/admin/…` (whole segments, not `/administrator`);
+    /// `/static/` matches everything below it.
+    Prefix(String),
+    /// A glob with `*` (within a segment) and `**` (across segments).
+    Glob(GlobMatcher),
+}
+
+impl Rule {
+    fn compile(index: usize, settings: &RuleSettings) -> Result<Self, ConfigError> {
+        let key = |field: &str| format!("rules[{index}].{field}");
+        if settings.deny && settings.allow_anonymous {
+            return Err(ConfigError::new(
+                key("deny"),
+                "a rule cannot both deny and allow anonymous access",
+            ));
+        }
+        let requirements = Requirements::from_lists(
+            &settings.allowed_groups,
+            &settings.allowed_emails,
+            &settings.allowed_email_domains,
+            &settings.required_scopes,
+        );
+        if (settings.deny || settings.allow_anonymous) && !requirements.is_empty() {
+            return Err(ConfigError::new(
+                key("allowed_groups"),
+                "requirements make no sense on a deny or allow_anonymous rule",
+            ));
+        }
+        let hosts = settings
+            .hosts
+            .iter()
+            .map(|host| {
+                let host = host.trim().to_ascii_lowercase();
+                match host.strip_prefix("*.") {
+                    Some(parent) if !parent.is_empty() => {
+                        Ok(HostPattern::Subdomain(format!(".{parent}")))
+                    }
+                    _ if host.is_empty() || host.contains('*') => Err(ConfigError::new(
+                        key("hosts"),
+                        format!("'{host}' is not a host or *.domain pattern"),
+                    )),
+                    _ => Ok(HostPattern::Exact(host)),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let paths = settings
+            .paths
+            .iter()
+            .map(|path| {
+                if !path.starts_with('/') {
+                    return Err(ConfigError::new(
+                        key("paths"),
+                        format!("'{path}' must start with /"),
+                    ));
+                }
+                if path.contains(['*', '?', '[', '{']) {
+                    let glob = Glob::new(path)
+                        .map_err(|e| ConfigError::new(key("paths"), e.to_string()))?;
+                    Ok(PathPattern::Glob(glob.compile_matcher()))
+                } else {
+                    Ok(PathPattern::Prefix(path.clone()))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let access = if settings.deny {
+            Access::Deny
+        } else if settings.allow_anonymous {
+            Access::Anonymous
+        } else {
+            Access::Authenticated
+        };
+        Ok(Self {
+            name: settings
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("rules[{index}]")),
+            hosts,
+            paths,
+            methods: settings
+                .methods
+                .iter()
+                .map(|method| method.to_ascii_uppercase())
+                .collect(),
+            access,
+            allow_cors_preflight: settings.allow_cors_preflight,
+            requirements,
+        })
+    }
+
+    /// True when every condition of the rule holds. A condition on a part of the request
+    /// that the proxy did not tell us never holds.
+    fn matches(&self, original: &OriginalRequest) -> bool {
+        let host_ok = self.hosts.is_empty()
+            || original.host.as_deref().is_some_and(|host| {
+                self.hosts.iter().any(|pattern| match pattern {
+                    HostPattern::Exact(exact) => host == exact,
+                    HostPattern::Subdomain(suffix) => host.ends_with(suffix.as_str()),
+                })
+            });
+        let path_ok = self.paths.is_empty()
+            || original.path.as_deref().is_some_and(|path| {
+                self.paths.iter().any(|pattern| match pattern {
+                    PathPattern::Prefix(prefix) => prefix_matches(prefix, path),
+                    PathPattern::Glob(glob) => glob.is_match(path),
+                })
+            });
+        let method_ok = self.methods.is_empty()
+            || original
+                .method
+                .as_deref()
+                .is_some_and(|method| self.methods.iter().any(|m| m == method));
+        host_ok && path_ok && method_ok
+    }
+
+    /// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
+    /// that this rule lets through without a token: browsers never send credentials on
+    /// a preflight, so requiring one would break every cross-origin call.
+    pub fn lets_preflight_through(&self, original: &OriginalRequest, headers: &HeaderMap) -> bool {
+        const ORIGIN: HeaderName = HeaderName::from_static("origin");
+        const REQUEST_METHOD: HeaderName = HeaderName::from_static("access-control-request-method");
+        self.allow_cors_preflight
+            && original.method.as_deref() == Some("OPTIONS")
+            && headers.contains_key(ORIGIN)
+            && headers.contains_key(REQUEST_METHOD)
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix.ends_with('/') {
+        return path.starts_with(prefix);
+    }
+    path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The configured rules, in order.
+#[derive(Debug, Default)]
+pub struct RouteRules {
+    rules: Vec<Rule>,
+}
+
+impl RouteRules {
+    pub fn new(settings: &[RuleSettings]) -> Result<Self, ConfigError> {
+        let rules = settings
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| Rule::compile(index, rule))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { rules })
+    }
+
+    /// The first rule whose conditions all hold.
+    pub fn first_match(&self, original: &OriginalRequest) -> Option<&Rule> {
+        self.rules.iter().find(|rule| rule.matches(original))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(groups: &[&str], email: &str, scopes: &[&str]) -> Identity {
+        Identity {
+            email: Some(email.to_owned()),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Identity::default()
+        }
+    }
+
+    fn original(method: &str, host: &str, path: &str) -> OriginalRequest {
+        OriginalRequest {
+            method: Some(method.to_owned()),
+            host: Some(host.to_owned()),
+            path: Some(path.to_owned()),
+        }
+    }
+
+    #[test]
+    fn query_lists_are_comma_separated_and_repeatable() {
+        let requirements =
+            Requirements::from_query("allowed_groups=a,b&allowed_groups=c&required_scopes=read")
+                .unwrap();
+        assert_eq!(requirements.groups, ["a", "b", "c"]);
+        assert_eq!(requirements.scopes, ["read"]);
+    }
+
+    #[test]
+    fn unknown_query_parameter_is_refused() {
+        assert_eq!(
+            Requirements::from_query("allowed_group=a")
+                .unwrap_err()
+                .reason,
+            Reason::BadPolicy
+        );
+    }
+
+    #[test]
+    fn every_parameter_given_must_match() {
+        let requirements =
+            Requirements::from_query("allowed_groups=ops,dev&allowed_email_domains=example.com")
+                .unwrap();
+        assert!(requirements
+            .check(&identity(&["dev"], "a@example.com", &[]))
+            .is_ok());
+        assert_eq!(
+            requirements
+                .check(&identity(&["dev"], "a@evil.com", &[]))
+                .unwrap_err()
+                .reason,
+            Reason::EmailNotAllowed
+        );
+        assert_eq!(
+            requirements
+                .check(&identity(&["qa"], "a@example.com", &[]))
+                .unwrap_err()
+                .reason,
+            Reason::NotInGroup
+        );
+    }
+
+    #[test]
+    fn scopes_must_all_be_present() {
+        let requirements = Requirements::from_query("required_scopes=read,write").unwrap();
+        assert!(requirements
+            .check(&identity(&[], "a@b.c", &["read", "write", "x"]))
+            .is_ok());
+        assert_eq!(
+            requirements
+                .check(&identity(&[], "a@b.c", &["read"]))
+                .unwrap_err()
+                .reason,
+            Reason::InsufficientScope
+        );
+    }
+
+    #[test]
+    fn emails_are_case_insensitive_and_domains_can_be_wildcards() {
+        let requirements = Requirements::from_query("allowed_emails=Alice@Example.com").unwrap();
+        assert!(requirements
+            .check(&identity(&[], "alice@example.COM", &[]))
+            .is_ok());
+        let requirements = Requirements::from_query("allowed_email_domains=*.example.com").unwrap();
+        assert!(requirements
+            .check(&identity(&[], "a@eu.example.com", &[]))
+            .is_ok());
+        assert!(requirements
+            .check(&identity(&[], "a@example.com", &[]))
+            .is_err());
+        assert!(requirements
+            .check(&identity(&[], "a@evilexample.com", &[]))
+            .is_err());
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(prefix_matches("/admin", "/admin"));
+        assert!(prefix_matches("/admin", "/admin/users"));
+        assert!(!prefix_matches("/admin", "/administrator"));
+        assert!(prefix_matches("/static/", "/static/app.js"));
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let rules = RouteRules::new(&[
+            RuleSettings {
+                paths: vec!["/public".into()],
+                allow_anonymous: true,
+                ..RuleSettings::default()
+            },
+            RuleSettings {
+                hosts: vec!["*.internal.example.com".into()],
+                deny: true,
+                ..RuleSettings::default()
+            },
+            RuleSettings {
+                paths: vec!["/api/*/admin".into()],
+                methods: vec!["delete".into()],
+                ..RuleSettings::default()
+            },
+        ])
+        .unwrap();
+        let first = |o: &OriginalRequest| rules.first_match(o).map(|rule| rule.name.clone());
+        assert_eq!(
+            first(&original("GET", "app.example.com", "/public/x")).as_deref(),
+            Some("rules[0]")
+        );
+        assert_eq!(
+            first(&original("GET", "db.internal.example.com", "/x")).as_deref(),
+            Some("rules[1]")
+        );
+        assert_eq!(
+            first(&original("DELETE", "app.example.com", "/api/v1/admin")).as_deref(),
+            Some("rules[2]")
+        );
+        assert_eq!(
+            first(&original("GET", "app.example.com", "/api/v1/admin")),
+            None
+        );
+        assert_eq!(
+            first(&OriginalRequest::default()),
+            None,
+            "unknown request matches no conditional rule"
+        );
+    }
+}
