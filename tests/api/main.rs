@@ -3,7 +3,10 @@
 
 mod auth_request;
 mod config;
+mod contracts;
 mod helpers;
+mod identity_output;
 mod introspection;
 mod keys;
+mod policy;
 mod readiness;

@@ -1,0 +1,167 @@
+//! Identity output: claim headers, groups filter, Kubernetes impersonation, the header
+//! budget and the cache hints.
+
+use reqwest::header::HeaderValue;
+use tokengate::config::{
+    ClaimHeaderSettings, GroupsFilterSettings, IdentityOutput, ImpersonationEntry,
+};
+use tokengate::verify::cache::unix_now;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn claim_headers_from_dotted_paths() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.identity.claim_headers = vec![
+            ClaimHeaderSettings {
+                header: "X-Auth-Request-Tenant".into(),
+                claim: "tenant_id".into(),
+            },
+            ClaimHeaderSettings {
+                header: "X-Auth-Request-Roles".into(),
+                claim: "resource_access.orders.roles".into(),
+            },
+            ClaimHeaderSettings {
+                header: "X-Auth-Request-Missing".into(),
+                claim: "nope".into(),
+            },
+        ]
+    })
+    .await;
+    let mut claims = issuer.claims();
+    claims["tenant_id"] = "acme".into();
+    claims["resource_access"] = serde_json::json!({"orders": {"roles": ["reader", "writer"]}});
+
+    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-auth-request-tenant"], "acme");
+    assert_eq!(response.headers()["x-auth-request-roles"], "reader,writer");
+    assert!(response.headers().get("x-auth-request-missing").is_none());
+}
+
+#[tokio::test]
+async fn groups_filter_limits_emitted_groups_not_policy() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.identity.groups_filter = Some(GroupsFilterSettings {
+            prefixes: vec!["dev".into()],
+            pattern: None,
+        })
+    })
+    .await;
+    let response = app
+        .client
+        .get(format!("{}/auth?allowed_groups=admins", app.address))
+        .bearer_auth(issuer.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "policy sees every group");
+    assert_eq!(response.headers()["x-auth-request-groups"], "developers");
+}
+
+#[tokio::test]
+async fn kubernetes_impersonation_repeats_the_group_header() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.identity.output = IdentityOutput::KubernetesImpersonation
+    })
+    .await;
+    let mut claims = issuer.claims();
+    claims["groups"] = serde_json::json!(["admins", "developers", "system:masters"]);
+
+    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["impersonate-user"], "alice");
+    let groups: Vec<&HeaderValue> = response
+        .headers()
+        .get_all("impersonate-group")
+        .iter()
+        .collect();
+    assert_eq!(
+        groups,
+        ["admins", "developers"],
+        "one line per group; system: groups never from a token"
+    );
+    assert!(response.headers().get("x-auth-request-user").is_none());
+}
+
+#[tokio::test]
+async fn kubernetes_impersonation_from_the_identity_map() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.identity.output = IdentityOutput::KubernetesImpersonation;
+        s.identity.impersonation_map = vec![ImpersonationEntry {
+            email: "Alice@Example.com".into(),
+            user: "alice@corp".into(),
+            groups: vec!["system:masters".into()],
+        }];
+    })
+    .await;
+    let response = app.auth_with_token(&issuer.token()).await;
+    assert_eq!(response.headers()["impersonate-user"], "alice@corp");
+    let groups: Vec<&HeaderValue> = response
+        .headers()
+        .get_all("impersonate-group")
+        .iter()
+        .collect();
+    assert_eq!(groups, ["system:masters"]);
+}
+
+#[tokio::test]
+async fn kubernetes_impersonation_without_a_user_is_refused() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.identity.output = IdentityOutput::KubernetesImpersonation
+    })
+    .await;
+    let mut claims = issuer.claims();
+    claims["preferred_username"] = "system:admin".into();
+    claims["sub"] = "system:admin".into();
+    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+    assert_eq!(response.status(), 403);
+}
+
+#[tokio::test]
+async fn header_budget_turns_oversized_identities_into_403() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| s.identity.max_headers_bytes = 512).await;
+    let mut claims = issuer.claims();
+    let groups: Vec<String> = (0..60).map(|i| format!("directory-group-{i:03}")).collect();
+    claims["groups"] = serde_json::json!(groups);
+
+    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+
+    assert_eq!(response.status(), 403);
+    assert_eq!(
+        counter(
+            &app.registry,
+            "tokengate_decisions_total",
+            &[("reason", "identity_too_large")]
+        ),
+        1.0
+    );
+    assert_eq!(app.auth_with_token(&issuer.token()).await.status(), 202);
+}
+
+#[tokio::test]
+async fn cache_hint_never_outlives_the_token() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app(&issuer).await;
+    let mut claims = issuer.claims();
+    claims["exp"] = (unix_now() + 120).into();
+
+    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+
+    let seconds: u64 = response.headers()["x-accel-expires"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(seconds <= 120 && seconds >= 100, "{seconds}");
+    let denied = app.auth_without_token().await;
+    assert_eq!(denied.headers()["x-accel-expires"], "0");
+}
