@@ -161,7 +161,7 @@ async fn cache_hint_never_outlives_the_token() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(seconds <= 120 && seconds >= 100, "{seconds}");
+    assert!((100..=120).contains(&seconds), "{seconds}");
     let denied = app.auth_without_token().await;
     assert_eq!(denied.headers()["x-accel-expires"], "0");
 }
