@@ -157,3 +157,15 @@ fn shipped_example_config_is_valid() {
     let (code, stderr) = run_binary(&["--config", path, "--check-config"]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn shipped_cloudflare_access_config_is_valid_once_filled_in() {
+    let template = include_str!("../../deploy/cloudflare-access.yaml");
+    let filled = template.replace("<team>", "example").replace(
+        "<aud-tag>",
+        "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2",
+    );
+    let path = write_config("cloudflare.yaml", &filled);
+    let (code, stderr) = run_binary(&["--config", path.to_str().unwrap(), "--check-config"]);
+    assert_eq!(code, 0, "{stderr}");
+}
