@@ -93,6 +93,43 @@ pub struct Settings {
     /// Log output.
     #[serde(default)]
     pub log: LogSettings,
+    /// Graceful shutdown on SIGTERM/SIGINT.
+    #[serde(default)]
+    pub shutdown: ShutdownSettings,
+}
+
+/// Graceful shutdown: readiness turns off at once, then the listeners drain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long to keep serving after `/readyz` turned not-ready, so that load balancers
+    /// and Kubernetes endpoints stop sending new requests first.
+    #[serde(default = "defaults::drain_delay", with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// The whole shutdown, drain delay included, ends within this; keep it below the
+    /// pod's `terminationGracePeriodSeconds` (30 s by default).
+    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_delay: defaults::drain_delay(),
+            grace: defaults::shutdown_grace(),
+        }
+    }
+}
+
+/// Level of the audit line of an allowed request.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AllowLogLevel {
+    #[default]
+    Info,
+    Debug,
+    /// No line for allowed requests: busy sites keep only denials.
+    Off,
 }
 
 /// One trusted issuer.
@@ -478,6 +515,10 @@ pub struct LogSettings {
     /// `RUST_LOG`-style filter, used when `RUST_LOG` is not set.
     #[serde(default = "defaults::log_filter")]
     pub filter: String,
+    /// Level of the audit line of an allowed request: `info`, `debug` or `off`.
+    /// Denials are always logged at `info` (503s at `warn`).
+    #[serde(default)]
+    pub allow_level: AllowLogLevel,
 }
 
 impl Default for LogSettings {
@@ -485,6 +526,7 @@ impl Default for LogSettings {
         Self {
             format: LogFormat::Auto,
             filter: defaults::log_filter(),
+            allow_level: AllowLogLevel::Info,
         }
     }
 }
@@ -563,6 +605,12 @@ mod defaults {
     }
     pub fn introspection_max_in_flight() -> usize {
         64
+    }
+    pub fn drain_delay() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn shutdown_grace() -> Duration {
+        Duration::from_secs(20)
     }
     pub fn log_filter() -> String {
         "info,actix_server=warn".to_owned()
@@ -675,6 +723,15 @@ impl Settings {
             return Err(ConfigError::new(
                 "cache.max_entries",
                 format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
+            ));
+        }
+        if self.shutdown.grace > Duration::from_secs(120) {
+            return Err(ConfigError::new("shutdown.grace", "must be at most 120s"));
+        }
+        if self.shutdown.drain_delay >= self.shutdown.grace {
+            return Err(ConfigError::new(
+                "shutdown.drain_delay",
+                "must be shorter than shutdown.grace",
             ));
         }
         if self.cache.max_ttl < Duration::from_secs(1) {

@@ -255,6 +255,9 @@ issuers:
     audiences: ["{DEMO_AUDIENCE}"]
     algorithms: [RS256]
     required_typ: at+jwt
+shutdown:
+  drain_delay: 0s
+  grace: 5s
 "#
     ))
 }

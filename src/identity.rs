@@ -66,6 +66,8 @@ impl ClaimPath {
 pub struct Identity {
     /// `sub`, for logs.
     pub subject: Option<String>,
+    /// The OAuth client the token was issued to (`client_id`, else `azp`), for logs.
+    pub client_id: Option<String>,
     /// The user name (configured claim, falling back to `sub`).
     pub user: Option<String>,
     pub email: Option<String>,
@@ -227,8 +229,14 @@ impl IdentityMapping {
             .or_else(|| claims.get("scp"))
             .map(string_list)
             .unwrap_or_default();
+        let client_id = claims
+            .get("client_id")
+            .or_else(|| claims.get("azp"))
+            .and_then(scalar_string)
+            .map(|id| sanitize(&id, 256));
         let mut identity = Identity {
             subject,
+            client_id,
             user,
             email,
             groups,

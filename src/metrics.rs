@@ -2,7 +2,12 @@
 //! state, so tests read their own). Every label value comes from configuration or a
 //! closed enum; handles are resolved once here so the request path only increments.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use std::time::Duration;
+
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry,
+};
 
 use crate::error::Reason;
 
@@ -44,6 +49,46 @@ pub struct Metrics {
     jwks_fetch_failed: Vec<IntCounter>,
     /// Per issuer, one counter per [`IntrospectionResult`] (in `ALL` order).
     introspection_calls: Vec<[IntCounter; 3]>,
+    introspection_duration: Vec<Histogram>,
+    /// Request latency by outcome: allow, deny, error.
+    request_duration: [Histogram; 3],
+    in_flight: IntGauge,
+    /// Entries pushed out of a full cache, by cache.
+    pub verified_token_evictions: IntCounter,
+    pub introspection_evictions: IntCounter,
+    key_age: Vec<Gauge>,
+}
+
+/// From 10 µs (a cache hit) to a second (a slow introspection call).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// How a decision ended, for the latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    Error,
+}
+
+impl Outcome {
+    pub fn of(result: Result<(), Reason>) -> Self {
+        match result {
+            Ok(()) => Outcome::Allow,
+            Err(reason) if reason.status().is_server_error() => Outcome::Error,
+            Err(_) => Outcome::Deny,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+        }
+    }
 }
 
 impl Metrics {
@@ -82,14 +127,53 @@ impl Metrics {
         )?;
         registry.register(Box::new(introspection.clone()))?;
 
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "tokengate_request_duration_seconds",
+                "Time to decide one auth request, by outcome",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(durations.clone()))?;
+        let introspection_durations = HistogramVec::new(
+            HistogramOpts::new(
+                "tokengate_introspection_duration_seconds",
+                "Duration of RFC 7662 introspection calls, by issuer",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["issuer"],
+        )?;
+        registry.register(Box::new(introspection_durations.clone()))?;
+        let in_flight = IntGauge::new(
+            "tokengate_requests_in_flight",
+            "Auth requests being decided right now",
+        )?;
+        registry.register(Box::new(in_flight.clone()))?;
+        let evictions = IntCounterVec::new(
+            Opts::new(
+                "tokengate_cache_evictions_total",
+                "Entries evicted from a full cache, by cache",
+            ),
+            &["cache"],
+        )?;
+        registry.register(Box::new(evictions.clone()))?;
+        let key_age = GaugeVec::new(
+            Opts::new(
+                "tokengate_jwks_key_age_seconds",
+                "Seconds since each issuer's keys in use were fetched (-1: never)",
+            ),
+            &["issuer"],
+        )?;
+        registry.register(Box::new(key_age.clone()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
         let denied = Reason::ALL
             .iter()
             .map(|reason| {
-                let outcome = if reason.status().is_server_error() {
-                    "error"
-                } else {
-                    "deny"
-                };
+                let outcome = Outcome::of(Err(*reason)).as_str();
                 decisions.with_label_values(&[outcome, reason.as_str()])
             })
             .collect();
@@ -116,15 +200,50 @@ impl Metrics {
                     })
                 })
                 .collect(),
+            introspection_duration: issuer_names
+                .iter()
+                .map(|name| introspection_durations.with_label_values(&[name.as_str()]))
+                .collect(),
+            request_duration: [Outcome::Allow, Outcome::Deny, Outcome::Error]
+                .map(|outcome| durations.with_label_values(&[outcome.as_str()])),
+            in_flight,
+            verified_token_evictions: evictions.with_label_values(&["verified_token"]),
+            introspection_evictions: evictions.with_label_values(&["introspection"]),
+            key_age: issuer_names
+                .iter()
+                .map(|name| key_age.with_label_values(&[name.as_str()]))
+                .collect(),
         })
     }
 
-    pub fn allowed(&self) {
-        self.allowed.inc();
+    /// Counts a finished decision and its latency.
+    pub fn decided(&self, result: Result<(), Reason>, elapsed: Duration) {
+        match result {
+            Ok(()) => self.allowed.inc(),
+            Err(reason) => self.denied[reason.index()].inc(),
+        }
+        let outcome = Outcome::of(result) as usize;
+        self.request_duration[outcome].observe(elapsed.as_secs_f64());
     }
 
-    pub fn denied(&self, reason: Reason) {
-        self.denied[reason.index()].inc();
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// Duration of one introspection call.
+    pub fn introspection_duration(&self, issuer: usize, elapsed: Duration) {
+        if let Some(histogram) = self.introspection_duration.get(issuer) {
+            histogram.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Sets the key-age gauge of issuer `issuer` (called when metrics are scraped).
+    pub fn set_key_age(&self, issuer: usize, age: Option<Duration>) {
+        if let Some(gauge) = self.key_age.get(issuer) {
+            gauge.set(age.map_or(-1.0, |age| age.as_secs_f64()));
+        }
     }
 
     pub fn cache_lookup(&self, hit: bool) {
@@ -164,5 +283,14 @@ impl Metrics {
         if let Some(counter) = counters.get(issuer) {
             counter.inc();
         }
+    }
+}
+
+/// Decrements the in-flight gauge when the request is done, however it ends.
+pub struct InFlight<'a>(&'a IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -12,7 +12,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
-use crate::config::{ConfigError, HttpClientSettings, Settings};
+use crate::config::{ConfigError, HttpClientSettings, Settings, ShutdownSettings};
 use crate::http::{admin, auth, ext_authz, AppState};
 use crate::metrics::Metrics;
 use crate::policy::RouteRules;
@@ -41,6 +41,7 @@ pub enum StartupError {
 pub struct Application {
     auth_server: Server,
     admin_server: Server,
+    shutdown: ShutdownSettings,
     port: u16,
     admin_port: u16,
     state: web::Data<AppState>,
@@ -80,6 +81,7 @@ impl Application {
             verifier,
             rules: RouteRules::new(&settings.rules)?,
             proxy_headers: settings.proxy_headers,
+            allow_log_level: settings.log.allow_level,
             metrics,
             registry,
             success_status,
@@ -102,6 +104,9 @@ impl Application {
                 .default_service(web::to(HttpResponse::NotFound))
         })
         .workers(workers)
+        // Signals are handled in `run_until_stopped`: readiness must flip first.
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown.grace.as_secs().max(1))
         .listen(listener)?
         .run();
         let admin_state = state.clone();
@@ -113,12 +118,15 @@ impl Application {
                 .route("/metrics", web::get().to(admin::metrics))
         })
         .workers(1)
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown.grace.as_secs().max(1))
         .listen(admin_listener)?
         .run();
 
         Ok(Self {
             auth_server,
             admin_server,
+            shutdown: settings.shutdown.clone(),
             port,
             admin_port,
             state,
@@ -141,22 +149,82 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until both listeners stop (SIGTERM/SIGINT), then stops the refreshers.
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully (see
+    /// [`Application::run_until`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` resolves, then: `/readyz` turns not-ready at once; the
+    /// listeners keep serving for `drain_delay` (so endpoints controllers stop routing
+    /// here first); then they stop accepting and finish in-flight requests; the key
+    /// refreshers stop. All within `grace`.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let auth_handle = self.auth_server.handle();
         let admin_handle = self.admin_server.handle();
-        let state = self.state.clone();
-        let auth = self.auth_server;
-        let admin = self.admin_server;
-        let result = tokio::select! {
-            result = auth => { admin_handle.stop(true).await; result }
-            result = admin => { auth_handle.stop(true).await; result }
+        // The servers' futures process the stop commands: they must keep running.
+        let mut auth = tokio::spawn(self.auth_server);
+        let mut admin = tokio::spawn(self.admin_server);
+        let joined = |result: Result<std::io::Result<()>, tokio::task::JoinError>| {
+            result.unwrap_or_else(|error| Err(std::io::Error::other(error)))
         };
-        state.shutting_down.store(true, Ordering::Release);
+        let result = tokio::select! {
+            result = &mut auth => joined(result),
+            result = &mut admin => joined(result),
+            () = stop => {
+                let started = std::time::Instant::now();
+                self.state.shutting_down.store(true, Ordering::Release);
+                tracing::info!(drain_delay = ?self.shutdown.drain_delay, grace = ?self.shutdown.grace, "shutting down: not ready any more");
+                tokio::time::sleep(self.shutdown.drain_delay).await;
+                let left = self.shutdown.grace.saturating_sub(started.elapsed());
+                let drained = tokio::time::timeout(left, async {
+                    // Stop accepting and wait for in-flight requests; the admin listener
+                    // goes last so that `/readyz` answers "not ready" until the end.
+                    auth_handle.stop(true).await;
+                    admin_handle.stop(true).await;
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!("grace period over: stopping with requests still in flight");
+                    auth_handle.stop(false).await;
+                    admin_handle.stop(false).await;
+                }
+                tracing::info!(took = ?started.elapsed(), "stopped");
+                Ok(())
+            }
+        };
+        self.state.shutting_down.store(true, Ordering::Release);
         for refresher in &self.refreshers {
             refresher.abort();
         }
         result
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        result = tokio::signal::ctrl_c() => {
+            if let Err(error) = result {
+                tracing::error!(%error, "cannot listen for SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 

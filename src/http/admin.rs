@@ -39,6 +39,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// Prometheus text exposition of the registry passed to the application.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    for (index, keys) in state.verifier.key_stores().enumerate() {
+        state.metrics.set_key_age(index, keys.key_age());
+    }
     let mut buffer = Vec::new();
     match TextEncoder::new().encode(&state.registry.gather(), &mut buffer) {
         Ok(()) => HttpResponse::Ok()

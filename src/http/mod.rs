@@ -9,16 +9,20 @@ pub mod admin;
 pub mod auth;
 pub mod ext_authz;
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use prometheus::Registry;
+use tracing::Level;
 
+use crate::config::AllowLogLevel;
 use crate::error::AuthError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome};
 use crate::policy::{self, Decision, Requirements, RouteRules, Verdict};
 use crate::request::{OriginalRequest, ProxyHeaders};
 use crate::verify::cache::unix_now;
@@ -33,6 +37,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Status of an allowed `/auth` request.
     pub success_status: StatusCode,
+    /// Level of the audit line of an allowed request.
+    pub allow_log_level: AllowLogLevel,
     /// Set on shutdown so that `/readyz` turns not-ready before the listener closes.
     pub shutting_down: AtomicBool,
 }
@@ -45,8 +51,14 @@ async fn decide(
     query: Result<Requirements, AuthError>,
     allow_status: StatusCode,
 ) -> HttpResponse {
-    let (original, query) = match (original, query) {
-        (Ok(original), Ok(query)) => (original, query),
+    let started = Instant::now();
+    let _in_flight = state.metrics.in_flight();
+    let (original, decision) = match (original, query) {
+        (Ok(original), Ok(query)) => {
+            let decision =
+                policy::authorize(&state.verifier, &state.rules, &original, headers, &query).await;
+            (original, decision)
+        }
         (Err(error), _) | (_, Err(error)) => {
             let decision = Decision {
                 outcome: Err(error),
@@ -54,76 +66,142 @@ async fn decide(
                 cache_hit: false,
                 rule: None,
             };
-            return respond(state, &OriginalRequest::default(), decision, allow_status);
+            (OriginalRequest::default(), decision)
         }
     };
-    let decision =
-        policy::authorize(&state.verifier, &state.rules, &original, headers, &query).await;
-    respond(state, &original, decision, allow_status)
+    let response = respond(state, &decision, allow_status);
+    let elapsed = started.elapsed();
+    let result = decision
+        .outcome
+        .as_ref()
+        .map(|_| ())
+        .map_err(|error| error.reason);
+    state.metrics.decided(result, elapsed);
+    audit(state, headers, &original, &decision, elapsed);
+    response
 }
 
-fn respond(
-    state: &AppState,
-    original: &OriginalRequest,
-    decision: Decision<'_>,
-    allow_status: StatusCode,
-) -> HttpResponse {
-    let token = decision.token.as_deref();
-    let issuer = token.map_or("", |token| state.verifier.issuer_name(token.issuer));
-    let subject = token
-        .and_then(|token| token.identity.subject.as_deref())
-        .unwrap_or("");
-    let method = original.method.as_deref().unwrap_or("");
-    let host = original.host.as_deref().unwrap_or("");
-    let path = original.path.as_deref().unwrap_or("");
-    let rule = decision.rule.unwrap_or("");
-    match decision.outcome {
+fn respond(state: &AppState, decision: &Decision<'_>, allow_status: StatusCode) -> HttpResponse {
+    match &decision.outcome {
         Ok(verdict) => {
-            state.metrics.allowed();
-            tracing::debug!(
-                outcome = "allow",
-                anonymous = verdict == Verdict::Anonymous,
-                issuer,
-                sub = subject,
-                method,
-                host,
-                path,
-                rule,
-                cache_hit = decision.cache_hit,
-                "allowed"
-            );
             let mut response = HttpResponse::build(allow_status);
             response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-            if let (Verdict::Authenticated, Some(token)) = (verdict, token) {
+            if let (Verdict::Authenticated, Some(token)) = (verdict, &decision.token) {
                 for (name, value) in &token.identity.headers {
                     response.append_header((name.clone(), value.clone()));
                 }
                 // A caching proxy (ingress-nginx `auth-cache-key`) may keep this answer,
-                // but never past the token's expiry.
-                let remaining = token.expires_at.saturating_sub(unix_now());
+                // but never past the token's expiry, nor longer than we would trust it
+                // ourselves without checking again.
+                let remaining = token
+                    .expires_at
+                    .saturating_sub(unix_now())
+                    .min(state.verifier.proxy_cache_cap(token.issuer));
                 response.insert_header(("x-accel-expires", remaining));
             }
             response.finish()
         }
+        Err(error) => error.error_response(),
+    }
+}
+
+/// One structured line per decision (target `tokengate::audit`): who, what, which way
+/// and why. Never the token, a cookie or the query string.
+fn audit(
+    state: &AppState,
+    headers: &HeaderMap,
+    original: &OriginalRequest,
+    decision: &Decision<'_>,
+    elapsed: std::time::Duration,
+) {
+    let level = match &decision.outcome {
+        Ok(_) => match state.allow_log_level {
+            AllowLogLevel::Off => return,
+            AllowLogLevel::Debug => Level::DEBUG,
+            AllowLogLevel::Info => Level::INFO,
+        },
+        Err(error) if error.reason.status().is_server_error() => Level::WARN,
+        Err(_) => Level::INFO,
+    };
+    // Checked before any field is formatted: a disabled level costs one comparison.
+    let enabled = match level {
+        Level::DEBUG => tracing::enabled!(target: "tokengate::audit", Level::DEBUG),
+        Level::WARN => tracing::enabled!(target: "tokengate::audit", Level::WARN),
+        _ => tracing::enabled!(target: "tokengate::audit", Level::INFO),
+    };
+    if !enabled {
+        return;
+    }
+    let token = decision.token.as_deref();
+    let identity = token.map(|token| &token.identity);
+    let request_id = request_id(headers);
+    let (outcome, reason, status) = match &decision.outcome {
+        Ok(Verdict::Authenticated) => ("allow", "ok", 200),
+        Ok(Verdict::Anonymous) => ("allow", "anonymous", 200),
         Err(error) => {
-            state.metrics.denied(error.reason);
-            tracing::info!(
-                outcome = "deny",
-                reason = error.reason.as_str(),
-                status = error.reason.status().as_u16(),
-                issuer,
-                sub = subject,
-                method,
-                host,
-                path,
-                rule,
-                "denied"
-            );
-            // Library messages may quote attacker-chosen claim text: debug level only.
-            if let Some(source) = &error.source {
-                tracing::debug!(reason = error.reason.as_str(), detail = %source, "denial detail");
-            }
-            error.error_response()
+            let reason = error.reason;
+            (
+                Outcome::of(Err(reason)).as_str(),
+                reason.as_str(),
+                reason.status().as_u16(),
+            )
+        }
+    };
+    macro_rules! line {
+        ($macro:ident) => {
+            tracing::$macro!(
+                target: "tokengate::audit",
+                request_id = %request_id,
+                outcome,
+                reason,
+                status,
+                issuer = token.map_or("", |token| state.verifier.issuer_name(token.issuer)),
+                sub = identity.and_then(|i| i.subject.as_deref()).unwrap_or(""),
+                user = identity.and_then(|i| i.user.as_deref()).unwrap_or(""),
+                client_id = identity.and_then(|i| i.client_id.as_deref()).unwrap_or(""),
+                method = original.method.as_deref().unwrap_or(""),
+                host = original.host.as_deref().unwrap_or(""),
+                path = original.path.as_deref().unwrap_or(""),
+                rule = decision.rule.unwrap_or(""),
+                cache_hit = decision.cache_hit,
+                latency_us = elapsed.as_micros() as u64,
+                "decision"
+            )
+        };
+    }
+    match level {
+        Level::DEBUG => line!(debug),
+        Level::WARN => line!(warn),
+        _ => line!(info),
+    }
+    if let Err(error) = &decision.outcome {
+        // Library messages may quote attacker-chosen claim text: debug level only.
+        if let Some(source) = &error.source {
+            tracing::debug!(request_id = %request_id, reason = error.reason.as_str(), detail = %source, "denial detail");
         }
     }
+}
+
+/// The proxy's `X-Request-ID` (ingress-nginx and Traefik set one) when it is a sane token,
+/// else a new one: a process-random prefix and a counter, unique without a syscall.
+fn request_id(headers: &HeaderMap) -> Cow<'_, str> {
+    const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+    if let Some(id) = headers
+        .get(X_REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Cow::Borrowed(id);
+    }
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 6];
+        let _ = aws_lc_rs::rand::fill(&mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    });
+    Cow::Owned(format!(
+        "tg-{prefix}-{}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
 }

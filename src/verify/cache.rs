@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
+use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
+use prometheus::IntCounter;
 
 use crate::identity::Identity;
 
@@ -49,10 +51,16 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    pub fn new(max_entries: u64, max_ttl: Duration) -> Self {
+    /// `evictions` counts entries pushed out because the cache was full.
+    pub fn new(max_entries: u64, max_ttl: Duration, evictions: IntCounter) -> Self {
         let entries = Cache::builder()
             .max_capacity(max_entries)
             .expire_after(UntilTokenExpiry { max_ttl })
+            .eviction_listener(move |_, _, cause| {
+                if cause == RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
             .build();
         Self { entries }
     }
@@ -115,7 +123,11 @@ mod tests {
 
     #[test]
     fn expired_entries_are_not_returned() {
-        let cache = TokenCache::new(10, Duration::from_secs(60));
+        let cache = TokenCache::new(
+            10,
+            Duration::from_secs(60),
+            IntCounter::new("e", "e").unwrap(),
+        );
         let now = unix_now();
         cache.insert(token_hash("a"), verified(now + 60));
         cache.insert(token_hash("b"), verified(now + 60));

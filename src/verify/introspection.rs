@@ -485,6 +485,14 @@ impl Introspector {
             cache: Cache::builder()
                 .max_capacity(settings.cache.introspection_max_entries)
                 .expire_after(AnswerExpiry)
+                .eviction_listener({
+                    let evictions = metrics.introspection_evictions.clone();
+                    move |_, _, cause| {
+                        if cause == moka::notification::RemovalCause::Size {
+                            evictions.inc();
+                        }
+                    }
+                })
                 .build(),
             in_flight: Semaphore::new(max_in_flight),
             max_in_flight,
@@ -555,7 +563,11 @@ impl Introspector {
                 max: self.max_in_flight,
             });
         };
-        let answer = match client.call(&self.http, token).await {
+        let started = std::time::Instant::now();
+        let called = client.call(&self.http, token).await;
+        self.metrics
+            .introspection_duration(client.index, started.elapsed());
+        let answer = match called {
             Ok(answer) => answer,
             Err(error) => return Err(self.failed(client, error)),
         };

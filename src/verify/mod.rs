@@ -43,6 +43,8 @@ pub struct Verifier {
     identity: IdentityMapping,
     sources: Vec<TokenSource>,
     max_token_length: usize,
+    /// Per issuer, the longest `X-Accel-Expires` an allow may carry, in seconds.
+    proxy_cache_caps: Vec<u64>,
     metrics: Arc<Metrics>,
 }
 
@@ -81,13 +83,40 @@ impl Verifier {
         Ok(Self {
             issuers,
             by_iss,
-            cache: TokenCache::new(settings.cache.max_entries, settings.cache.max_ttl),
+            cache: TokenCache::new(
+                settings.cache.max_entries,
+                settings.cache.max_ttl,
+                metrics.verified_token_evictions.clone(),
+            ),
+            proxy_cache_caps: settings
+                .issuers
+                .iter()
+                .map(|issuer| {
+                    let ttl = issuer
+                        .introspection
+                        .as_ref()
+                        .map_or(settings.cache.max_ttl, |introspection| {
+                            introspection.positive_ttl.min(settings.cache.max_ttl)
+                        });
+                    ttl.as_secs()
+                })
+                .collect(),
             introspector,
             identity: IdentityMapping::new(&settings.identity)?,
             sources: settings.token_sources()?,
             max_token_length: settings.token.max_length,
             metrics,
         })
+    }
+
+    /// How long a proxy may cache an allow for a token of `issuer`: never longer than we
+    /// would trust it ourselves without re-checking (the cache ttl, or the introspection
+    /// revocation window).
+    pub fn proxy_cache_cap(&self, issuer: usize) -> u64 {
+        self.proxy_cache_caps
+            .get(issuer)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Every issuer's key store, for the background refreshers and readiness.
@@ -128,6 +157,20 @@ impl Verifier {
             return Err(Reason::TokenTooLarge.into());
         }
         let hash = token_hash(token);
+        let now = unix_now();
+        if let Some(cached) = self.cache.get(&hash, now) {
+            let issuer = &self.issuers[cached.issuer];
+            if cached.key_generation == issuer.keys.withdrawal_generation() {
+                self.metrics.cache_lookup(true);
+                let introspection_hit = self.require_active(cached.issuer, token, &hash).await?;
+                return Ok(Allowed {
+                    token: cached,
+                    cache_hit: introspection_hit,
+                });
+            }
+            self.cache.remove(&hash);
+        }
+        // Only verified JWTs enter this cache, so the shape check can wait until a miss.
         if !looks_like_jwt(token) {
             // An opaque token names no issuer: it goes only to the one the operator
             // configured, so nothing in the token chooses where it (or our client
@@ -141,19 +184,6 @@ impl Verifier {
                 token: answer.token,
                 cache_hit: answer.cache_hit,
             });
-        }
-        let now = unix_now();
-        if let Some(cached) = self.cache.get(&hash, now) {
-            let issuer = &self.issuers[cached.issuer];
-            if cached.key_generation == issuer.keys.withdrawal_generation() {
-                self.metrics.cache_lookup(true);
-                let introspection_hit = self.require_active(cached.issuer, token, &hash).await?;
-                return Ok(Allowed {
-                    token: cached,
-                    cache_hit: introspection_hit,
-                });
-            }
-            self.cache.remove(&hash);
         }
         self.metrics.cache_lookup(false);
 

@@ -8,5 +8,7 @@ mod helpers;
 mod identity_output;
 mod introspection;
 mod keys;
+mod lifecycle;
+mod observability;
 mod policy;
 mod readiness;
