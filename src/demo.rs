@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SecureRandom;
 use aws_lc_rs::signature::{
@@ -21,11 +24,19 @@ use serde_json::{json, Value};
 use crate::config::Settings;
 use crate::startup::{Application, StartupError};
 use crate::verify::cache::unix_now;
+use crate::verify::introspection::basic_authorization;
 
 /// Audience of the demo's access tokens.
 pub const DEMO_AUDIENCE: &str = "demo-api";
 /// Lifetime of a demo token.
 pub const DEMO_TOKEN_TTL_SECS: u64 = 15 * 60;
+/// The verifier's credentials at the demo issuer's introspection endpoint.
+pub const DEMO_CLIENT_ID: &str = "tokengate-demo";
+pub const DEMO_CLIENT_SECRET: &str = "demo-secret";
+/// How long the demo verifier trusts an introspection answer: the revocation window.
+pub const DEMO_REVOCATION_WINDOW_SECS: u64 = 10;
+/// Most opaque tokens the demo issuer remembers.
+const MAX_OPAQUE_TOKENS: usize = 10_000;
 
 /// A private signing key with its public JWK.
 pub struct SigningKey {
@@ -126,6 +137,9 @@ pub struct TokenRequest {
     /// Comma-separated.
     #[serde(default = "default_groups")]
     pub groups: String,
+    /// `opaque` for an opaque token (checked by introspection), else a JWT.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 fn default_user() -> String {
@@ -136,15 +150,67 @@ fn default_groups() -> String {
     "developers,ops".to_owned()
 }
 
-/// The demo issuer's identity and key.
+/// The demo issuer's identity, key and opaque tokens.
 pub struct DemoIssuer {
     pub url: String,
     key: SigningKey,
+    /// Opaque token → (its introspection answer, revoked).
+    opaque: Mutex<HashMap<String, (Value, bool)>>,
 }
 
 impl DemoIssuer {
-    /// Mints an access token with user, email and groups claims.
+    /// Mints an access token with user, email and groups claims: a JWT, or an opaque
+    /// token when `format=opaque`.
     pub fn mint(&self, request: &TokenRequest) -> String {
+        let claims = self.claims(request);
+        if request.format.as_deref() != Some("opaque") {
+            return self.key.sign(&claims);
+        }
+        let token = format!("demo-{}", random_id());
+        let mut answer = claims;
+        answer["username"] = answer["preferred_username"].take();
+        answer["token_type"] = json!("Bearer");
+        let mut opaque = self
+            .opaque
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = unix_now();
+        opaque.retain(|_, (answer, _)| answer["exp"].as_u64().is_some_and(|exp| exp > now));
+        if opaque.len() >= MAX_OPAQUE_TOKENS {
+            opaque.clear();
+        }
+        opaque.insert(token.clone(), (answer, false));
+        token
+    }
+
+    /// RFC 7662 answer for `token`.
+    fn introspect(&self, token: &str) -> Value {
+        let opaque = self
+            .opaque
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match opaque.get(token) {
+            Some((answer, false)) if answer["exp"].as_u64().is_some_and(|exp| exp > unix_now()) => {
+                let mut answer = answer.clone();
+                answer["active"] = json!(true);
+                answer
+            }
+            _ => json!({ "active": false }),
+        }
+    }
+
+    /// RFC 7009 revocation.
+    fn revoke(&self, token: &str) {
+        let mut opaque = self
+            .opaque
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, revoked)) = opaque.get_mut(token) {
+            *revoked = true;
+        }
+    }
+
+    fn claims(&self, request: &TokenRequest) -> Value {
         let now = unix_now();
         let email = request
             .email
@@ -156,7 +222,7 @@ impl DemoIssuer {
             .map(str::trim)
             .filter(|group| !group.is_empty())
             .collect();
-        let claims = json!({
+        json!({
             "iss": self.url,
             "sub": format!("demo-{}", request.user),
             "aud": DEMO_AUDIENCE,
@@ -169,8 +235,7 @@ impl DemoIssuer {
             "preferred_username": request.user,
             "email": email,
             "groups": groups,
-        });
-        self.key.sign(&claims)
+        })
     }
 
     fn discovery(&self) -> Value {
@@ -178,6 +243,8 @@ impl DemoIssuer {
             "issuer": self.url,
             "jwks_uri": format!("{}/jwks", self.url),
             "token_endpoint": format!("{}/token", self.url),
+            "introspection_endpoint": format!("{}/introspect", self.url),
+            "revocation_endpoint": format!("{}/revoke", self.url),
             "id_token_signing_alg_values_supported": ["RS256"],
         })
     }
@@ -198,6 +265,7 @@ pub fn start_issuer(address: &str) -> std::io::Result<(Arc<DemoIssuer>, Server)>
     let issuer = Arc::new(DemoIssuer {
         url,
         key: SigningKey::generate(Algorithm::RS256, "demo-1"),
+        opaque: Mutex::new(HashMap::new()),
     });
     let data = web::Data::from(issuer.clone());
     let server = HttpServer::new(move || {
@@ -218,6 +286,8 @@ pub fn start_issuer(address: &str) -> std::io::Result<(Arc<DemoIssuer>, Server)>
                 }),
             )
             .route("/token", web::route().to(token_endpoint))
+            .route("/introspect", web::post().to(introspection_endpoint))
+            .route("/revoke", web::post().to(revocation_endpoint))
     })
     .workers(1)
     .listen(listener)?
@@ -238,12 +308,47 @@ async fn token_endpoint(
         }))
 }
 
+/// RFC 7662: only the demo verifier's client credentials may introspect.
+async fn introspection_endpoint(
+    issuer: web::Data<DemoIssuer>,
+    request: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+) -> HttpResponse {
+    let expected = basic_authorization(DEMO_CLIENT_ID, DEMO_CLIENT_SECRET);
+    let presented = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION);
+    let matches = expected
+        .as_ref()
+        .zip(presented)
+        .is_some_and(|(expected, presented)| expected.as_bytes() == presented.as_bytes());
+    if !matches {
+        return HttpResponse::Unauthorized().json(json!({ "error": "invalid_client" }));
+    }
+    let token = form.get("token").map_or("", String::as_str);
+    HttpResponse::Ok().json(issuer.introspect(token))
+}
+
+/// RFC 7009: anyone holding the token may revoke it.
+async fn revocation_endpoint(
+    issuer: web::Data<DemoIssuer>,
+    form: web::Form<HashMap<String, String>>,
+) -> HttpResponse {
+    if let Some(token) = form.get("token") {
+        issuer.revoke(token);
+    }
+    HttpResponse::Ok().finish()
+}
+
 /// Settings of the verifier wired to the demo issuer.
 pub fn demo_settings(
     issuer_url: &str,
     listen: &str,
     admin_listen: &str,
 ) -> Result<Settings, crate::config::ConfigError> {
+    let secret_file = demo_secret_file().map_err(|e| {
+        crate::config::ConfigError::new("demo", format!("cannot write the demo secret: {e}"))
+    })?;
     Settings::from_yaml(&format!(
         r#"
 listen: "{listen}"
@@ -255,11 +360,28 @@ issuers:
     audiences: ["{DEMO_AUDIENCE}"]
     algorithms: [RS256]
     required_typ: at+jwt
+    introspection:
+      client_id: {DEMO_CLIENT_ID}
+      client_secret_file: "{secret}"
+      positive_ttl: {DEMO_REVOCATION_WINDOW_SECS}s
+      negative_ttl: 2s
+token:
+  opaque_issuer: demo
 shutdown:
   drain_delay: 0s
   grace: 5s
-"#
+"#,
+        secret = secret_file.display(),
     ))
+}
+
+/// The demo verifier reads its client secret from a file, like a real deployment.
+fn demo_secret_file() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tokengate-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("client-secret");
+    std::fs::write(&path, DEMO_CLIENT_SECRET)?;
+    Ok(path)
 }
 
 /// `tokengate demo`: issuer + verifier on loopback, and instructions on stdout.
@@ -272,15 +394,18 @@ pub async fn run(listen: &str, admin_listen: &str) -> Result<(), StartupError> {
         format!("http://{listen}/auth").replace(":0/", &format!(":{}/", application.port()));
     let admin_url =
         format!("http://{admin_listen}").replace(":0", &format!(":{}", application.admin_port()));
-    let token = issuer.mint(&TokenRequest {
+    let request = |format: Option<&str>| TokenRequest {
         user: default_user(),
         email: None,
         groups: default_groups(),
-    });
+        format: format.map(str::to_owned),
+    };
+    let token = issuer.mint(&request(None));
+    let opaque = issuer.mint(&request(Some("opaque")));
     println!(
         r#"tokengate demo: a demo issuer and the verifier, on loopback.
 
-  issuer    {issuer}   (discovery, /jwks, /token)
+  issuer    {issuer}   (discovery, /jwks, /token, /introspect, /revoke)
   verifier  {auth_url}
   admin     {admin_url}/readyz  {admin_url}/metrics
 
@@ -294,7 +419,16 @@ Try it from another terminal (paste the TOKEN line first):
   curl -i {auth_url}                                        # 401, WWW-Authenticate: Bearer
   curl -i -H "Authorization: Bearer ${{TOKEN}}x" {auth_url}  # 401, error="invalid_token"
 
+An opaque token, checked by RFC 7662 introspection at the issuer:
+
+OPAQUE={opaque}
+
+  curl -i -H "Authorization: Bearer $OPAQUE" {auth_url}     # 202, from the introspection answer
+  curl -s -X POST -d "token=$OPAQUE" {issuer}/revoke         # revoke it at the issuer
+  sleep {window}; curl -i -H "Authorization: Bearer $OPAQUE" {auth_url}   # 401: the {window} s revocation window is over
+
 Ctrl-C stops it."#,
+        window = DEMO_REVOCATION_WINDOW_SECS,
         issuer = issuer.url,
         minutes = DEMO_TOKEN_TTL_SECS / 60,
     );

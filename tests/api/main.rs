@@ -4,6 +4,7 @@
 mod auth_request;
 mod config;
 mod contracts;
+mod demo;
 mod helpers;
 mod identity_output;
 mod introspection;
