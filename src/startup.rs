@@ -165,7 +165,9 @@ impl Application {
     ) -> std::io::Result<()> {
         let auth_handle = self.auth_server.handle();
         let admin_handle = self.admin_server.handle();
-        // The servers' futures process the stop commands: they must keep running.
+        // The servers' futures process the stop commands: they must keep running, and
+        // they must not outlive this future if it is dropped (a caller's timeout).
+        let _stop_on_drop = StopOnDrop([auth_handle.clone(), admin_handle.clone()]);
         let mut auth = tokio::spawn(self.auth_server);
         let mut admin = tokio::spawn(self.admin_server);
         let joined = |result: Result<std::io::Result<()>, tokio::task::JoinError>| {
@@ -201,6 +203,19 @@ impl Application {
             refresher.abort();
         }
         result
+    }
+}
+
+/// Tells both servers to stop when dropped; stopping a stopped server does nothing.
+struct StopOnDrop([actix_web::dev::ServerHandle; 2]);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            // The command is sent when `stop` is called; the returned future only waits
+            // for it to complete.
+            drop(handle.stop(false));
+        }
     }
 }
 

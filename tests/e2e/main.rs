@@ -1,15 +1,27 @@
-//! End-to-end tests: real reverse proxies in front of the real tokengate.
+//! End-to-end tests: real reverse proxies in front of the real tokengate, with tokens from
+//! a real OpenID Provider.
 //!
-//! Each test starts its own processes on free loopback ports: the demo issuer and the
-//! tokengate application in this process, an upstream application that echoes what it
-//! received, and the proxy as a child process configured from the files in `deploy/`.
-//! The proxies and the OpenID Provider are installed by `scripts/test.sh`; a missing one
-//! fails the test with that instruction, it is never skipped.
+//! Each test starts its own processes on free loopback ports: the OpenID Provider
+//! (panva's `oidc-provider`, tests/e2e/op/op.mjs) as a child process, the tokengate
+//! application in this process, an upstream application that echoes what it received,
+//! and the proxy as a child process configured from the files in `deploy/`. Every child
+//! is killed when its guard drops, also when the test fails. The proxies and the OpenID
+//! Provider are installed by `scripts/test.sh`; a missing one fails the test with that
+//! instruction, it is never skipped.
 //!
 //! - [`nginx`]: plain nginx `auth_request` with deploy/nginx/tokengate.conf;
-//! - [`introspection`]: the real `oidc-provider` (npm) issuing opaque tokens, introspected
-//!   by tokengate and then revoked.
+//! - [`ingress_nginx`]: the auth location of the ingress-nginx template, reproduced in
+//!   deploy/ingress-nginx/tokengate-ingress.conf, with a policy in the auth URL;
+//! - [`traefik`]: Traefik `forwardAuth` with deploy/traefik/;
+//! - [`envoy`]: Envoy's HTTP `ext_authz` filter with deploy/envoy/envoy.yaml;
+//! - [`key_rotation`]: the provider restarted with a new signing key;
+//! - [`introspection`]: opaque tokens introspected by tokengate, then revoked.
 
+mod envoy;
+mod ingress_nginx;
 mod introspection;
+mod key_rotation;
 mod nginx;
+mod provider;
 mod support;
+mod traefik;

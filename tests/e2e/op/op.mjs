@@ -1,20 +1,33 @@
 // A real OpenID Provider for tokengate's end-to-end tests: panva/oidc-provider v9 on
-// 127.0.0.1, issuing opaque access tokens that tokengate introspects (RFC 7662) and that
-// the tests revoke (RFC 7009).
+// 127.0.0.1, issuing RS256 `at+jwt` access tokens (RFC 9068) that tokengate verifies with
+// the provider's JWKS, and opaque access tokens that tokengate introspects (RFC 7662) and
+// that the tests revoke (RFC 7009).
 //
 //   node tests/e2e/op/op.mjs PORT
 //
-// Prints `oidc-provider ready <issuer>` on stdout once it listens.
+// Prints `oidc-provider ready <issuer>` on stdout once it listens, and one line
+// `oidc-provider served jwks` / `oidc-provider served discovery` per request to those
+// endpoints, so that a test can count how often tokengate fetched the keys.
 //
 // Issuer: http://127.0.0.1:PORT (discovery names the JWKS, token, introspection and
-// revocation endpoints). Clients (client_secret_basic or client_secret_post):
-//   client / client-secret : client_credentials, scopes "read write"
+// revocation endpoints). Clients (client_secret_basic or client_secret_post), all with
+// the client_credentials grant and scopes "read write":
+//   client / client-secret : no extra claims (the user is its client_id, in `sub`)
+//   alice  / alice-secret  : preferred_username alice, email alice@example.com,
+//                            groups [developers, ops]
+//   bob    / bob-secret    : preferred_username bob, email bob@example.org, groups [guests]
 //   rs     / rs-secret     : the resource server (tokengate): introspection only
+// The extra claims (extraTokenClaims) go into JWT access tokens and into introspection
+// answers for opaque ones; a client-credentials token stands in for a user's token.
 // Resources (RFC 8707 `resource` parameter):
 //   https://opaque.local (default) -> opaque access tokens, audience https://opaque.local
-//   https://api.local              -> RS256 `at+jwt` access tokens (RFC 9068)
-// oidc-provider refuses to introspect JWT access tokens, hence opaque ones for this test.
-// The signing key is generated at every start and never written to disk.
+//   https://api.local              -> RS256 `at+jwt` access tokens, audience https://api.local
+// oidc-provider refuses to introspect JWT access tokens, hence opaque ones for that.
+//
+// Signing key: a fresh RSA key at every start, with kid $OP_KID (default `e2e-1`): restart
+// with another OP_KID to rotate. With OP_JWKS_FILE, the private JWKS in that file is used
+// if it exists, and otherwise generated and written there.
+import fs from 'node:fs';
 import Provider from 'oidc-provider';
 import * as jose from 'jose';
 
@@ -25,9 +38,24 @@ if (!Number.isInteger(port) || port <= 0 || port > 65535) {
 }
 const issuer = `http://127.0.0.1:${port}`;
 
-const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
-const jwk = await jose.exportJWK(privateKey);
-Object.assign(jwk, { kid: 'e2e-1', alg: 'RS256', use: 'sig' });
+async function generateJwks(kid) {
+  const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
+  const jwk = await jose.exportJWK(privateKey);
+  Object.assign(jwk, { kid, alg: 'RS256', use: 'sig' });
+  return { keys: [jwk] };
+}
+
+async function signingKeys() {
+  const kid = process.env.OP_KID || 'e2e-1';
+  const file = process.env.OP_JWKS_FILE;
+  if (!file) return generateJwks(kid);
+  if (fs.existsSync(file)) return JSON.parse(fs.readFileSync(file, 'utf8'));
+  const jwks = await generateJwks(kid);
+  fs.writeFileSync(file, JSON.stringify(jwks), { mode: 0o600 });
+  return jwks;
+}
+
+const jwks = await signingKeys();
 
 const RESOURCES = {
   'https://opaque.local': { scope: 'read write', audience: 'https://opaque.local',
@@ -36,15 +64,28 @@ const RESOURCES = {
                          accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } },
 };
 
+// The identity each client's tokens carry, as an IdP puts a user's into access tokens.
+const IDENTITIES = {
+  alice: { preferred_username: 'alice', email: 'alice@example.com', groups: ['developers', 'ops'] },
+  bob: { preferred_username: 'bob', email: 'bob@example.org', groups: ['guests'] },
+};
+
+const grantClient = (id) => ({
+  client_id: id, client_secret: `${id}-secret`, grant_types: ['client_credentials'],
+  redirect_uris: [], response_types: [], scope: 'read write',
+});
+
 const provider = new Provider(issuer, {
   clients: [
-    { client_id: 'client', client_secret: 'client-secret', grant_types: ['client_credentials'],
-      redirect_uris: [], response_types: [], scope: 'read write' },
+    grantClient('client'),
+    grantClient('alice'),
+    grantClient('bob'),
     { client_id: 'rs', client_secret: 'rs-secret', grant_types: [], redirect_uris: [],
       response_types: [] },
   ],
-  jwks: { keys: [jwk] },
+  jwks,
   scopes: ['openid', 'read', 'write'],
+  extraTokenClaims: (ctx, token) => IDENTITIES[token.clientId],
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
@@ -66,8 +107,17 @@ const provider = new Provider(issuer, {
 provider.proxy = false;
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 
+// One stdout line per key fetch, for tests that count them.
+provider.use(async (ctx, next) => {
+  await next();
+  if (ctx.path === '/jwks') console.log('oidc-provider served jwks');
+  if (ctx.path === '/.well-known/openid-configuration') {
+    console.log('oidc-provider served discovery');
+  }
+});
+
 const server = provider.listen(port, '127.0.0.1', () => {
-  console.log(`oidc-provider ready ${issuer}`);
+  console.log(`oidc-provider ready ${issuer} kid=${jwks.keys.map((key) => key.kid).join(',')}`);
 });
 server.on('error', (err) => {
   console.error(`oidc-provider cannot listen on ${issuer}: ${err.message}`);

@@ -1,0 +1,294 @@
+//! The real OpenID Provider: panva's `oidc-provider` (npm) running tests/e2e/op/op.mjs as
+//! a child process, and tokengate configured to trust it.
+//!
+//! Tokens come from its token endpoint (client-credentials grant): RS256 `at+jwt` access
+//! tokens for the resource `https://api.local`, opaque ones for `https://opaque.local`.
+//! The clients `alice` and `bob` carry a user's claims (`preferred_username`, `email`,
+//! `groups`), `client` carries none. Node.js and the pinned npm packages are installed by
+//! `scripts/test.sh`; when they are missing the test fails with that instruction.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::{
+    client, closed_address, find_executable, start_with_retries, Process, ScratchDir, StartError,
+    Tokengate, TEST_COMMAND,
+};
+
+/// Where op.mjs, its package.json and (once installed) its node_modules are.
+const OP_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/op");
+/// Where `scripts/test.sh` installs Node.js when the system's is too old.
+const BUNDLED_NODE_PREFIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.e2e/node");
+/// The resource (RFC 8707) whose access tokens the provider issues as RS256 `at+jwt`.
+pub const JWT_RESOURCE: &str = "https://api.local";
+/// The resource whose access tokens the provider makes opaque.
+pub const OPAQUE_RESOURCE: &str = "https://opaque.local";
+/// How long tokengate trusts an `active: true` introspection answer in these tests: the
+/// revocation window.
+pub const POSITIVE_TTL: Duration = Duration::from_secs(2);
+
+/// The Node.js to run op.mjs with: `$TOKENGATE_E2E_NODE`, else the one `scripts/test.sh`
+/// installed into .e2e/node, else `node` on `PATH`. It must be recent enough for
+/// oidc-provider 9 (which calls `crypto.hash`, Node.js 20.12).
+fn node() -> PathBuf {
+    let bundled = ["x64", "arm64"]
+        .iter()
+        .map(|arch| format!("{BUNDLED_NODE_PREFIX}/node_modules/node-linux-{arch}/bin/node"))
+        .find(|path| Path::new(path).is_file());
+    let node = match (std::env::var_os("TOKENGATE_E2E_NODE"), bundled) {
+        (None, Some(bundled)) => PathBuf::from(bundled),
+        _ => find_executable("node", "TOKENGATE_E2E_NODE", &[]),
+    };
+    let output = Command::new(&node)
+        .args(["-p", "process.versions.node"])
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {}: {error}", node.display()));
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let mut parts = version
+        .split('.')
+        .map(|part| part.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    assert!(
+        major > 20 || (major == 20 && minor >= 12),
+        "{} is Node.js {version:?}; oidc-provider 9 needs 20.12 or later. Run `{TEST_COMMAND}` \
+         from the repository root: it installs a recent Node.js into .e2e/node when needed.",
+        node.display()
+    );
+    node
+}
+
+/// Fails unless every package pinned in tests/e2e/op/package.json is installed at its
+/// version.
+fn assert_op_packages_installed() {
+    let read = |path: &Path| -> Option<Value> {
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    };
+    let manifest =
+        read(&Path::new(OP_DIR).join("package.json")).expect("tests/e2e/op/package.json");
+    let wanted = manifest["dependencies"]
+        .as_object()
+        .expect("package.json lists dependencies");
+    for (name, version) in wanted {
+        let version = version.as_str().unwrap_or_default();
+        let installed = read(
+            &Path::new(OP_DIR)
+                .join("node_modules")
+                .join(name)
+                .join("package.json"),
+        );
+        let installed = installed
+            .as_ref()
+            .and_then(|package| package["version"].as_str());
+        assert_eq!(
+            installed,
+            Some(version),
+            "npm package {name} {version} is not installed in tests/e2e/op/node_modules. \
+             The end-to-end tests drive the real oidc-provider: run `{TEST_COMMAND}` from the \
+             repository root, which installs it and runs every test."
+        );
+    }
+}
+
+/// A running oidc-provider, killed on drop (also when the test panics).
+pub struct OidcProvider {
+    process: Process,
+    node: PathBuf,
+    address: SocketAddr,
+    /// `http://127.0.0.1:<port>`: the `iss` of its tokens.
+    pub issuer: String,
+}
+
+impl OidcProvider {
+    /// Starts the provider on a free port with a fresh signing key whose `kid` is `e2e-1`.
+    pub async fn start() -> OidcProvider {
+        Self::start_with_kid("e2e-1").await
+    }
+
+    /// Starts the provider on a free port with a fresh signing key whose `kid` is `kid`.
+    pub async fn start_with_kid(kid: &str) -> OidcProvider {
+        let node = node();
+        assert_op_packages_installed();
+        start_with_retries("oidc-provider", || {
+            let node = node.clone();
+            async move {
+                let address = closed_address();
+                let process = Self::spawn(&node, address, kid).await?;
+                Ok(OidcProvider {
+                    process,
+                    node,
+                    address,
+                    issuer: format!("http://{address}"),
+                })
+            }
+        })
+        .await
+    }
+
+    async fn spawn(node: &Path, address: SocketAddr, kid: &str) -> Result<Process, StartError> {
+        let mut command = Command::new(node);
+        command
+            .arg(Path::new(OP_DIR).join("op.mjs"))
+            .arg(address.port().to_string())
+            .env("OP_KID", kid)
+            .env_remove("OP_JWKS_FILE")
+            .current_dir(OP_DIR);
+        let mut process = Process::spawn(
+            "oidc-provider",
+            command,
+            ScratchDir::new("oidc-provider"),
+            false,
+        )
+        .map_err(StartError::fatal)?;
+        match process
+            .wait_until_listening(address, Duration::from_secs(30))
+            .await
+        {
+            Ok(()) => Ok(process),
+            Err(error) => {
+                let logs = process.logs();
+                Err(StartError {
+                    port_taken: logs.contains("EADDRINUSE"),
+                    message: format!("{error}\n{logs}"),
+                })
+            }
+        }
+    }
+
+    /// Stops the provider and starts it again on the same address (same issuer) with a
+    /// new signing key whose `kid` is `kid`: a key rotation at the issuer, old key gone.
+    /// The new process's output starts empty, so [`Self::jwks_fetches`] counts afresh.
+    pub async fn restart_with_kid(&mut self, kid: &str) {
+        self.process.kill();
+        // The port was ours a moment ago; no retry on another port, since the issuer
+        // URL must stay the same.
+        self.process = Self::spawn(&self.node, self.address, kid)
+            .await
+            .unwrap_or_else(|error| panic!("oidc-provider did not restart: {}", error.message));
+    }
+
+    /// The provider's console output, for failure messages.
+    pub fn logs(&self) -> String {
+        self.process.logs()
+    }
+
+    /// How many times the JWKS was served since this process started.
+    pub fn jwks_fetches(&self) -> usize {
+        self.process
+            .stdout()
+            .lines()
+            .filter(|line| *line == "oidc-provider served jwks")
+            .count()
+    }
+
+    /// A client-credentials access token of `client_id` (secret `<client_id>-secret`)
+    /// for `resource`, with `scope`.
+    async fn token(&self, client_id: &str, scope: &str, resource: &str) -> String {
+        let response = client()
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client_id, Some(format!("{client_id}-secret")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", scope),
+                ("resource", resource),
+            ]))
+            .send()
+            .await
+            .expect("token request");
+        let status = response.status();
+        let body: Value = response.json().await.expect("token response JSON");
+        assert_eq!(status, StatusCode::OK, "{body}\n{}", self.logs());
+        body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+
+    /// An RS256 `at+jwt` access token of `client_id` with `scope` (space-separated).
+    pub async fn jwt(&self, client_id: &str, scope: &str) -> String {
+        let token = self.token(client_id, scope, JWT_RESOURCE).await;
+        assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
+        token
+    }
+
+    /// An opaque access token of `client_id` with `scope`.
+    pub async fn opaque(&self, client_id: &str, scope: &str) -> String {
+        let token = self.token(client_id, scope, OPAQUE_RESOURCE).await;
+        assert_eq!(token.split('.').count(), 1, "not an opaque token");
+        token
+    }
+
+    /// RFC 7009 revocation, by the client the token was issued to.
+    pub async fn revoke(&self, client_id: &str, token: &str) {
+        let response = client()
+            .post(format!("{}/token/revocation", self.issuer))
+            .basic_auth(client_id, Some(format!("{client_id}-secret")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[
+                ("token", token),
+                ("token_type_hint", "access_token"),
+            ]))
+            .send()
+            .await
+            .expect("revocation request");
+        assert_eq!(response.status(), StatusCode::OK, "{}", self.logs());
+    }
+
+    /// tokengate trusting this provider, as an operator would configure it: JWTs for
+    /// `https://api.local` verified with the discovered JWKS (RS256, `typ` `at+jwt`),
+    /// opaque tokens for `https://opaque.local` introspected as resource server `rs`, and
+    /// the identity from `preferred_username`, `email` and `groups` (the defaults).
+    /// `proxy_headers` is the proxy in front; `extra` is appended YAML (e.g. `rules:`).
+    /// Keys are not refreshed in the background during a test, so that every JWKS
+    /// fetch the provider sees after start-up is an unknown-`kid` refetch; a stop
+    /// ([`Tokengate::stop`]) closes the listener at once.
+    pub async fn tokengate(&self, proxy_headers: &str, extra: &str) -> Tokengate {
+        let dir = ScratchDir::new("tokengate");
+        let secret = dir.write("rs-secret", "rs-secret\n");
+        let yaml = format!(
+            r#"
+listen: "127.0.0.1:0"
+admin_listen: "127.0.0.1:0"
+workers: 1
+proxy_headers: {proxy_headers}
+issuers:
+  - issuer: "{issuer}"
+    name: oidc-provider
+    audiences: ["{JWT_RESOURCE}", "{OPAQUE_RESOURCE}"]
+    algorithms: [RS256]
+    required_typ: at+jwt
+    keys:
+      refresh_interval: 10m
+      min_refresh_interval: 10m
+      unknown_kid_cooldown: 30s
+    introspection:
+      client_id: rs
+      client_secret_file: "{secret}"
+      positive_ttl: {ttl}s
+      negative_ttl: 1s
+token:
+  opaque_issuer: oidc-provider
+shutdown:
+  drain_delay: 0s
+  grace: 1s
+{extra}
+"#,
+            issuer = self.issuer,
+            secret = secret.display(),
+            ttl = POSITIVE_TTL.as_secs(),
+        );
+        Tokengate::start(&yaml, dir).await
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body.
+fn form(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
