@@ -483,6 +483,25 @@ pub struct HttpClientSettings {
     pub introspection_max_in_flight: usize,
 }
 
+impl HttpClientSettings {
+    /// The extra CA certificates of `ca_file` (none when unset); an unreadable or empty
+    /// bundle is a configuration error.
+    pub fn ca_certificates(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        let Some(ca_file) = &self.ca_file else {
+            return Ok(Vec::new());
+        };
+        let key = "http_client.ca_file";
+        let pem = std::fs::read(ca_file)
+            .map_err(|e| ConfigError::new(key, format!("{}: {e}", ca_file.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| ConfigError::new(key, format!("not a PEM bundle: {e}")))?;
+        if certs.is_empty() {
+            return Err(ConfigError::new(key, "holds no certificate"));
+        }
+        Ok(certs)
+    }
+}
+
 impl Default for HttpClientSettings {
     fn default() -> Self {
         Self {
@@ -778,20 +797,7 @@ impl Settings {
                 "must be at most 60s",
             ));
         }
-        if let Some(ca_file) = &http.ca_file {
-            let pem = std::fs::read(ca_file).map_err(|e| {
-                ConfigError::new("http_client.ca_file", format!("{}: {e}", ca_file.display()))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                ConfigError::new("http_client.ca_file", format!("not a PEM bundle: {e}"))
-            })?;
-            if certs.is_empty() {
-                return Err(ConfigError::new(
-                    "http_client.ca_file",
-                    "holds no certificate",
-                ));
-            }
-        }
+        http.ca_certificates()?;
         Ok(())
     }
 

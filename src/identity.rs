@@ -376,9 +376,7 @@ fn header_value(value: &str, limit: usize) -> Option<HeaderValue> {
     if clean.is_empty() {
         return None;
     }
-    HeaderValue::from_str(&clean)
-        .or_else(|_| HeaderValue::from_bytes(clean.as_bytes()))
-        .ok()
+    HeaderValue::from_bytes(clean.as_bytes()).ok()
 }
 
 /// Comma-joins whole groups up to `limit` bytes: a group is dropped, never cut, so the

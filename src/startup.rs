@@ -273,18 +273,12 @@ fn bind(address: &str) -> Result<TcpListener, StartupError> {
 /// The one outbound client: bounded timeouts, no redirects (keys come only from the
 /// configured or discovered URL), optional extra CA bundle.
 fn http_client(settings: &HttpClientSettings) -> Result<reqwest::Client, StartupError> {
-    let mut builder = reqwest::Client::builder()
+    reqwest::Client::builder()
         .connect_timeout(settings.connect_timeout)
         .timeout(settings.timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")));
-    if let Some(ca_file) = &settings.ca_file {
-        let pem = std::fs::read(ca_file).map_err(|e| {
-            ConfigError::new("http_client.ca_file", format!("{}: {e}", ca_file.display()))
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| ConfigError::new("http_client.ca_file", e.to_string()))?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    builder.build().map_err(StartupError::HttpClient)
+        .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
+        .tls_certs_merge(settings.ca_certificates()?)
+        .build()
+        .map_err(StartupError::HttpClient)
 }

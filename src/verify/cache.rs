@@ -83,12 +83,6 @@ impl TokenCache {
     pub fn remove(&self, hash: &TokenHash) {
         self.entries.invalidate(hash);
     }
-
-    /// Entries currently held (approximate until pending work is run).
-    pub fn entry_count(&self) -> u64 {
-        self.entries.run_pending_tasks();
-        self.entries.entry_count()
-    }
 }
 
 /// Each entry lives until the token's `exp`, and never longer than `max_ttl`.

@@ -619,12 +619,6 @@ impl Introspector {
         );
         error
     }
-
-    /// Answers currently cached (approximate until pending work is run).
-    pub async fn entry_count(&self) -> u64 {
-        self.cache.run_pending_tasks().await;
-        self.cache.entry_count()
-    }
 }
 
 #[cfg(test)]

@@ -358,8 +358,9 @@ impl KeyStore {
             return Err(FetchError::NoUsableKeys);
         }
         let count = set.len();
-        let previous = self.current.swap(Some(Arc::new(set)));
-        if let (Some(previous), Some(current)) = (previous, self.current.load_full()) {
+        let current = Arc::new(set);
+        let previous = self.current.swap(Some(current.clone()));
+        if let Some(previous) = previous {
             let withdrawn = previous.kids().any(|kid| current.get(kid).is_none());
             if withdrawn {
                 self.withdrawal_generation.fetch_add(1, Ordering::AcqRel);

@@ -13,9 +13,9 @@ use serde_json::json;
 
 use crate::provider::OidcProvider;
 use crate::support::{
-    assert_no_header_name_with_underscore, client, closed_address, deployed_config, echoed_header,
-    send, start_with_retries, tampered, venv_executable, Answer, EchoUpstream, Process, ScratchDir,
-    StartError, Tokengate,
+    assert_alice, assert_no_header_name_with_underscore, assert_no_identity_filled_in, client,
+    closed_address, deployed_config, echoed_header, send, start_with_retries, tampered,
+    venv_executable, Answer, EchoUpstream, Process, ScratchDir, StartError, Tokengate,
 };
 
 /// Envoy routes carry no policy in the auth URL (the query string after `/ext-authz/…`
@@ -151,24 +151,9 @@ async fn allowed_request_reaches_the_upstream_with_identity_headers() {
         )
         .await;
 
-    assert_eq!(
-        answer.status,
-        StatusCode::OK,
-        "{}\n{}",
-        answer.body,
-        stack.logs()
-    );
-    let echo = answer.echo();
+    let echo = answer.upstream_echo(|| stack.logs());
     assert_eq!(echo["uri"], "/orders?id=7");
-    assert_eq!(echoed_header(&echo, "x-auth-request-user"), ["alice"]);
-    assert_eq!(
-        echoed_header(&echo, "x-auth-request-email"),
-        ["alice@example.com"]
-    );
-    assert_eq!(
-        echoed_header(&echo, "x-auth-request-groups"),
-        ["developers,ops"]
-    );
+    assert_alice(&echo);
     assert_no_header_name_with_underscore(&echo);
     assert!(
         !answer.body.contains("mallory"),
@@ -193,23 +178,8 @@ async fn client_sent_groups_never_fill_in_for_a_token_without_groups() {
         )
         .await;
 
-    assert_eq!(
-        answer.status,
-        StatusCode::OK,
-        "{}\n{}",
-        answer.body,
-        stack.logs()
-    );
-    let echo = answer.echo();
-    assert_eq!(echoed_header(&echo, "x-auth-request-user"), ["client"]);
-    assert!(
-        echoed_header(&echo, "x-auth-request-groups").is_empty(),
-        "{echo}"
-    );
-    assert!(
-        echoed_header(&echo, "x-auth-request-email").is_empty(),
-        "{echo}"
-    );
+    let echo = answer.upstream_echo(|| stack.logs());
+    assert_no_identity_filled_in(&echo);
 }
 
 #[tokio::test]

@@ -162,6 +162,44 @@ pub fn echoed_header(echo: &Value, name: &str) -> Vec<String> {
 /// Fails if the upstream received any header whose name has an underscore: a framework
 /// that maps `-` and `_` to the same name would read `X_Auth_Request_User` as
 /// `X-Auth-Request-User`.
+/// The upstream saw alice's identity as her token carries it (client `alice` of the
+/// provider): user, email and groups.
+pub fn assert_alice(echo: &Value) {
+    assert_eq!(
+        echoed_header(echo, "x-auth-request-user"),
+        ["alice"],
+        "{echo}"
+    );
+    assert_eq!(
+        echoed_header(echo, "x-auth-request-email"),
+        ["alice@example.com"],
+        "{echo}"
+    );
+    assert_eq!(
+        echoed_header(echo, "x-auth-request-groups"),
+        ["developers,ops"],
+        "{echo}"
+    );
+}
+
+/// A token without user claims (client `client`): the user is its `sub`, and no email
+/// or groups header reached the upstream, not even ones the client sent itself.
+pub fn assert_no_identity_filled_in(echo: &Value) {
+    assert_eq!(
+        echoed_header(echo, "x-auth-request-user"),
+        ["client"],
+        "{echo}"
+    );
+    assert!(
+        echoed_header(echo, "x-auth-request-groups").is_empty(),
+        "{echo}"
+    );
+    assert!(
+        echoed_header(echo, "x-auth-request-email").is_empty(),
+        "{echo}"
+    );
+}
+
 pub fn assert_no_header_name_with_underscore(echo: &Value) {
     let names: Vec<&String> = echo["headers"]
         .as_object()
@@ -194,6 +232,13 @@ impl Answer {
     pub fn echo(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|error| panic!("not the upstream's echo ({error}): {}", self.body))
+    }
+
+    /// Asserts a 200 from the upstream and returns its echo; `logs` go into the failure
+    /// message.
+    pub fn upstream_echo(&self, logs: impl Fn() -> String) -> Value {
+        assert_eq!(self.status, StatusCode::OK, "{}\n{}", self.body, logs());
+        self.echo()
     }
 
     /// Every `WWW-Authenticate` value.
