@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
+use bytestring::ByteString;
 use regex::Regex;
 use serde_json::Value;
 
@@ -61,25 +63,204 @@ impl ClaimPath {
     }
 }
 
-/// The identity a verified token carries.
-#[derive(Debug, Clone, Default)]
+/// The identity a verified token carries, packed for the cache: every string sits in one
+/// shared buffer, so a cached token costs the same few allocations whatever its claims,
+/// and the header values of an answer are slices of that buffer rather than copies.
+#[derive(Debug, Clone)]
 pub struct Identity {
-    /// `sub`, for logs.
-    pub subject: Option<String>,
-    /// The OAuth client the token was issued to (`client_id`, else `azp`), for logs.
-    pub client_id: Option<String>,
-    /// The user name (configured claim, falling back to `sub`).
-    pub user: Option<String>,
-    pub email: Option<String>,
-    /// Every group, unfiltered: the policy checks these.
-    pub groups: Vec<String>,
-    /// From `scope` (space-separated) or `scp` (list or string).
-    pub scopes: Vec<String>,
-    /// Ready-to-send response headers; a name may repeat (`Impersonate-Group`).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    text: ByteString,
+    /// Where each string sits in `text`: `sub`, client id, user and email (in that order,
+    /// possibly [`ABSENT`]), then the groups, the scopes and the header values.
+    pieces: Box<[Piece]>,
+    groups: u32,
+    scopes: u32,
+    /// The header names that a header value's [`Piece::name`] indexes; one table per
+    /// mapping, shared by every identity it builds.
+    names: Arc<[HeaderName]>,
     /// Why these headers must not be sent, if they must not (over the size budget, or no
     /// user to impersonate).
     pub problem: Option<Reason>,
+}
+
+/// A range of an identity's text; for a header value, also the index of its name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Piece {
+    start: u32,
+    end: u32,
+    name: u16,
+}
+
+/// A field the token does not carry.
+const ABSENT: Piece = Piece {
+    start: u32::MAX,
+    end: u32::MAX,
+    name: 0,
+};
+const SUBJECT: usize = 0;
+const CLIENT_ID: usize = 1;
+const USER: usize = 2;
+const EMAIL: usize = 3;
+const FIXED_PIECES: usize = 4;
+
+/// Indexes of the built-in headers in every mapping's name table; claim headers follow.
+const USER_NAME: u16 = 0;
+const EMAIL_NAME: u16 = 1;
+const GROUPS_NAME: u16 = 2;
+const IMPERSONATE_USER_NAME: u16 = 3;
+const IMPERSONATE_GROUP_NAME: u16 = 4;
+const BUILT_IN_NAMES: [HeaderName; 5] = [
+    USER_HEADER,
+    EMAIL_HEADER,
+    GROUPS_HEADER,
+    IMPERSONATE_USER,
+    IMPERSONATE_GROUP,
+];
+
+impl Default for Identity {
+    fn default() -> Self {
+        Draft::default().pack(Arc::from(BUILT_IN_NAMES))
+    }
+}
+
+impl Identity {
+    /// `sub`, for logs.
+    pub fn subject(&self) -> Option<&str> {
+        self.fixed(SUBJECT)
+    }
+
+    /// The OAuth client the token was issued to (`client_id`, else `azp`), for logs.
+    pub fn client_id(&self) -> Option<&str> {
+        self.fixed(CLIENT_ID)
+    }
+
+    /// The user name (configured claim, falling back to `sub`).
+    pub fn user(&self) -> Option<&str> {
+        self.fixed(USER)
+    }
+
+    pub fn email(&self) -> Option<&str> {
+        self.fixed(EMAIL)
+    }
+
+    /// Every group, unfiltered: the policy checks these.
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        self.section(FIXED_PIECES, self.groups)
+    }
+
+    /// From `scope` (space-separated) or `scp` (list or string).
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        self.section(FIXED_PIECES + self.groups as usize, self.scopes)
+    }
+
+    /// Ready-to-send response headers; a name may repeat (`Impersonate-Group`). Values
+    /// share this identity's buffer: nothing is copied.
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+        let first = FIXED_PIECES + self.groups as usize + self.scopes as usize;
+        self.pieces[first.min(self.pieces.len())..]
+            .iter()
+            .filter_map(|piece| {
+                let name = self.names.get(usize::from(piece.name))?.clone();
+                let value = self.text.as_bytes().slice(piece.range());
+                // Checked when the identity was built; this only re-scans the bytes.
+                let value = HeaderValue::from_maybe_shared(value).ok()?;
+                Some((name, value))
+            })
+    }
+
+    fn fixed(&self, index: usize) -> Option<&str> {
+        self.pieces
+            .get(index)
+            .filter(|piece| **piece != ABSENT)
+            .map(|piece| &self.text[piece.range()])
+    }
+
+    fn section(&self, first: usize, count: u32) -> impl Iterator<Item = &str> {
+        let pieces = self
+            .pieces
+            .get(first..first + count as usize)
+            .unwrap_or(&[]);
+        pieces.iter().map(|piece| &self.text[piece.range()])
+    }
+}
+
+impl Piece {
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// An identity while it is being built from claims (on a cache miss only).
+#[derive(Default)]
+struct Draft {
+    subject: Option<String>,
+    client_id: Option<String>,
+    user: Option<String>,
+    email: Option<String>,
+    groups: Vec<String>,
+    scopes: Vec<String>,
+    /// Sanitised, valid header values, with the index of their name.
+    headers: Vec<(u16, String)>,
+    problem: Option<Reason>,
+}
+
+impl Draft {
+    /// Packs every string into one buffer. A header value equal to the user or the email
+    /// shares its bytes.
+    fn pack(self, names: Arc<[HeaderName]>) -> Identity {
+        let fixed = [&self.subject, &self.client_id, &self.user, &self.email];
+        let strings = fixed.iter().filter_map(|field| field.as_deref());
+        let size: usize = strings
+            .map(str::len)
+            .chain(self.groups.iter().map(String::len))
+            .chain(self.scopes.iter().map(String::len))
+            .chain(self.headers.iter().map(|(_, value)| value.len()))
+            .sum();
+        let mut text = String::with_capacity(size);
+        let push = |text: &mut String, value: &str, name: u16| {
+            let start = text.len() as u32;
+            text.push_str(value);
+            Piece {
+                start,
+                end: text.len() as u32,
+                name,
+            }
+        };
+        let mut pieces = Vec::with_capacity(
+            FIXED_PIECES + self.groups.len() + self.scopes.len() + self.headers.len(),
+        );
+        for field in fixed {
+            let piece = field
+                .as_deref()
+                .map_or(ABSENT, |value| push(&mut text, value, 0));
+            pieces.push(piece);
+        }
+        for value in self.groups.iter().chain(&self.scopes) {
+            pieces.push(push(&mut text, value, 0));
+        }
+        for (name, value) in &self.headers {
+            let same = [USER, EMAIL].into_iter().find_map(|index| {
+                let piece = pieces[index];
+                (piece != ABSENT && text.get(piece.range()) == Some(value.as_str()))
+                    .then_some(piece)
+            });
+            let piece = match same {
+                Some(piece) => Piece {
+                    name: *name,
+                    ..piece
+                },
+                None => push(&mut text, value, *name),
+            };
+            pieces.push(piece);
+        }
+        Identity {
+            text: ByteString::from(text.into_boxed_str()),
+            pieces: pieces.into_boxed_slice(),
+            groups: self.groups.len() as u32,
+            scopes: self.scopes.len() as u32,
+            names,
+            problem: self.problem,
+        }
+    }
 }
 
 /// How claims map to identity fields, built once from the settings.
@@ -95,6 +276,8 @@ pub struct IdentityMapping {
     output: IdentityOutput,
     /// Lower-case email → (user, groups).
     impersonation_map: HashMap<String, (String, Vec<String>)>,
+    /// The built-in header names, then the claim headers' names.
+    names: Arc<[HeaderName]>,
 }
 
 #[derive(Debug, Clone)]
@@ -117,7 +300,7 @@ impl GroupsFilter {
 
 impl IdentityMapping {
     pub fn new(settings: &IdentitySettings) -> Result<Self, ConfigError> {
-        let claim_headers = settings
+        let claim_headers: Vec<(HeaderName, ClaimPath)> = settings
             .claim_headers
             .iter()
             .enumerate()
@@ -180,7 +363,12 @@ impl IdentityMapping {
                 )
             })
             .collect();
+        let names = BUILT_IN_NAMES
+            .into_iter()
+            .chain(claim_headers.iter().map(|(name, _)| name.clone()))
+            .collect();
         Ok(Self {
+            names,
             user: ClaimPath::new(&settings.user_claim),
             email: ClaimPath::new(&settings.email_claim),
             groups: ClaimPath::new(&settings.groups_claim),
@@ -234,7 +422,7 @@ impl IdentityMapping {
             .or_else(|| claims.get("azp"))
             .and_then(scalar_string)
             .map(|id| sanitize(&id, 256));
-        let mut identity = Identity {
+        let mut identity = Draft {
             subject,
             client_id,
             user,
@@ -250,24 +438,25 @@ impl IdentityMapping {
                 self.push_impersonation_headers(&mut identity)
             }
         }
-        for (name, path) in &self.claim_headers {
+        for (index, (_, path)) in self.claim_headers.iter().enumerate() {
             let value = path.lookup(claims).and_then(|value| match value {
                 Value::Array(_) => Some(string_list(value).join(",")),
                 other => scalar_string(other),
             });
             if let Some(value) = value.and_then(|v| header_value(&v, self.max_header_length)) {
-                identity.headers.push((name.clone(), value));
+                let name = BUILT_IN_NAMES.len() + index;
+                identity.headers.push((name as u16, value));
             }
         }
         let bytes: usize = identity
             .headers
             .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .map(|(name, value)| self.names[usize::from(*name)].as_str().len() + value.len() + 4)
             .sum();
         if bytes > self.max_headers_bytes && identity.problem.is_none() {
             identity.problem = Some(Reason::IdentityTooLarge);
         }
-        identity
+        identity.pack(self.names.clone())
     }
 
     fn emitted_groups<'a>(&'a self, groups: &'a [String]) -> impl Iterator<Item = &'a String> {
@@ -278,25 +467,25 @@ impl IdentityMapping {
         })
     }
 
-    fn push_auth_request_headers(&self, identity: &mut Identity) {
+    fn push_auth_request_headers(&self, identity: &mut Draft) {
         let limit = self.max_header_length;
         if let Some(value) = identity
             .user
             .as_deref()
             .and_then(|v| header_value(v, limit))
         {
-            identity.headers.push((USER_HEADER, value));
+            identity.headers.push((USER_NAME, value));
         }
         if let Some(value) = identity
             .email
             .as_deref()
             .and_then(|v| header_value(v, limit))
         {
-            identity.headers.push((EMAIL_HEADER, value));
+            identity.headers.push((EMAIL_NAME, value));
         }
         let groups: Vec<&String> = self.emitted_groups(&identity.groups).collect();
         if let Some(value) = join_groups(groups, limit) {
-            identity.headers.push((GROUPS_HEADER, value));
+            identity.headers.push((GROUPS_NAME, value));
         }
     }
 
@@ -305,7 +494,7 @@ impl IdentityMapping {
     /// called `system:masters` would otherwise make its holder cluster-admin. Only the
     /// identity map can grant them. Without a user the request is refused, because
     /// without `Impersonate-User` the API server would act as the proxy itself.
-    fn push_impersonation_headers(&self, identity: &mut Identity) {
+    fn push_impersonation_headers(&self, identity: &mut Draft) {
         let mapped = identity
             .email
             .as_deref()
@@ -328,10 +517,10 @@ impl IdentityMapping {
             identity.problem = Some(Reason::UnusableIdentity);
             return;
         };
-        identity.headers.push((IMPERSONATE_USER, user));
+        identity.headers.push((IMPERSONATE_USER_NAME, user));
         for group in &groups {
             if let Some(value) = header_value(group, limit) {
-                identity.headers.push((IMPERSONATE_GROUP, value));
+                identity.headers.push((IMPERSONATE_GROUP_NAME, value));
             }
         }
     }
@@ -371,20 +560,16 @@ pub fn sanitize(value: &str, limit: usize) -> String {
     clean
 }
 
-fn header_value(value: &str, limit: usize) -> Option<HeaderValue> {
+/// The sanitised value, if it is non-empty and a valid header value.
+fn header_value(value: &str, limit: usize) -> Option<String> {
     let clean = sanitize(value, limit);
-    if clean.is_empty() {
-        return None;
-    }
-    HeaderValue::from_bytes(clean.as_bytes()).ok()
+    let valid = !clean.is_empty() && HeaderValue::from_bytes(clean.as_bytes()).is_ok();
+    valid.then_some(clean)
 }
 
 /// Comma-joins whole groups up to `limit` bytes: a group is dropped, never cut, so the
 /// upstream cannot see a truncated name that happens to be another group.
-fn join_groups<'a>(
-    groups: impl IntoIterator<Item = &'a String>,
-    limit: usize,
-) -> Option<HeaderValue> {
+fn join_groups<'a>(groups: impl IntoIterator<Item = &'a String>, limit: usize) -> Option<String> {
     let mut joined = String::new();
     for group in groups {
         let clean = sanitize(group, limit);
@@ -404,10 +589,7 @@ fn join_groups<'a>(
         }
         joined.push_str(&clean);
     }
-    if joined.is_empty() {
-        return None;
-    }
-    HeaderValue::from_bytes(joined.as_bytes()).ok()
+    header_value(&joined, limit)
 }
 
 #[cfg(test)]
@@ -427,44 +609,38 @@ mod tests {
     #[test]
     fn user_falls_back_to_sub() {
         let identity = mapping("groups").identity(&json!({"sub": "u-1"}));
-        assert_eq!(identity.user.as_deref(), Some("u-1"));
+        assert_eq!(identity.user(), Some("u-1"));
     }
 
     #[test]
     fn introspection_user_is_claim_then_username_then_sub() {
         let mapping = mapping("groups");
         let answer = json!({"sub": "u-1", "username": "bob"});
-        assert_eq!(
-            mapping.introspection_identity(&answer).user.as_deref(),
-            Some("bob")
-        );
+        assert_eq!(mapping.introspection_identity(&answer).user(), Some("bob"));
         let answer = json!({"sub": "u-1", "username": "bob", "preferred_username": "alice"});
         assert_eq!(
-            mapping.introspection_identity(&answer).user.as_deref(),
+            mapping.introspection_identity(&answer).user(),
             Some("alice")
         );
         let answer = json!({"sub": "u-1"});
-        assert_eq!(
-            mapping.introspection_identity(&answer).user.as_deref(),
-            Some("u-1")
-        );
+        assert_eq!(mapping.introspection_identity(&answer).user(), Some("u-1"));
         // JWTs keep their mapping: `username` is not a JWT user claim.
         let claims = json!({"sub": "u-1", "username": "bob"});
-        assert_eq!(mapping.identity(&claims).user.as_deref(), Some("u-1"));
+        assert_eq!(mapping.identity(&claims).user(), Some("u-1"));
     }
 
     #[test]
     fn dotted_groups_claim() {
         let claims = json!({"realm_access": {"roles": ["admin", "dev"]}});
         let identity = mapping("realm_access.roles").identity(&claims);
-        assert_eq!(identity.groups, ["admin", "dev"]);
+        assert_eq!(identity.groups().collect::<Vec<_>>(), ["admin", "dev"]);
     }
 
     #[test]
     fn claim_name_with_dots_matches_whole() {
         let claims = json!({"https://example.com/groups": ["a"]});
         let identity = mapping("https://example.com/groups").identity(&claims);
-        assert_eq!(identity.groups, ["a"]);
+        assert_eq!(identity.groups().collect::<Vec<_>>(), ["a"]);
     }
 
     #[test]
@@ -481,6 +657,6 @@ mod tests {
     fn groups_are_dropped_whole_at_the_limit() {
         let groups: Vec<String> = (0..20).map(|i| format!("group-{i:02}")).collect();
         let value = join_groups(&groups, 30).unwrap();
-        assert_eq!(value.to_str().unwrap(), "group-00,group-01,group-02");
+        assert_eq!(value, "group-00,group-01,group-02");
     }
 }

@@ -165,11 +165,11 @@ impl Requirements {
             && !self
                 .groups
                 .iter()
-                .any(|group| identity.groups.contains(group))
+                .any(|group| identity.groups().any(|held| held == group))
         {
             return Err(Reason::NotInGroup.into());
         }
-        let email = identity.email.as_deref().map(str::to_ascii_lowercase);
+        let email = identity.email().map(str::to_ascii_lowercase);
         if !self.emails.is_empty()
             && !email
                 .as_ref()
@@ -194,7 +194,7 @@ impl Requirements {
         if !self
             .scopes
             .iter()
-            .all(|scope| identity.scopes.contains(scope))
+            .all(|scope| identity.scopes().any(|held| held == scope))
         {
             return Err(Reason::InsufficientScope.into());
         }
@@ -405,12 +405,12 @@ mod tests {
     use super::*;
 
     fn identity(groups: &[&str], email: &str, scopes: &[&str]) -> Identity {
-        Identity {
-            email: Some(email.to_owned()),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            ..Identity::default()
-        }
+        let mapping = crate::identity::IdentityMapping::new(&Default::default()).unwrap();
+        mapping.identity(&serde_json::json!({
+            "email": email,
+            "groups": groups,
+            "scope": scopes.join(" "),
+        }))
     }
 
     fn original(method: &str, host: &str, path: &str) -> OriginalRequest {

@@ -22,6 +22,7 @@ use tracing::Level;
 
 use crate::config::AllowLogLevel;
 use crate::error::AuthError;
+use crate::identity::Identity;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{self, Decision, Requirements, RouteRules, Verdict};
 use crate::request::{OriginalRequest, ProxyHeaders};
@@ -87,8 +88,8 @@ fn respond(state: &AppState, decision: &Decision<'_>, allow_status: StatusCode) 
             let mut response = HttpResponse::build(allow_status);
             response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
             if let (Verdict::Authenticated, Some(token)) = (verdict, &decision.token) {
-                for (name, value) in &token.identity.headers {
-                    response.append_header((name.clone(), value.clone()));
+                for header in token.identity.headers() {
+                    response.append_header(header);
                 }
                 // A caching proxy (ingress-nginx `auth-cache-key`) may keep this answer,
                 // but never past the token's expiry, nor longer than we would trust it
@@ -156,9 +157,9 @@ fn audit(
                 reason,
                 status,
                 issuer = token.map_or("", |token| state.verifier.issuer_name(token.issuer)),
-                sub = identity.and_then(|i| i.subject.as_deref()).unwrap_or(""),
-                user = identity.and_then(|i| i.user.as_deref()).unwrap_or(""),
-                client_id = identity.and_then(|i| i.client_id.as_deref()).unwrap_or(""),
+                sub = identity.and_then(Identity::subject).unwrap_or(""),
+                user = identity.and_then(Identity::user).unwrap_or(""),
+                client_id = identity.and_then(Identity::client_id).unwrap_or(""),
                 method = original.method.as_deref().unwrap_or(""),
                 host = original.host.as_deref().unwrap_or(""),
                 path = original.path.as_deref().unwrap_or(""),

@@ -1,35 +1,100 @@
 //! JWT validation against one issuer: header checks, key choice, signature and claims.
+//!
+//! A token is split and decoded once ([`DecodedJwt`]): the header, the claims and the
+//! signature are each base64-decoded and parsed a single time, and the signature is
+//! checked with a key parsed when the JWKS was loaded. The claim checks follow RFC 7519
+//! §4.1 and RFC 9068 §4.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::errors::{Error as JwtError, ErrorKind};
-use jsonwebtoken::{Algorithm, Header, Validation};
+use jsonwebtoken::Algorithm;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::cache::unix_now;
 use super::jwks::{KeyStore, VerifyingKey};
 use crate::config::IssuerSettings;
 use crate::error::{AuthError, Reason};
+
+/// The JOSE header members we act on; the others (`jku`, `x5u`, `jwk`, …) are ignored,
+/// so nothing a token names is ever fetched or trusted.
+#[derive(Debug, Deserialize)]
+pub struct JoseHeader {
+    pub alg: Algorithm,
+    pub typ: Option<String>,
+    pub kid: Option<String>,
+    /// Only its presence matters: we understand no extension.
+    crit: Option<IgnoredAny>,
+}
+
+/// A JWS compact token, split once and decoded once, not yet verified.
+pub struct DecodedJwt<'a> {
+    pub header: JoseHeader,
+    /// Claims as sent; trusted only after [`Issuer::verify`] succeeds.
+    pub claims: Value,
+    /// `header.payload`: what the signature covers.
+    signing_input: &'a [u8],
+    signature: Vec<u8>,
+}
+
+impl<'a> DecodedJwt<'a> {
+    /// Splits `header.payload.signature` and decodes each part. Anything that is not
+    /// three base64url parts with a JSON header and a JSON object payload is malformed.
+    pub fn parse(token: &'a str) -> Result<Self, AuthError> {
+        let (signing_input, signature) = token.rsplit_once('.').ok_or(Reason::MalformedToken)?;
+        let (header, payload) = signing_input
+            .split_once('.')
+            .ok_or(Reason::MalformedToken)?;
+        let header: JoseHeader = serde_json::from_slice(&base64url(header)?)
+            .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))?;
+        let claims: Value = serde_json::from_slice(&base64url(payload)?)
+            .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))?;
+        if !claims.is_object() {
+            return Err(Reason::MalformedToken.into());
+        }
+        Ok(Self {
+            header,
+            claims,
+            signing_input: signing_input.as_bytes(),
+            signature: base64url(signature)?,
+        })
+    }
+
+    /// The unverified `iss`, only to choose which issuer's keys to verify with. Nothing is
+    /// fetched from it, and it must be a single string: an array `iss` could otherwise
+    /// match loosely.
+    pub fn issuer(&self) -> Result<&str, AuthError> {
+        match self.claims.get("iss") {
+            Some(Value::String(iss)) => Ok(iss),
+            Some(_) => Err(Reason::MalformedToken.into()),
+            None => Err(Reason::UnknownIssuer.into()),
+        }
+    }
+}
+
+fn base64url(part: &str) -> Result<Vec<u8>, AuthError> {
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))
+}
 
 /// One configured issuer with everything a verification needs, built once at start-up.
 pub struct Issuer {
     pub index: usize,
     pub name: String,
     pub issuer: String,
-    /// One `Validation` per allowed algorithm, so nothing is built per request.
-    validations: Vec<(Algorithm, Validation)>,
+    /// The allow-list: a token's `alg` must be one of these before any key is looked at.
+    algorithms: Vec<Algorithm>,
+    audiences: Vec<String>,
+    /// Seconds of clock skew accepted on `exp` and `nbf`.
+    leeway: u64,
     /// Normalised required `typ` (lower case, without `application/`).
     required_typ: Option<String>,
     pub keys: Arc<KeyStore>,
-}
-
-/// Claims of a verified token.
-pub struct VerifiedClaims {
-    pub claims: Value,
-    pub expires_at: u64,
 }
 
 impl Issuer {
@@ -39,51 +104,36 @@ impl Issuer {
         algorithms: &[Algorithm],
         keys: Arc<KeyStore>,
     ) -> Self {
-        let issuer = settings.issuer.clone();
-        let validations = algorithms
-            .iter()
-            .map(|alg| {
-                let mut validation = Validation::new(*alg);
-                validation.set_issuer(&[&issuer]);
-                validation.set_audience(&settings.audiences);
-                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-                validation.leeway = settings.leeway.as_secs();
-                validation.validate_exp = true;
-                validation.validate_nbf = true;
-                (*alg, validation)
-            })
-            .collect();
         Self {
             index,
             name: settings.display_name().to_owned(),
-            issuer,
-            validations,
-            required_typ: settings.required_typ.as_deref().map(normalize_typ),
+            issuer: settings.issuer.clone(),
+            algorithms: algorithms.to_vec(),
+            audiences: settings.audiences.clone(),
+            leeway: settings.leeway.as_secs(),
+            required_typ: settings
+                .required_typ
+                .as_deref()
+                .map(|typ| normalize_typ(typ).into_owned()),
             keys,
         }
     }
 
-    fn validation(&self, alg: Algorithm) -> Option<&Validation> {
-        self.validations
-            .iter()
-            .find(|(allowed, _)| *allowed == alg)
-            .map(|(_, validation)| validation)
-    }
-
-    /// Verifies a token whose `iss` named this issuer.
-    pub async fn verify(&self, token: &str, header: &Header) -> Result<VerifiedClaims, AuthError> {
+    /// Verifies a token whose `iss` named this issuer; returns its `exp`.
+    pub async fn verify(&self, jwt: &DecodedJwt<'_>) -> Result<u64, AuthError> {
+        let header = &jwt.header;
         // The allow-list is checked before any key is looked at: a token cannot choose
         // `none`, an HMAC algorithm, or anything the operator did not allow.
-        let validation = self
-            .validation(header.alg)
-            .ok_or(Reason::AlgorithmNotAllowed)?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(Reason::AlgorithmNotAllowed.into());
+        }
         if let Some(required) = &self.required_typ {
             // RFC 9068 §4: access tokens must carry `typ: at+jwt`, which stops an ID
             // token of the same issuer from being replayed as an access token.
             let matches = header
                 .typ
                 .as_deref()
-                .is_some_and(|typ| normalize_typ(typ) == *required);
+                .is_some_and(|typ| normalize_typ(typ) == required.as_str());
             if !matches {
                 return Err(Reason::WrongTokenType.into());
             }
@@ -104,90 +154,85 @@ impl Issuer {
                         .await
                         .ok_or(Reason::UnknownKey)?,
                 };
-                decode_with(token, &key, header.alg, validation)
+                verify_signature(jwt, &key)?;
             }
             None => {
                 // No `kid`: try the keys that fit the algorithm (at most the JWKS size).
-                let mut last = AuthError::new(Reason::UnknownKey);
+                let mut verified = Err(Reason::UnknownKey);
                 for key in keys.candidates(header.alg) {
-                    match decode_with(token, key, header.alg, validation) {
-                        Err(error) if error.reason == Reason::BadSignature => last = error,
-                        other => return other,
+                    verified = verify_signature(jwt, key);
+                    if verified.is_ok() {
+                        break;
                     }
                 }
-                Err(last)
+                verified?;
             }
         }
+        self.check_claims(&jwt.claims, unix_now())
     }
-}
 
-fn decode_with(
-    token: &str,
-    key: &VerifyingKey,
-    alg: Algorithm,
-    validation: &Validation,
-) -> Result<VerifiedClaims, AuthError> {
-    if !key.allows(alg) {
-        // A key verifies only its own kty/alg: an RSA key is never an HMAC secret.
-        return Err(Reason::AlgorithmNotAllowed.into());
-    }
-    let data = jsonwebtoken::decode::<Value>(token, &key.key, validation).map_err(denial)?;
-    let expires_at = data
-        .claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .ok_or(Reason::InvalidClaims)?;
-    Ok(VerifiedClaims {
-        claims: data.claims,
-        expires_at,
-    })
-}
-
-/// Maps the library's error to our closed set of reasons, keeping it as the source.
-fn denial(error: JwtError) -> AuthError {
-    let reason = match error.kind() {
-        ErrorKind::InvalidSignature => Reason::BadSignature,
-        ErrorKind::ExpiredSignature => Reason::Expired,
-        ErrorKind::ImmatureSignature => Reason::NotYetValid,
-        ErrorKind::InvalidAudience => Reason::WrongAudience,
-        ErrorKind::InvalidIssuer => Reason::UnknownIssuer,
-        ErrorKind::InvalidAlgorithm => Reason::AlgorithmNotAllowed,
-        ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-            Reason::InvalidClaims
+    /// RFC 7519 §4.1: `exp` required, `nbf` honoured, both with the leeway; `iss` exactly
+    /// ours; `aud` required and naming one of our audiences. Returns `exp`.
+    fn check_claims(&self, claims: &Value, now: u64) -> Result<u64, AuthError> {
+        let expires_at = numeric_date(claims.get("exp"))?.ok_or(Reason::InvalidClaims)?;
+        if expires_at.saturating_add(self.leeway) < now {
+            return Err(Reason::Expired.into());
         }
-        _ => Reason::MalformedToken,
+        if let Some(not_before) = numeric_date(claims.get("nbf"))? {
+            if not_before > now.saturating_add(self.leeway) {
+                return Err(Reason::NotYetValid.into());
+            }
+        }
+        if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+            return Err(Reason::UnknownIssuer.into());
+        }
+        let ours = |aud: &Value| {
+            aud.as_str()
+                .is_some_and(|aud| self.audiences.iter().any(|ours| ours == aud))
+        };
+        let accepted = match claims.get("aud") {
+            Some(Value::Array(audiences)) => audiences.iter().any(ours),
+            Some(aud @ Value::String(_)) => ours(aud),
+            _ => return Err(Reason::InvalidClaims.into()),
+        };
+        if !accepted {
+            return Err(Reason::WrongAudience.into());
+        }
+        Ok(expires_at)
+    }
+}
+
+fn verify_signature(jwt: &DecodedJwt<'_>, key: &VerifyingKey) -> Result<(), Reason> {
+    key.verify(jwt.header.alg, jwt.signing_input, &jwt.signature)
+}
+
+/// A NumericDate claim (RFC 7519 §2): seconds, possibly fractional. Absent is `None`;
+/// anything other than a non-negative number is invalid.
+fn numeric_date(value: Option<&Value>) -> Result<Option<u64>, Reason> {
+    let Some(value) = value else {
+        return Ok(None);
     };
-    AuthError::with_source(reason, error)
+    if let Some(seconds) = value.as_u64() {
+        return Ok(Some(seconds));
+    }
+    match value.as_f64() {
+        Some(seconds) if seconds.is_finite() && seconds >= 0.0 => Ok(Some(seconds as u64)),
+        _ => Err(Reason::InvalidClaims),
+    }
 }
 
 /// `at+jwt`, `AT+JWT` and `application/at+jwt` are the same type (RFC 7515 §4.1.9).
-fn normalize_typ(typ: &str) -> String {
-    let lower = typ.trim().to_ascii_lowercase();
-    match lower.strip_prefix("application/") {
-        Some(rest) => rest.to_owned(),
-        None => lower,
+fn normalize_typ(typ: &str) -> Cow<'_, str> {
+    let typ = typ.trim();
+    let typ = match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
+    };
+    if typ.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        Cow::Owned(typ.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(typ)
     }
-}
-
-/// Reads `iss` from the unverified payload, only to choose which issuer's keys to verify
-/// with. Nothing is fetched from it, and it must be a single string: an array `iss` could
-/// otherwise match loosely.
-pub fn peek_issuer(token: &str) -> Result<String, AuthError> {
-    #[derive(Deserialize)]
-    struct IssuerOnly<'a> {
-        #[serde(borrow)]
-        iss: Option<Cow<'a, str>>,
-    }
-    let payload = token.split('.').nth(1).ok_or(Reason::MalformedToken)?;
-    let json = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))?;
-    let claims: IssuerOnly = serde_json::from_slice(&json)
-        .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))?;
-    claims
-        .iss
-        .map(Cow::into_owned)
-        .ok_or_else(|| Reason::UnknownIssuer.into())
 }
 
 #[cfg(test)]
@@ -200,23 +245,66 @@ mod tests {
         assert_eq!(normalize_typ("at+jwt"), "at+jwt");
     }
 
+    fn token(header: &str, payload: &str) -> String {
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        )
+    }
+
+    fn issuer_of(header: &str, payload: &str) -> Result<String, Reason> {
+        let token = token(header, payload);
+        let jwt = DecodedJwt::parse(&token).map_err(|e| e.reason)?;
+        jwt.issuer().map(str::to_owned).map_err(|e| e.reason)
+    }
+
+    const RS256: &str = r#"{"alg":"RS256","kid":"k"}"#;
+
     #[test]
     fn array_iss_is_malformed() {
-        let payload = URL_SAFE_NO_PAD.encode(r#"{"iss":["a","b"]}"#);
-        let token = format!("e30.{payload}.c2ln");
-        assert_eq!(
-            peek_issuer(&token).unwrap_err().reason,
-            Reason::MalformedToken
-        );
+        let found = issuer_of(RS256, r#"{"iss":["a","b"]}"#);
+        assert_eq!(found, Err(Reason::MalformedToken));
     }
 
     #[test]
     fn missing_iss_is_unknown_issuer() {
-        let payload = URL_SAFE_NO_PAD.encode(r#"{"sub":"a"}"#);
-        let token = format!("e30.{payload}.c2ln");
+        let found = issuer_of(RS256, r#"{"sub":"a"}"#);
+        assert_eq!(found, Err(Reason::UnknownIssuer));
+    }
+
+    #[test]
+    fn shapes_that_are_not_a_jws_are_malformed() {
+        for (header, payload) in [
+            (r#"{"alg":"none"}"#, r#"{"iss":"a"}"#),
+            (r#"{"kid":"k"}"#, r#"{"iss":"a"}"#),
+            (RS256, r#"["iss","a"]"#),
+            (RS256, "not json"),
+        ] {
+            assert_eq!(issuer_of(header, payload), Err(Reason::MalformedToken));
+        }
+        let extra_part = format!("{}.c2ln", token(RS256, r#"{"iss":"a"}"#));
+        assert!(DecodedJwt::parse(&extra_part).is_err());
+        assert!(DecodedJwt::parse("no-dots-at-all").is_err());
+    }
+
+    #[test]
+    fn numeric_dates() {
+        assert_eq!(numeric_date(None), Ok(None));
         assert_eq!(
-            peek_issuer(&token).unwrap_err().reason,
-            Reason::UnknownIssuer
+            numeric_date(Some(&serde_json::json!(1700000000))),
+            Ok(Some(1700000000))
         );
+        assert_eq!(
+            numeric_date(Some(&serde_json::json!(1700000000.9))),
+            Ok(Some(1700000000))
+        );
+        for bad in [
+            serde_json::json!(-1),
+            serde_json::json!("1700000000"),
+            serde_json::json!(null),
+        ] {
+            assert_eq!(numeric_date(Some(&bad)), Err(Reason::InvalidClaims));
+        }
     }
 }

@@ -25,7 +25,7 @@ use crate::request::{extract_token, looks_like_jwt, TokenSource};
 use cache::{token_hash, unix_now, TokenCache, TokenHash, VerifiedToken};
 use introspection::Introspector;
 use jwks::KeyStore;
-use jwt::{peek_issuer, Issuer};
+use jwt::{DecodedJwt, Issuer};
 
 /// A verdict to allow, with what it was based on.
 pub struct Allowed {
@@ -187,24 +187,22 @@ impl Verifier {
         }
         self.metrics.cache_lookup(false);
 
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))?;
-        let iss = peek_issuer(token)?;
+        let jwt = DecodedJwt::parse(token)?;
         // The issuer is chosen by exact string match on `iss`: no normalisation (a
         // trailing slash is a different issuer), and nothing named in the token is fetched.
         let issuer = self
             .by_iss
-            .get(&iss)
+            .get(jwt.issuer()?)
             .map(|index| &self.issuers[*index])
             .ok_or(Reason::UnknownIssuer)?;
         let key_generation = issuer.keys.withdrawal_generation();
-        let verified = issuer.verify(token, &header).await?;
+        let expires_at = issuer.verify(&jwt).await?;
         self.require_active(issuer.index, token, &hash).await?;
         let token = Arc::new(VerifiedToken {
             issuer: issuer.index,
-            expires_at: verified.expires_at,
+            expires_at,
             key_generation,
-            identity: self.identity.identity(&verified.claims),
+            identity: self.identity.identity(&jwt.claims),
         });
         self.cache.insert(hash, token.clone());
         Ok(Allowed {

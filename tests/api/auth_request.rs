@@ -138,6 +138,56 @@ async fn token_without_exp_is_refused() {
 }
 
 #[tokio::test]
+async fn token_without_a_usable_aud_is_refused() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app(&issuer).await;
+    for aud in [None, Some(json!(42)), Some(json!([])), Some(json!([42]))] {
+        let mut claims = issuer.claims();
+        match aud {
+            Some(aud) => claims["aud"] = aud,
+            None => drop(claims.as_object_mut().unwrap().remove("aud")),
+        }
+        assert_invalid_token(app.auth_with_token(&rsa_key("k1").sign(&claims)).await).await;
+    }
+}
+
+#[tokio::test]
+async fn fractional_exp_is_accepted_and_a_string_exp_refused() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app(&issuer).await;
+    let mut claims = issuer.claims();
+    claims["exp"] = json!(unix_now() as f64 + 600.5);
+    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+    assert_eq!(response.status(), 202);
+    claims["exp"] = json!((unix_now() + 600).to_string());
+    assert_invalid_token(app.auth_with_token(&rsa_key("k1").sign(&claims)).await).await;
+}
+
+#[tokio::test]
+async fn critical_header_extension_is_refused() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app(&issuer).await;
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    header.crit = Some(vec!["exp".into()]);
+    let token = rsa_key("k1").sign_with_header(&header, &issuer.claims());
+    assert_invalid_token(app.auth_with_token(&token).await).await;
+}
+
+#[tokio::test]
+async fn token_without_kid_is_verified_by_the_key_that_signed_it() {
+    let (signer, other) = (rsa_key("k1"), rsa_key("k2"));
+    let issuer = TestIssuer::start_with_keys(vec![other.clone(), signer.clone()]).await;
+    let app = spawn_app(&issuer).await;
+    let header = Header::new(Algorithm::RS256);
+    let token = signer.sign_with_header(&header, &issuer.claims());
+    assert_eq!(app.auth_with_token(&token).await.status(), 202);
+    let unpublished = SigningKey::generate(Algorithm::RS256, "k3");
+    let forged = unpublished.sign_with_header(&header, &issuer.claims());
+    assert_invalid_token(app.auth_with_token(&forged).await).await;
+}
+
+#[tokio::test]
 async fn not_yet_valid_token_is_invalid_token() {
     let issuer = TestIssuer::start().await;
     let app = spawn_app(&issuer).await;
