@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         admin_listen,
     }) = cli.command
     {
-        telemetry::init(&LogSettings::default());
+        let _log = telemetry::init(&LogSettings::default());
         return run(demo::run(&listen, &admin_listen));
     }
     let Some(path) = cli.config else {
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         println!("config ok: {}", path.display());
         return ExitCode::SUCCESS;
     }
-    telemetry::init(&settings.log);
+    let _log = telemetry::init(&settings.log);
     run(async move {
         Application::build(settings)
             .await?
