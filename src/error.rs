@@ -5,9 +5,12 @@
 
 use std::error::Error as StdError;
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
+
+/// How long nginx may cache an auth answer (`auth_request` with `proxy_cache`).
+pub const X_ACCEL_EXPIRES: HeaderName = HeaderName::from_static("x-accel-expires");
 
 /// Why a request was not allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -243,7 +246,7 @@ impl ResponseError for AuthError {
             HeaderValue::from_static("application/json"),
         ));
         // Tell a caching proxy (ingress-nginx `auth-cache-key`) never to keep a denial.
-        response.insert_header(("x-accel-expires", HeaderValue::from_static("0")));
+        response.insert_header((X_ACCEL_EXPIRES, HeaderValue::from_static("0")));
         if let Some(challenge) = self.reason.challenge() {
             response.insert_header((
                 header::WWW_AUTHENTICATE,

@@ -39,6 +39,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-auth-request-groups",
 ];
 const RESERVED_PREFIXES: &[&str] = &["x-accel-", "impersonate-", "proxy-"];
+/// More would not fit the header budget anyway; it also keeps name indexes small.
+const MAX_CLAIM_HEADERS: usize = 64;
 
 /// A claim name or a dotted path into nested objects (`realm_access.roles`).
 #[derive(Debug, Clone)]
@@ -300,6 +302,12 @@ impl GroupsFilter {
 
 impl IdentityMapping {
     pub fn new(settings: &IdentitySettings) -> Result<Self, ConfigError> {
+        if settings.claim_headers.len() > MAX_CLAIM_HEADERS {
+            return Err(ConfigError::new(
+                "identity.claim_headers",
+                format!("at most {MAX_CLAIM_HEADERS} entries"),
+            ));
+        }
         let claim_headers: Vec<(HeaderName, ClaimPath)> = settings
             .claim_headers
             .iter()

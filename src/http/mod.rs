@@ -21,7 +21,7 @@ use prometheus::Registry;
 use tracing::Level;
 
 use crate::config::AllowLogLevel;
-use crate::error::AuthError;
+use crate::error::{AuthError, X_ACCEL_EXPIRES};
 use crate::identity::Identity;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{self, Decision, Requirements, RouteRules, Verdict};
@@ -98,7 +98,7 @@ fn respond(state: &AppState, decision: &Decision<'_>, allow_status: StatusCode) 
                     .expires_at
                     .saturating_sub(unix_now())
                     .min(state.verifier.proxy_cache_cap(token.issuer));
-                response.insert_header(("x-accel-expires", remaining));
+                response.insert_header((X_ACCEL_EXPIRES, remaining));
             }
             response.finish()
         }
