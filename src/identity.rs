@@ -652,6 +652,40 @@ mod tests {
     }
 
     #[test]
+    fn packed_identity_gives_back_every_field_and_header() {
+        let claims = json!({
+            "sub": "u-1", "azp": "web", "preferred_username": "alice",
+            "email": "alice@example.com", "groups": ["ops", "dev"], "scope": "read write",
+        });
+        let identity = mapping("groups").identity(&claims);
+        assert_eq!(identity.subject(), Some("u-1"));
+        assert_eq!(identity.client_id(), Some("web"));
+        assert_eq!(identity.user(), Some("alice"));
+        assert_eq!(identity.email(), Some("alice@example.com"));
+        assert_eq!(identity.groups().collect::<Vec<_>>(), ["ops", "dev"]);
+        assert_eq!(identity.scopes().collect::<Vec<_>>(), ["read", "write"]);
+        let headers: Vec<(String, String)> = identity
+            .headers()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .collect();
+        let expected = [
+            ("x-auth-request-user", "alice"),
+            ("x-auth-request-email", "alice@example.com"),
+            ("x-auth-request-groups", "ops,dev"),
+        ];
+        assert_eq!(headers.len(), expected.len());
+        for ((name, value), (want_name, want_value)) in headers.iter().zip(expected) {
+            assert_eq!((name.as_str(), value.as_str()), (want_name, want_value));
+        }
+
+        let empty = mapping("groups").identity(&json!({}));
+        assert_eq!(empty.subject(), None);
+        assert_eq!(empty.user(), None);
+        assert_eq!(empty.groups().count(), 0);
+        assert_eq!(empty.headers().count(), 0);
+    }
+
+    #[test]
     fn control_characters_are_removed() {
         assert_eq!(sanitize("alice\r\nX-Evil: 1", 100), "aliceX-Evil: 1");
     }

@@ -68,7 +68,7 @@ pub struct VerifyingKey {
     /// One parsed public key per algorithm this key may verify: its own `alg` if it names
     /// one, else every allowed algorithm of its `kty`/`crv`, never outside the issuer's
     /// allow-list. Parsed when the JWKS is loaded, so a verification does no key parsing
-    /// (for RSA that includes the Montgomery set-up, about a third of the verify cost).
+    /// (for RSA that includes the Montgomery set-up).
     verifiers: Vec<(Algorithm, ParsedPublicKey)>,
 }
 
@@ -643,6 +643,40 @@ mod tests {
         assert!(usable_key(&key, ALL).is_err());
         key["alg"] = json!("HS256");
         assert!(usable_key(&key, ALL).is_err());
+    }
+
+    #[test]
+    fn ec_keys_are_parsed_once_and_checked_when_loaded() {
+        let key = crate::demo::SigningKey::generate(Algorithm::ES256, "e");
+        let jwk = key.public_jwk().clone();
+        let parsed = usable_key(&jwk, ALL).unwrap();
+        assert_eq!(parsed.algorithms().collect::<Vec<_>>(), [Algorithm::ES256]);
+        // A short coordinate, or a point that is not on the curve, never becomes a key.
+        let mut short = jwk.clone();
+        short["x"] = json!(URL_SAFE_NO_PAD.encode([7u8; 31]));
+        assert_eq!(
+            usable_key(&short, ALL).err(),
+            Some("EC coordinates of the wrong length")
+        );
+        let mut off_curve = jwk.clone();
+        off_curve["y"] = json!(URL_SAFE_NO_PAD.encode([7u8; 32]));
+        assert_eq!(
+            usable_key(&off_curve, ALL).err(),
+            Some("unusable key material")
+        );
+    }
+
+    #[test]
+    fn a_parsed_key_verifies_only_its_algorithms() {
+        let key = usable_key(&rsa_jwk(2048), &[Algorithm::RS256]).unwrap();
+        assert_eq!(
+            key.verify(Algorithm::PS256, b"m", b"s"),
+            Err(Reason::AlgorithmNotAllowed)
+        );
+        assert_eq!(
+            key.verify(Algorithm::RS256, b"m", b"s"),
+            Err(Reason::BadSignature)
+        );
     }
 
     #[test]
