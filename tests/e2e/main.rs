@@ -16,6 +16,9 @@
 //! - [`envoy`]: Envoy's HTTP `ext_authz` filter with deploy/envoy/envoy.yaml;
 //! - [`key_rotation`]: the provider restarted with a new signing key;
 //! - [`introspection`]: opaque tokens introspected by tokengate, then revoked.
+//!
+//! What the proxies must do alike (forged identity headers dropped, denials passed on,
+//! failing closed, …) is written once in [`scenarios`] and run by each proxy's tests.
 
 mod envoy;
 mod ingress_nginx;
@@ -23,5 +26,6 @@ mod introspection;
 mod key_rotation;
 mod nginx;
 mod provider;
+mod scenarios;
 mod support;
 mod traefik;

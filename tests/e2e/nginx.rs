@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::provider::{OidcProvider, POSITIVE_TTL};
+use crate::provider::POSITIVE_TTL;
+use crate::scenarios::{
+    self, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_GROUPS_UNDERSCORED, FORGED_USER,
+    FORGED_USER_UNDERSCORED,
+};
 use crate::support::{
-    assert_alice, assert_no_header_name_with_underscore, assert_no_identity_filled_in, client,
-    closed_address, deployed_config, echoed_header, find_executable, send, start_with_retries,
-    tampered, Answer, EchoUpstream, Process, ScratchDir, StartError, Tokengate,
+    client, closed_address, deployed_config, echoed_header, find_executable, start_with_retries,
+    Process, ScratchDir, StartError,
 };
 
 /// The shipped snippet with its placeholders replaced: where nginx listens, tokengate's
@@ -91,21 +94,11 @@ impl Nginx {
                     dir.join("error.log").display()
                 ));
             async move {
-                let mut process =
-                    Process::spawn("nginx", command, dir, false).map_err(StartError::fatal)?;
-                match process
-                    .wait_until_listening(address, Duration::from_secs(10))
-                    .await
-                {
-                    Ok(()) => Ok(Nginx { process, address }),
-                    Err(error) => {
-                        let logs = process.logs();
-                        Err(StartError {
-                            port_taken: logs.contains("Address already in use"),
-                            message: format!("{error}\n{logs}"),
-                        })
-                    }
-                }
+                let process = Process::spawn("nginx", command, dir, false)
+                    .map_err(StartError::fatal)?
+                    .listening(address, Duration::from_secs(10), "Address already in use")
+                    .await?;
+                Ok(Nginx { process, address })
             }
         })
         .await
@@ -122,180 +115,79 @@ impl Nginx {
     }
 }
 
-/// The provider, tokengate, the echo upstream and nginx in front of it.
-struct Stack {
-    provider: OidcProvider,
-    tokengate: Tokengate,
-    upstream: EchoUpstream,
-    nginx: Nginx,
-}
-
-impl Stack {
-    async fn start() -> Stack {
-        let provider = OidcProvider::start().await;
-        let tokengate = provider.tokengate("nginx", "").await;
-        let upstream = EchoUpstream::start();
-        let nginx =
-            Nginx::start(|listen| site_config(listen, tokengate.address, upstream.address)).await;
-        Stack {
-            provider,
-            tokengate,
-            upstream,
-            nginx,
-        }
-    }
-
-    /// Sends `request` through nginx.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
-        send(request, || self.logs()).await
+impl Proxy for Nginx {
+    fn address(&self) -> SocketAddr {
+        self.address
     }
 
     fn logs(&self) -> String {
-        format!("{}{}", self.nginx.logs(), self.provider.logs())
+        Nginx::logs(self)
     }
+}
+
+/// The provider, tokengate, the echo upstream and nginx with the shipped snippet.
+type Stack = scenarios::Stack<Nginx>;
+
+async fn start() -> Stack {
+    Stack::start("nginx", "", |tokengate, app| {
+        Nginx::start(move |listen| site_config(listen, tokengate, app))
+    })
+    .await
 }
 
 #[tokio::test]
 async fn provider_jwt_reaches_the_upstream_with_identity_headers() {
-    let stack = Stack::start().await;
-    let token = stack.provider.jwt("alice", "read write").await;
-
-    let answer = stack
-        .send(
-            client()
-                .get(stack.nginx.url("/orders?id=7"))
-                .bearer_auth(&token),
-        )
-        .await;
-
-    let echo = answer.upstream_echo(|| stack.logs());
-    assert_eq!(echo["uri"], "/orders?id=7");
-    assert_alice(&echo);
-    assert_eq!(stack.upstream.requests(), 1);
+    let stack = start().await;
+    scenarios::identity_reaches_the_upstream(&stack, "read write", "/orders?id=7", &[]).await;
 }
 
 #[tokio::test]
 async fn missing_token_is_401_with_a_bearer_challenge() {
-    let stack = Stack::start().await;
-
-    let answer = stack.send(client().get(stack.nginx.url("/orders"))).await;
-
-    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", stack.logs());
-    // Copied from tokengate's answer by nginx itself: exactly one, no error attribute
-    // when no token was sent (RFC 6750 §3.1).
-    let challenges = answer.www_authenticate();
-    assert_eq!(challenges.len(), 1, "{challenges:?}");
-    assert!(challenges[0].starts_with("Bearer"), "{challenges:?}");
-    assert!(!challenges[0].contains("error="), "{challenges:?}");
-    assert_eq!(stack.upstream.requests(), 0);
+    let stack = start().await;
+    // Copied from tokengate's answer by nginx itself.
+    scenarios::missing_token_is_401_with_a_bearer_challenge(&stack).await;
 }
 
 #[tokio::test]
 async fn tampered_token_is_401_invalid_token() {
-    let stack = Stack::start().await;
-    let token = stack.provider.jwt("alice", "read").await;
-
-    let answer = stack
-        .send(
-            client()
-                .get(stack.nginx.url("/orders"))
-                .bearer_auth(tampered(&token)),
-        )
-        .await;
-
-    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", stack.logs());
-    let challenges = answer.www_authenticate();
-    assert_eq!(challenges, [r#"Bearer error="invalid_token""#]);
-    assert_eq!(stack.upstream.requests(), 0);
+    let stack = start().await;
+    scenarios::tampered_token_is_401_invalid_token(&stack).await;
 }
 
 #[tokio::test]
 async fn client_sent_identity_headers_never_reach_the_upstream() {
-    let stack = Stack::start().await;
-    let token = stack.provider.jwt("alice", "read").await;
-
-    let answer = stack
-        .send(
-            client()
-                .get(stack.nginx.url("/orders"))
-                .bearer_auth(&token)
-                .header("X-Auth-Request-User", "mallory")
-                // Underscore spelling: frameworks that map `-` and `_` alike would read
-                // it as X-Auth-Request-User. nginx must drop it.
-                .header("X_Auth_Request_User", "mallory")
-                .header("X-Auth-Request-Email", "mallory@example.com"),
-        )
-        .await;
-
-    let echo = answer.upstream_echo(|| stack.logs());
-    assert_alice(&echo);
-    assert_no_header_name_with_underscore(&echo);
-    assert!(
-        !answer.body.contains("mallory"),
-        "a client-sent identity reached the upstream: {}",
-        answer.body
-    );
+    let stack = start().await;
+    scenarios::identity_reaches_the_upstream(
+        &stack,
+        "read",
+        "/orders",
+        // nginx must drop the underscore spelling (`underscores_in_headers off`).
+        &[FORGED_USER, FORGED_USER_UNDERSCORED, FORGED_EMAIL],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn client_sent_groups_never_fill_in_for_a_token_without_groups() {
-    let stack = Stack::start().await;
-    // Client `client` carries no user claims: the user is its `sub`, and tokengate sends
-    // no email or groups header at all. nginx must still not let the client's own
-    // values through in their place.
-    let token = stack.provider.jwt("client", "read").await;
-
-    let answer = stack
-        .send(
-            client()
-                .get(stack.nginx.url("/orders"))
-                .bearer_auth(&token)
-                .header("X-Auth-Request-Groups", "admins")
-                .header("X_Auth_Request_Groups", "admins")
-                .header("X-Auth-Request-Email", "mallory@example.com"),
-        )
-        .await;
-
-    let echo = answer.upstream_echo(|| stack.logs());
-    assert_no_identity_filled_in(&echo);
-    assert_no_header_name_with_underscore(&echo);
-    assert!(
-        !answer.body.contains("admins") && !answer.body.contains("mallory"),
-        "a client-sent identity reached the upstream: {}",
-        answer.body
-    );
+    let stack = start().await;
+    scenarios::client_sent_identity_never_fills_in_for_a_token_without_claims(
+        &stack,
+        &[FORGED_GROUPS, FORGED_GROUPS_UNDERSCORED, FORGED_EMAIL],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn stopped_tokengate_fails_closed_with_500() {
-    let mut stack = Stack::start().await;
-    // A real, valid token: the answer must not depend on what the client holds.
-    let token = stack.provider.jwt("alice", "read").await;
-    let request = || client().get(stack.nginx.url("/orders")).bearer_auth(&token);
-    let before = stack.send(request()).await;
-    assert_eq!(before.status, StatusCode::OK, "{}", stack.logs());
-
-    stack.tokengate.stop().await;
-    let after = stack.send(request()).await;
-
-    assert_eq!(
-        after.status,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "{}",
-        stack.logs()
-    );
-    assert_eq!(
-        stack.upstream.requests(),
-        1,
-        "a request went through unchecked"
-    );
+    let mut stack = start().await;
+    scenarios::stopped_tokengate_fails_closed(&mut stack, StatusCode::INTERNAL_SERVER_ERROR).await;
 }
 
 #[tokio::test]
 async fn opaque_token_is_introspected_then_refused_once_revoked() {
-    let stack = Stack::start().await;
+    let stack = start().await;
     let token = stack.provider.opaque("alice", "read").await;
-    let request = || client().get(stack.nginx.url("/orders")).bearer_auth(&token);
+    let request = || client().get(stack.url("/orders")).bearer_auth(&token);
 
     let answer = stack.send(request()).await;
 

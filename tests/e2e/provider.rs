@@ -137,26 +137,15 @@ impl OidcProvider {
             .env("OP_KID", kid)
             .env_remove("OP_JWKS_FILE")
             .current_dir(OP_DIR);
-        let mut process = Process::spawn(
+        Process::spawn(
             "oidc-provider",
             command,
             ScratchDir::new("oidc-provider"),
             false,
         )
-        .map_err(StartError::fatal)?;
-        match process
-            .wait_until_listening(address, Duration::from_secs(30))
-            .await
-        {
-            Ok(()) => Ok(process),
-            Err(error) => {
-                let logs = process.logs();
-                Err(StartError {
-                    port_taken: logs.contains("EADDRINUSE"),
-                    message: format!("{error}\n{logs}"),
-                })
-            }
-        }
+        .map_err(StartError::fatal)?
+        .listening(address, Duration::from_secs(30), "EADDRINUSE")
+        .await
     }
 
     /// Stops the provider and starts it again on the same address (same issuer) with a

@@ -159,9 +159,6 @@ pub fn echoed_header(echo: &Value, name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Fails if the upstream received any header whose name has an underscore: a framework
-/// that maps `-` and `_` to the same name would read `X_Auth_Request_User` as
-/// `X-Auth-Request-User`.
 /// The upstream saw alice's identity as her token carries it (client `alice` of the
 /// provider): user, email and groups.
 pub fn assert_alice(echo: &Value) {
@@ -200,6 +197,9 @@ pub fn assert_no_identity_filled_in(echo: &Value) {
     );
 }
 
+/// Fails if the upstream received any header whose name has an underscore: a framework
+/// that maps `-` and `_` to the same name would read `X_Auth_Request_User` as
+/// `X-Auth-Request-User`.
 pub fn assert_no_header_name_with_underscore(echo: &Value) {
     let names: Vec<&String> = echo["headers"]
         .as_object()
@@ -358,13 +358,7 @@ pub fn deployed_config(relative: &str, replacements: &[(&str, String, usize)]) -
 /// the given fixed locations (`/usr/sbin` is not on a normal user's `PATH`). A missing
 /// component fails the test with the command that installs it: never a quiet skip.
 pub fn find_executable(name: &str, env_var: &str, fixed: &[&str]) -> PathBuf {
-    if let Some(path) = std::env::var_os(env_var) {
-        let path = PathBuf::from(path);
-        assert!(
-            is_executable(&path),
-            "{env_var}={} is not an executable file",
-            path.display()
-        );
+    if let Some(path) = overridden_executable(env_var) {
         return path;
     }
     let on_path = std::env::var_os("PATH")
@@ -388,13 +382,7 @@ pub fn find_executable(name: &str, env_var: &str, fixed: &[&str]) -> PathBuf {
 /// (pinned there), or `$env_var` when set. Not looked up on `PATH`: another version
 /// there would test another contract. Missing → the test fails with the install command.
 pub fn venv_executable(name: &str, env_var: &str, package: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env_var) {
-        let path = PathBuf::from(path);
-        assert!(
-            is_executable(&path),
-            "{env_var}={} is not an executable file",
-            path.display()
-        );
+    if let Some(path) = overridden_executable(env_var) {
         return path;
     }
     let path = Path::new(VENV_BIN).join(name);
@@ -406,6 +394,18 @@ pub fn venv_executable(name: &str, env_var: &str, package: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The executable `$env_var` names, if set: an explicit choice, so one that cannot run
+/// fails the test rather than falling back to another.
+fn overridden_executable(env_var: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os(env_var)?);
+    assert!(
+        is_executable(&path),
+        "{env_var}={} is not an executable file",
+        path.display()
+    );
+    Some(path)
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -497,6 +497,27 @@ impl Process {
         timeout: Duration,
     ) -> Result<(), String> {
         wait_until_listening(address, timeout, || self.check_running()).await
+    }
+
+    /// The process once it listens on `address` (bounded by `timeout`); otherwise a start
+    /// error with its logs, marked as a taken port (worth another try) when they contain
+    /// `port_in_use`, the process's own words for that.
+    pub async fn listening(
+        mut self,
+        address: SocketAddr,
+        timeout: Duration,
+        port_in_use: &str,
+    ) -> Result<Process, StartError> {
+        match self.wait_until_listening(address, timeout).await {
+            Ok(()) => Ok(self),
+            Err(error) => {
+                let logs = self.logs();
+                Err(StartError {
+                    port_taken: logs.contains(port_in_use),
+                    message: format!("{error}\n{logs}"),
+                })
+            }
+        }
     }
 
     /// The process's standard output so far.

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::provider::OidcProvider;
+use crate::scenarios::{
+    self, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
+};
 use crate::support::{
-    assert_alice, assert_no_header_name_with_underscore, assert_no_identity_filled_in, client,
-    closed_address, deployed_config, echoed_header, send, start_with_retries, tampered,
-    venv_executable, Answer, EchoUpstream, Process, ScratchDir, StartError, Tokengate,
+    client, closed_address, deployed_config, echoed_header, start_with_retries, venv_executable,
+    Process, ScratchDir, StartError,
 };
 
 /// A public path, to show that tokengate reads the original request from the
@@ -50,22 +51,12 @@ impl Traefik {
                 dir.join("traefik.yml").display()
             ));
             async move {
-                let mut process =
-                    Process::spawn("traefik", command, dir, false).map_err(StartError::fatal)?;
-                let started = process
-                    .wait_until_listening(address, Duration::from_secs(15))
-                    .await;
+                let process = Process::spawn("traefik", command, dir, false)
+                    .map_err(StartError::fatal)?
+                    .listening(address, Duration::from_secs(15), "address already in use")
+                    .await?;
                 let traefik = Traefik { process, address };
-                match started {
-                    Ok(()) => traefik.wait_for_routes().await.map(|()| traefik),
-                    Err(error) => {
-                        let logs = traefik.process.logs();
-                        Err(StartError {
-                            port_taken: logs.contains("address already in use"),
-                            message: format!("{error}\n{logs}"),
-                        })
-                    }
-                }
+                traefik.wait_for_routes().await.map(|()| traefik)
             }
         })
         .await
@@ -77,7 +68,7 @@ impl Traefik {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let status = client()
-                .get(self.url("/"))
+                .get(format!("http://{}/", self.address))
                 .send()
                 .await
                 .map(|response| response.status());
@@ -93,9 +84,15 @@ impl Traefik {
             }
         }
     }
+}
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
+impl Proxy for Traefik {
+    fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn logs(&self) -> String {
+        self.process.logs()
     }
 }
 
@@ -131,137 +128,51 @@ fn dynamic_config(tokengate: SocketAddr, app: SocketAddr) -> String {
     )
 }
 
-struct Stack {
-    provider: OidcProvider,
-    tokengate: Tokengate,
-    upstream: EchoUpstream,
-    traefik: Traefik,
-}
+/// The provider, tokengate with the public rule, the echo upstream and Traefik.
+type Stack = scenarios::Stack<Traefik>;
 
-impl Stack {
-    async fn start() -> Stack {
-        let provider = OidcProvider::start().await;
-        let tokengate = provider.tokengate("traefik", RULES).await;
-        let upstream = EchoUpstream::start();
-        let traefik = Traefik::start(tokengate.address, upstream.address).await;
-        Stack {
-            provider,
-            tokengate,
-            upstream,
-            traefik,
-        }
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
-        send(request, || self.logs()).await
-    }
-
-    fn logs(&self) -> String {
-        format!("{}{}", self.traefik.process.logs(), self.provider.logs())
-    }
+async fn start() -> Stack {
+    Stack::start("traefik", RULES, Traefik::start).await
 }
 
 #[tokio::test]
 async fn allowed_request_reaches_the_upstream_with_auth_response_headers() {
-    let stack = Stack::start().await;
-    let token = stack.provider.jwt("alice", "read").await;
-
-    let answer = stack
-        .send(
-            client()
-                .get(stack.traefik.url("/orders?id=7"))
-                .bearer_auth(&token)
-                .header("X-Auth-Request-User", "mallory")
-                .header("X_Auth_Request_User", "mallory")
-                .header("X-Auth-Request-Groups", "admins"),
-        )
-        .await;
-
-    let echo = answer.upstream_echo(|| stack.logs());
-    assert_eq!(echo["uri"], "/orders?id=7");
-    assert_alice(&echo);
-    assert_no_header_name_with_underscore(&echo);
-    assert!(
-        !answer.body.contains("mallory") && !answer.body.contains("admins"),
-        "a client-sent identity reached the upstream: {}",
-        answer.body
-    );
-    assert_eq!(stack.upstream.requests(), 1);
+    let stack = start().await;
+    scenarios::identity_reaches_the_upstream(
+        &stack,
+        "read",
+        "/orders?id=7",
+        &[FORGED_USER, FORGED_USER_UNDERSCORED, FORGED_GROUPS],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn client_sent_groups_never_fill_in_for_a_token_without_groups() {
-    let stack = Stack::start().await;
-    let token = stack.provider.jwt("client", "read").await;
-
-    let answer = stack
-        .send(
-            client()
-                .get(stack.traefik.url("/orders"))
-                .bearer_auth(&token)
-                .header("X-Auth-Request-Groups", "admins")
-                .header("X-Auth-Request-Email", "mallory@example.com"),
-        )
-        .await;
-
-    let echo = answer.upstream_echo(|| stack.logs());
-    assert_no_identity_filled_in(&echo);
+    let stack = start().await;
+    scenarios::client_sent_identity_never_fills_in_for_a_token_without_claims(
+        &stack,
+        &[FORGED_GROUPS, FORGED_EMAIL],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn denials_reach_the_client_with_tokengate_status_headers_and_body() {
-    let stack = Stack::start().await;
-    let token = stack.provider.jwt("alice", "read").await;
-
-    let missing = stack.send(client().get(stack.traefik.url("/orders"))).await;
-    assert_eq!(missing.status, StatusCode::UNAUTHORIZED, "{}", stack.logs());
-    assert_eq!(missing.www_authenticate(), ["Bearer"]);
-    assert_eq!(missing.json(), json!({"error": "unauthorized"}));
-
-    let bad = stack
-        .send(
-            client()
-                .get(stack.traefik.url("/orders"))
-                .bearer_auth(tampered(&token)),
-        )
-        .await;
-    assert_eq!(bad.status, StatusCode::UNAUTHORIZED, "{}", stack.logs());
-    assert_eq!(bad.www_authenticate(), [r#"Bearer error="invalid_token""#]);
-    assert_eq!(bad.json(), json!({"error": "invalid_token"}));
-
-    assert_eq!(stack.upstream.requests(), 0);
+    let stack = start().await;
+    scenarios::denials_reach_the_client_with_status_challenge_and_body(&stack).await;
 }
 
 #[tokio::test]
 async fn per_route_policy_comes_from_the_auth_address_query_string() {
-    let stack = Stack::start().await;
-    let alice = stack.provider.jwt("alice", "read").await;
-    let bob = stack.provider.jwt("bob", "read").await;
-
-    // /ops: `?allowed_groups=ops`; bob is only in `guests`.
-    let refused = stack
-        .send(
-            client()
-                .get(stack.traefik.url("/ops/reports"))
-                .bearer_auth(&bob),
-        )
-        .await;
-    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", stack.logs());
-    assert_eq!(refused.json(), json!({"error": "access_denied"}));
-    assert_eq!(stack.upstream.requests(), 0);
-
-    let allowed = stack
-        .send(
-            client()
-                .get(stack.traefik.url("/ops/reports"))
-                .bearer_auth(&alice),
-        )
-        .await;
-    assert_eq!(allowed.status, StatusCode::OK, "{}", stack.logs());
+    let stack = start().await;
+    // /ops: `?allowed_groups=ops`.
+    scenarios::ops_group_is_required_on_ops(&stack).await;
 
     // Other routes have no group requirement.
+    let bob = stack.provider.jwt("bob", "read").await;
     let elsewhere = stack
-        .send(client().get(stack.traefik.url("/orders")).bearer_auth(&bob))
+        .send(client().get(stack.url("/orders")).bearer_auth(&bob))
         .await;
     assert_eq!(elsewhere.status, StatusCode::OK, "{}", stack.logs());
     assert_eq!(
@@ -272,17 +183,13 @@ async fn per_route_policy_comes_from_the_auth_address_query_string() {
 
 #[tokio::test]
 async fn missing_scope_is_403_insufficient_scope() {
-    let stack = Stack::start().await;
+    let stack = start().await;
     let reader = stack.provider.jwt("alice", "read").await;
     let writer = stack.provider.jwt("alice", "read write").await;
 
     // POST /orders: `?required_scopes=write`.
     let refused = stack
-        .send(
-            client()
-                .post(stack.traefik.url("/orders"))
-                .bearer_auth(&reader),
-        )
+        .send(client().post(stack.url("/orders")).bearer_auth(&reader))
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", stack.logs());
     assert_eq!(
@@ -293,11 +200,7 @@ async fn missing_scope_is_403_insufficient_scope() {
     assert_eq!(stack.upstream.requests(), 0);
 
     let allowed = stack
-        .send(
-            client()
-                .post(stack.traefik.url("/orders"))
-                .bearer_auth(&writer),
-        )
+        .send(client().post(stack.url("/orders")).bearer_auth(&writer))
         .await;
     assert_eq!(allowed.status, StatusCode::OK, "{}", stack.logs());
     assert_eq!(allowed.echo()["method"], "POST");
@@ -305,19 +208,16 @@ async fn missing_scope_is_403_insufficient_scope() {
 
 #[tokio::test]
 async fn original_request_comes_from_traefik_not_from_the_client() {
-    let stack = Stack::start().await;
+    let stack = start().await;
 
     // X-Forwarded-Uri names /healthz: the public rule lets it through without a token.
-    let public = stack
-        .send(client().get(stack.traefik.url("/healthz")))
-        .await;
-    assert_eq!(public.status, StatusCode::OK, "{}", stack.logs());
+    scenarios::public_path_needs_no_token(&stack).await;
 
     // trustForwardHeader: false: Traefik replaces the client's X-Forwarded-Uri.
     let forged = stack
         .send(
             client()
-                .get(stack.traefik.url("/orders"))
+                .get(stack.url("/orders"))
                 .header("X-Forwarded-Uri", "/healthz")
                 .header("X-Forwarded-Method", "GET"),
         )
@@ -328,27 +228,6 @@ async fn original_request_comes_from_traefik_not_from_the_client() {
 
 #[tokio::test]
 async fn stopped_tokengate_fails_closed() {
-    let mut stack = Stack::start().await;
-    let token = stack.provider.jwt("alice", "read").await;
-    let request = || {
-        client()
-            .get(stack.traefik.url("/orders"))
-            .bearer_auth(&token)
-    };
-    assert_eq!(stack.send(request()).await.status, StatusCode::OK);
-
-    stack.tokengate.stop().await;
-    let after = stack.send(request()).await;
-
-    assert_eq!(
-        after.status,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "{}",
-        stack.logs()
-    );
-    assert_eq!(
-        stack.upstream.requests(),
-        1,
-        "a request went through unchecked"
-    );
+    let mut stack = start().await;
+    scenarios::stopped_tokengate_fails_closed(&mut stack, StatusCode::INTERNAL_SERVER_ERROR).await;
 }
