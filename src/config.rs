@@ -215,6 +215,10 @@ pub struct IntrospectionSettings {
     /// revoked at the issuer is refused after at most `positive_ttl`, not at its `exp`.
     #[serde(default)]
     pub introspect_jwts: bool,
+    /// Refuse an `active: true` answer that names no `aud`. RFC 7662 makes `aud` optional;
+    /// without this, a token the issuer gave to another of its services passes too.
+    #[serde(default)]
+    pub require_audience: bool,
 }
 
 /// A client secret read at start-up. `Debug` never shows it, so it cannot leak through a

@@ -190,6 +190,8 @@ pub struct IntrospectionClient {
     name: String,
     issuer: String,
     audiences: Vec<String>,
+    /// Refuse answers without `aud` (RFC 7662 makes it optional).
+    require_audience: bool,
     leeway: u64,
     /// Configured endpoint; when absent, the one the key store's discovery found.
     endpoint: Option<Arc<Url>>,
@@ -269,6 +271,7 @@ impl IntrospectionClient {
             name: settings.display_name().to_owned(),
             issuer: settings.issuer.clone(),
             audiences: settings.audiences.clone(),
+            require_audience: introspection.require_audience,
             leeway: settings.leeway.as_secs(),
             endpoint,
             keys,
@@ -380,6 +383,7 @@ impl IntrospectionClient {
             Some(_) => return refused(Reason::InvalidClaims),
         }
         match answer.get("aud") {
+            None if self.require_audience => return refused(Reason::WrongAudience),
             None => {}
             Some(Value::String(aud)) if self.audiences.contains(aud) => {}
             Some(Value::Array(auds))
@@ -646,6 +650,7 @@ mod tests {
             name: "test".to_owned(),
             issuer: settings.issuer,
             audiences: settings.audiences,
+            require_audience: false,
             leeway,
             endpoint: None,
             keys,
@@ -661,6 +666,26 @@ mod tests {
 
     fn judge(answer: Value) -> Result<Judged, &'static str> {
         client(0).judge(&answer, NOW)
+    }
+
+    #[test]
+    fn require_audience_refuses_answers_without_aud() {
+        let mut strict = client(0);
+        strict.require_audience = true;
+        let judged = |answer: Value| strict.judge(&answer, NOW);
+        assert_eq!(
+            judged(json!({"active": true})),
+            Ok(Judged::Refused(Reason::WrongAudience))
+        );
+        assert_eq!(
+            judged(json!({"active": true, "aud": "orders-api"})),
+            Ok(Judged::Active { expires_at: None })
+        );
+        // The default stays RFC 7662's: `aud` is checked only when present.
+        assert_eq!(
+            judge(json!({"active": true})),
+            Ok(Judged::Active { expires_at: None })
+        );
     }
 
     #[test]

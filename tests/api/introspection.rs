@@ -39,6 +39,7 @@ fn introspection_settings() -> IntrospectionSettings {
         positive_ttl: Duration::from_secs(60),
         negative_ttl: Duration::from_secs(5),
         introspect_jwts: false,
+        require_audience: false,
     }
 }
 
@@ -274,6 +275,25 @@ async fn answer_for_another_audience_or_issuer_is_refused() {
         assert_invalid_token(app.auth_with_token(&issuer.opaque_token_with(answer)).await).await;
         assert_eq!(reason_count(&app, reason), 1.0, "{member}");
     }
+}
+
+#[tokio::test]
+async fn answer_without_aud_is_refused_when_an_audience_is_required() {
+    let issuer = TestIssuer::start().await;
+    let mut answer = issuer.active_answer();
+    answer.as_object_mut().unwrap().remove("aud");
+
+    let lenient = spawn_opaque_app(&issuer, |_, _| {}).await;
+    let token = issuer.opaque_token_with(answer.clone());
+    assert_eq!(lenient.auth_with_token(&token).await.status(), 202);
+
+    let strict = spawn_opaque_app(&issuer, |introspection, _| {
+        introspection.require_audience = true;
+    })
+    .await;
+    let token = issuer.opaque_token_with(answer);
+    assert_invalid_token(strict.auth_with_token(&token).await).await;
+    assert_eq!(reason_count(&strict, "wrong_audience"), 1.0);
 }
 
 #[tokio::test]
