@@ -260,6 +260,15 @@ async fn start_key_refreshers(verifier: &Verifier) -> Vec<JoinHandle<()>> {
             refreshers.push(tokio::spawn(store.run_refresher(first)));
         }
     }
+    for (index, keys) in verifier.key_stores().enumerate() {
+        if keys.is_ready() && !verifier.introspector().endpoint_known(index) {
+            tracing::error!(
+                issuer = verifier.issuer_name(index),
+                "introspection is configured, but no endpoint is: the discovery document names \
+                 no introspection_endpoint; set introspection.endpoint (not ready until then)"
+            );
+        }
+    }
     refreshers
 }
 

@@ -12,7 +12,8 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-/// Ready once every issuer's keys are loaded, and not while shutting down.
+/// Ready once every issuer's keys are loaded and every configured introspection has an
+/// endpoint, and not while shutting down.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.shutting_down.load(Ordering::Acquire) {
         return HttpResponse::ServiceUnavailable()
@@ -26,15 +27,27 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .filter(|(_, keys)| !keys.is_ready())
         .map(|(index, _)| state.verifier.issuer_name(index))
         .collect();
-    if pending.is_empty() {
-        HttpResponse::Ok()
+    if !pending.is_empty() {
+        return HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
-            .body("ready\n")
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body(format!("keys not loaded: {}\n", pending.join(", ")))
+            .body(format!("keys not loaded: {}\n", pending.join(", ")));
     }
+    let introspector = state.verifier.introspector();
+    let no_endpoint: Vec<&str> = (0..state.verifier.key_stores().count())
+        .filter(|index| !introspector.endpoint_known(*index))
+        .map(|index| state.verifier.issuer_name(index))
+        .collect();
+    if !no_endpoint.is_empty() {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!(
+                "introspection endpoint unknown: {}\n",
+                no_endpoint.join(", ")
+            ));
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain")
+        .body("ready\n")
 }
 
 /// Prometheus text exposition of the registry passed to the application.

@@ -511,6 +511,14 @@ impl Introspector {
         self.opaque_issuer
     }
 
+    /// False when issuer `index` has introspection configured but no endpoint: none was
+    /// configured and its discovery document (once fetched) named none. Every token that
+    /// needs it would get 503, so the instance must not report ready.
+    pub fn endpoint_known(&self, index: usize) -> bool {
+        self.client(index)
+            .is_none_or(|client| client.endpoint().is_some())
+    }
+
     /// True when issuer `index`'s JWTs must also be found active by introspection.
     pub fn introspects_jwts(&self, index: usize) -> bool {
         self.client(index)

@@ -56,6 +56,8 @@ pub struct IssuerState {
     pub discovery_issuer: Mutex<Option<String>>,
     /// When false, every endpoint answers 503.
     pub up: AtomicBool,
+    /// When false, discovery names no `introspection_endpoint`.
+    pub advertise_introspection: AtomicBool,
     pub jwks_fetches: AtomicUsize,
     pub discovery_fetches: AtomicUsize,
     /// Introspection answers by token.
@@ -85,6 +87,7 @@ impl TestIssuer {
             keys: Mutex::new(keys),
             discovery_issuer: Mutex::new(None),
             up: AtomicBool::new(true),
+            advertise_introspection: AtomicBool::new(true),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
             introspection_answers: Mutex::new(HashMap::new()),
@@ -121,6 +124,12 @@ impl TestIssuer {
 
     pub fn set_up(&self, up: bool) {
         self.state.up.store(up, Ordering::SeqCst);
+    }
+
+    pub fn set_advertise_introspection(&self, on: bool) {
+        self.state
+            .advertise_introspection
+            .store(on, Ordering::SeqCst);
     }
 
     pub fn publish(&self, keys: Vec<Arc<SigningKey>>) {
@@ -227,11 +236,14 @@ async fn discovery(state: web::Data<IssuerState>) -> HttpResponse {
         .unwrap()
         .clone()
         .unwrap_or_else(|| state.url.clone());
-    HttpResponse::Ok().json(json!({
+    let mut document = json!({
         "issuer": issuer,
         "jwks_uri": format!("{}/jwks", state.url),
-        "introspection_endpoint": format!("{}/introspect", state.url),
-    }))
+    });
+    if state.advertise_introspection.load(Ordering::SeqCst) {
+        document["introspection_endpoint"] = json!(format!("{}/introspect", state.url));
+    }
+    HttpResponse::Ok().json(document)
 }
 
 /// RFC 7662 §2.1: a form POST with `token`, from an authenticated client.

@@ -297,6 +297,26 @@ async fn answer_without_aud_is_refused_when_an_audience_is_required() {
 }
 
 #[tokio::test]
+async fn no_endpoint_anywhere_means_not_ready_and_503() {
+    let issuer = TestIssuer::start().await;
+    issuer.set_advertise_introspection(false);
+    let app = spawn_opaque_app(&issuer, |_, _| {}).await;
+
+    let readiness = app.admin_get("/readyz").await;
+    assert_eq!(readiness.status(), 503);
+    let body = readiness.text().await.unwrap();
+    assert!(body.contains("introspection endpoint unknown"), "{body}");
+    assert_unavailable(app.auth_with_token(&issuer.opaque_token()).await).await;
+
+    // A configured endpoint needs nothing from discovery.
+    let configured = spawn_opaque_app(&issuer, |introspection, _| {
+        introspection.endpoint = Some(issuer.introspection_endpoint());
+    })
+    .await;
+    assert_eq!(configured.admin_get("/readyz").await.status(), 200);
+}
+
+#[tokio::test]
 async fn endpoint_slower_than_the_timeout_gets_503_in_bounded_time() {
     let issuer = TestIssuer::start().await;
     issuer.set_introspection_mode(IntrospectionMode::Slow(Duration::from_secs(30)));
