@@ -76,14 +76,7 @@ async fn bad_signature_is_invalid_token() {
     let response = app.auth_with_token(&tampered).await;
 
     assert_invalid_token(response).await;
-    assert_eq!(
-        counter(
-            &app.registry,
-            "tokengate_decisions_total",
-            &[("reason", "bad_signature")]
-        ),
-        1.0
-    );
+    assert_eq!(app.decisions_with_reason("bad_signature"), 1.0);
 }
 
 #[tokio::test]
@@ -104,14 +97,7 @@ async fn expired_token_is_invalid_token() {
     let mut claims = issuer.claims();
     claims["exp"] = json!(unix_now() - 120); // beyond the 30 s leeway
     assert_invalid_token(app.auth_with_token(&rsa_key("k1").sign(&claims)).await).await;
-    assert_eq!(
-        counter(
-            &app.registry,
-            "tokengate_decisions_total",
-            &[("reason", "expired")]
-        ),
-        1.0
-    );
+    assert_eq!(app.decisions_with_reason("expired"), 1.0);
 }
 
 #[tokio::test]
@@ -194,14 +180,7 @@ async fn not_yet_valid_token_is_invalid_token() {
     let mut claims = issuer.claims();
     claims["nbf"] = json!(unix_now() + 300);
     assert_invalid_token(app.auth_with_token(&rsa_key("k1").sign(&claims)).await).await;
-    assert_eq!(
-        counter(
-            &app.registry,
-            "tokengate_decisions_total",
-            &[("reason", "not_yet_valid")]
-        ),
-        1.0
-    );
+    assert_eq!(app.decisions_with_reason("not_yet_valid"), 1.0);
 }
 
 #[tokio::test]
@@ -269,14 +248,7 @@ async fn hs256_signed_with_the_rsa_public_key_is_invalid_token() {
     .unwrap();
 
     assert_invalid_token(app.auth_with_token(&forged).await).await;
-    assert_eq!(
-        counter(
-            &app.registry,
-            "tokengate_decisions_total",
-            &[("reason", "algorithm_not_allowed")]
-        ),
-        1.0
-    );
+    assert_eq!(app.decisions_with_reason("algorithm_not_allowed"), 1.0);
 }
 
 #[tokio::test]
@@ -385,14 +357,7 @@ async fn oversized_token_is_refused_before_any_crypto() {
     let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
 
     assert_invalid_token(response).await;
-    assert_eq!(
-        counter(
-            &app.registry,
-            "tokengate_decisions_total",
-            &[("reason", "token_too_large")]
-        ),
-        1.0
-    );
+    assert_eq!(app.decisions_with_reason("token_too_large"), 1.0);
     // Refused before the cache lookup, let alone the signature check.
     assert_eq!(
         counter(&app.registry, "tokengate_cache_requests_total", &[]),

@@ -335,6 +335,15 @@ impl TestApp {
             .expect("request to /auth")
     }
 
+    /// Decisions counted so far with this denial reason.
+    pub fn decisions_with_reason(&self, reason: &str) -> f64 {
+        counter(
+            &self.registry,
+            "tokengate_decisions_total",
+            &[("reason", reason)],
+        )
+    }
+
     pub async fn auth_without_token(&self) -> reqwest::Response {
         self.client
             .get(format!("{}/auth", self.address))

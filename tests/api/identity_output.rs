@@ -136,14 +136,7 @@ async fn header_budget_turns_oversized_identities_into_403() {
     let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
 
     assert_eq!(response.status(), 403);
-    assert_eq!(
-        counter(
-            &app.registry,
-            "tokengate_decisions_total",
-            &[("reason", "identity_too_large")]
-        ),
-        1.0
-    );
+    assert_eq!(app.decisions_with_reason("identity_too_large"), 1.0);
     assert_eq!(app.auth_with_token(&issuer.token()).await.status(), 202);
 }
 

@@ -63,14 +63,6 @@ async fn spawn_opaque_app(
     .await
 }
 
-fn reason_count(app: &TestApp, reason: &str) -> f64 {
-    counter(
-        &app.registry,
-        "tokengate_decisions_total",
-        &[("reason", reason)],
-    )
-}
-
 /// Sends `token` until the answer is not 202, for at most `limit`. The wait depends on
 /// ttls the test sets; the limit only keeps a broken build from hanging.
 async fn first_refusal(app: &TestApp, token: &str, limit: Duration) -> reqwest::Response {
@@ -145,7 +137,7 @@ async fn inactive_token_gets_401_and_the_answer_is_kept_briefly() {
         1,
         "negative answers are cached"
     );
-    assert_eq!(reason_count(&app, "inactive_token"), 2.0);
+    assert_eq!(app.decisions_with_reason("inactive_token"), 2.0);
     assert_eq!(
         counter(
             &app.registry,
@@ -234,7 +226,7 @@ async fn revoked_token_is_refused_once_the_ttl_expires() {
 
     let response = first_refusal(&app, &token, Duration::from_secs(10)).await;
     assert_invalid_token(response).await;
-    assert_eq!(reason_count(&app, "inactive_token"), 1.0);
+    assert_eq!(app.decisions_with_reason("inactive_token"), 1.0);
     // The answer cached before the revocation, then one call after its ttl.
     assert_eq!(issuer.introspection_calls(), 2);
 }
@@ -256,7 +248,7 @@ async fn expired_exp_in_a_cached_positive_answer_is_refused_inside_the_ttl() {
     let response = first_refusal(&app, &token, Duration::from_secs(10)).await;
 
     assert_invalid_token(response).await;
-    assert_eq!(reason_count(&app, "expired"), 1.0);
+    assert_eq!(app.decisions_with_reason("expired"), 1.0);
 }
 
 #[tokio::test]
@@ -273,7 +265,7 @@ async fn answer_for_another_audience_or_issuer_is_refused() {
         let mut answer = issuer.active_answer();
         answer[member] = value;
         assert_invalid_token(app.auth_with_token(&issuer.opaque_token_with(answer)).await).await;
-        assert_eq!(reason_count(&app, reason), 1.0, "{member}");
+        assert_eq!(app.decisions_with_reason(reason), 1.0, "{member}");
     }
 }
 
@@ -293,7 +285,7 @@ async fn answer_without_aud_is_refused_when_an_audience_is_required() {
     .await;
     let token = issuer.opaque_token_with(answer);
     assert_invalid_token(strict.auth_with_token(&token).await).await;
-    assert_eq!(reason_count(&strict, "wrong_audience"), 1.0);
+    assert_eq!(strict.decisions_with_reason("wrong_audience"), 1.0);
 }
 
 #[tokio::test]
@@ -332,7 +324,7 @@ async fn endpoint_slower_than_the_timeout_gets_503_in_bounded_time() {
     assert_unavailable(response).await;
     // Loosely: long before the endpoint would answer, and before a proxy gives up (10 s).
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(reason_count(&app, "introspection_unavailable"), 1.0);
+    assert_eq!(app.decisions_with_reason("introspection_unavailable"), 1.0);
 
     // Errors are never cached: the next request asks again.
     issuer.set_introspection_mode(IntrospectionMode::Answer);
@@ -467,7 +459,7 @@ async fn too_many_calls_in_flight_get_503_at_once() {
     assert_unavailable(app.auth_with_token(&issuer.opaque_token()).await).await;
 
     assert_eq!(waiting.await.unwrap(), 202);
-    assert_eq!(reason_count(&app, "introspection_overloaded"), 1.0);
+    assert_eq!(app.decisions_with_reason("introspection_overloaded"), 1.0);
     assert_eq!(issuer.introspection_calls(), 1);
 }
 
@@ -490,7 +482,7 @@ async fn jwts_can_be_introspected_for_instant_revocation() {
     issuer.revoke(&token);
     let response = first_refusal(&app, &token, Duration::from_secs(10)).await;
     assert_invalid_token(response).await;
-    assert_eq!(reason_count(&app, "inactive_token"), 1.0);
+    assert_eq!(app.decisions_with_reason("inactive_token"), 1.0);
 
     // A JWT the issuer does not know is refused although its signature is good.
     assert_invalid_token(
@@ -506,7 +498,7 @@ async fn opaque_token_without_an_opaque_issuer_is_malformed() {
     let app = spawn_app(&issuer).await;
 
     assert_invalid_token(app.auth_with_token(&issuer.opaque_token()).await).await;
-    assert_eq!(reason_count(&app, "malformed_token"), 1.0);
+    assert_eq!(app.decisions_with_reason("malformed_token"), 1.0);
     assert_eq!(issuer.introspection_calls(), 0);
 }
 

@@ -133,14 +133,7 @@ async fn unknown_policy_parameter_fails_closed() {
     // A typo must not open the route to every valid token.
     let response = auth_query(&app, "allowed_group=ops", &issuer.token()).await;
     assert_eq!(response.status(), 400);
-    assert_eq!(
-        counter(
-            &app.registry,
-            "tokengate_decisions_total",
-            &[("reason", "bad_policy")]
-        ),
-        1.0
-    );
+    assert_eq!(app.decisions_with_reason("bad_policy"), 1.0);
 }
 
 #[tokio::test]
