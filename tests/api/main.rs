@@ -13,3 +13,4 @@ mod lifecycle;
 mod observability;
 mod policy;
 mod readiness;
+mod tls;
