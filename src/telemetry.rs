@@ -57,9 +57,9 @@ pub fn init(settings: &LogSettings) -> LogGuard {
 }
 
 /// One JSON object per line with the event's fields at the top level, the shape of
-/// tracing-subscriber's flattened JSON. Each line is built in one buffer: the stock JSON
-/// formatter re-checks UTF-8 on every small write, which made it most of the cost of an
-/// audit line.
+/// tracing-subscriber's flattened JSON. Written straight into the subscriber's line
+/// buffer: the stock JSON formatter goes through an `io::Write` adaptor that re-checks
+/// UTF-8 on every small write, which made it most of the cost of an audit line.
 struct JsonLines;
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -70,52 +70,50 @@ where
     fn format_event(
         &self,
         _context: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
+        writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
         let metadata = event.metadata();
-        let mut line = JsonLine::default();
-        line.text.push_str("{\"timestamp\":\"");
-        let _ = write!(
-            line.text,
-            "{}",
-            humantime::format_rfc3339_micros(SystemTime::now())
-        );
-        line.text.push_str("\",\"level\":\"");
-        line.text.push_str(metadata.level().as_str());
-        line.text.push('"');
+        let mut line = JsonLine {
+            out: writer,
+            scratch: String::new(),
+        };
+        write!(
+            line.out,
+            "{{\"timestamp\":\"{}\",\"level\":\"{}\"",
+            humantime::format_rfc3339_micros(SystemTime::now()),
+            metadata.level().as_str()
+        )?;
         event.record(&mut line);
         line.key("target");
-        push_json_string(&mut line.text, metadata.target());
-        line.text.push_str("}\n");
-        writer.write_str(&line.text)
+        push_json_string(&mut line.out, metadata.target());
+        line.out.write_str("}\n")
     }
 }
 
-/// A line being built: the text, and a scratch buffer for `Debug`/`Display` values.
-#[derive(Default)]
-struct JsonLine {
-    text: String,
+/// A line being written, and a scratch buffer for `Debug`/`Display` values.
+struct JsonLine<'w> {
+    out: Writer<'w>,
     scratch: String,
 }
 
-impl JsonLine {
+impl JsonLine<'_> {
     fn key(&mut self, name: &str) {
-        self.text.push(',');
-        push_json_string(&mut self.text, name);
-        self.text.push(':');
+        let _ = self.out.write_char(',');
+        push_json_string(&mut self.out, name);
+        let _ = self.out.write_char(':');
     }
 
     fn number(&mut self, field: &Field, value: impl fmt::Display) {
         self.key(field.name());
-        let _ = write!(self.text, "{value}");
+        let _ = write!(self.out, "{value}");
     }
 }
 
-impl Visit for JsonLine {
+impl Visit for JsonLine<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.key(field.name());
-        push_json_string(&mut self.text, value);
+        push_json_string(&mut self.out, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -147,9 +145,9 @@ impl Visit for JsonLine {
     }
 }
 
-/// Appends `value` as a JSON string (RFC 8259 §7).
-fn push_json_string(out: &mut String, value: &str) {
-    out.push('"');
+/// Appends `value` as a JSON string (RFC 8259 §7). Writes into a `String` never fail.
+fn push_json_string(out: &mut impl fmt::Write, value: &str) {
+    let _ = out.write_char('"');
     let mut clean_from = 0;
     for (at, byte) in value.bytes().enumerate() {
         let escaped = match byte {
@@ -161,16 +159,16 @@ fn push_json_string(out: &mut String, value: &str) {
             0..=0x1f => "",
             _ => continue,
         };
-        out.push_str(&value[clean_from..at]);
-        if escaped.is_empty() {
-            let _ = write!(out, "\\u{byte:04x}");
+        let _ = out.write_str(&value[clean_from..at]);
+        let _ = if escaped.is_empty() {
+            write!(out, "\\u{byte:04x}")
         } else {
-            out.push_str(escaped);
-        }
+            out.write_str(escaped)
+        };
         clean_from = at + 1;
     }
-    out.push_str(&value[clean_from..]);
-    out.push('"');
+    let _ = out.write_str(&value[clean_from..]);
+    let _ = out.write_char('"');
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use url::{form_urlencoded, Url};
 
 use super::cache::{unix_now, TokenHash, VerifiedToken};
 use super::jwks::KeyStore;
+use super::jwt::{check_validity_window, names_audience};
 use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IssuerSettings, Settings};
 use crate::error::{AuthError, Reason};
 use crate::identity::IdentityMapping;
@@ -382,35 +383,19 @@ impl IntrospectionClient {
             Some(Value::String(_)) => return refused(Reason::UnknownIssuer),
             Some(_) => return refused(Reason::InvalidClaims),
         }
-        match answer.get("aud") {
+        match answer
+            .get("aud")
+            .map(|aud| names_audience(aud, &self.audiences))
+        {
             None if self.require_audience => return refused(Reason::WrongAudience),
-            None => {}
-            Some(Value::String(aud)) if self.audiences.contains(aud) => {}
-            Some(Value::Array(auds))
-                if auds
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .any(|aud| self.audiences.iter().any(|allowed| allowed == aud)) => {}
-            Some(Value::String(_) | Value::Array(_)) => return refused(Reason::WrongAudience),
-            Some(_) => return refused(Reason::InvalidClaims),
-        }
-        let expires_at = match answer.get("exp").map(numeric_date) {
-            None => None,
+            None | Some(Some(true)) => {}
+            Some(Some(false)) => return refused(Reason::WrongAudience),
             Some(None) => return refused(Reason::InvalidClaims),
-            Some(Some(exp)) if exp.saturating_add(self.leeway) < now => {
-                return refused(Reason::Expired)
-            }
-            Some(Some(exp)) => Some(exp),
-        };
-        match answer.get("nbf").map(numeric_date) {
-            None => {}
-            Some(None) => return refused(Reason::InvalidClaims),
-            Some(Some(nbf)) if nbf > now.saturating_add(self.leeway) => {
-                return refused(Reason::NotYetValid)
-            }
-            Some(Some(_)) => {}
         }
-        Ok(Judged::Active { expires_at })
+        match check_validity_window(answer, now, self.leeway) {
+            Ok(expires_at) => Ok(Judged::Active { expires_at }),
+            Err(reason) => refused(reason),
+        }
     }
 
     /// How long a judged answer may be kept: positive ones never past their `exp`.
@@ -440,17 +425,6 @@ impl std::fmt::Display for ErrorChain<'_> {
         }
         Ok(())
     }
-}
-
-/// An RFC 7519 NumericDate: seconds since the epoch, possibly with a fraction.
-fn numeric_date(value: &Value) -> Option<u64> {
-    value.as_u64().or_else(|| {
-        value
-            .as_f64()
-            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
-            // Truncation is what we want: whole seconds, like `exp` elsewhere.
-            .map(|seconds| seconds as u64)
-    })
 }
 
 /// Every issuer's introspection client, the shared answer cache and the in-flight cap.
@@ -636,6 +610,7 @@ impl Introspector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::jwt::numeric_date;
     use serde_json::json;
 
     fn client(leeway: u64) -> IntrospectionClient {

@@ -174,27 +174,18 @@ impl Issuer {
     /// RFC 7519 §4.1: `exp` required, `nbf` honoured, both with the leeway; `iss` exactly
     /// ours; `aud` required and naming one of our audiences. Returns `exp`.
     fn check_claims(&self, claims: &Value, now: u64) -> Result<u64, AuthError> {
-        let expires_at = numeric_date(claims.get("exp"))?.ok_or(Reason::InvalidClaims)?;
-        if expires_at.saturating_add(self.leeway) < now {
-            return Err(Reason::Expired.into());
+        if claims.get("exp").is_none() {
+            return Err(Reason::InvalidClaims.into());
         }
-        if let Some(not_before) = numeric_date(claims.get("nbf"))? {
-            if not_before > now.saturating_add(self.leeway) {
-                return Err(Reason::NotYetValid.into());
-            }
-        }
+        let expires_at =
+            check_validity_window(claims, now, self.leeway)?.ok_or(Reason::InvalidClaims)?;
         if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return Err(Reason::UnknownIssuer.into());
         }
-        let ours = |aud: &Value| {
-            aud.as_str()
-                .is_some_and(|aud| self.audiences.iter().any(|ours| ours == aud))
-        };
-        let accepted = match claims.get("aud") {
-            Some(Value::Array(audiences)) => audiences.iter().any(ours),
-            Some(aud @ Value::String(_)) => ours(aud),
-            _ => return Err(Reason::InvalidClaims.into()),
-        };
+        let accepted = claims
+            .get("aud")
+            .and_then(|aud| names_audience(aud, &self.audiences))
+            .ok_or(Reason::InvalidClaims)?;
         if !accepted {
             return Err(Reason::WrongAudience.into());
         }
@@ -206,19 +197,52 @@ fn verify_signature(jwt: &DecodedJwt<'_>, key: &VerifyingKey) -> Result<(), Reas
     key.verify(jwt.header.alg, jwt.signing_input, &jwt.signature)
 }
 
-/// A NumericDate claim (RFC 7519 §2): seconds, possibly fractional. Absent is `None`;
-/// anything other than a non-negative number is invalid.
-fn numeric_date(value: Option<&Value>) -> Result<Option<u64>, Reason> {
-    let Some(value) = value else {
-        return Ok(None);
+/// `exp` and `nbf` (RFC 7519 §4.1.4–5), each checked with `leeway` when present; shared
+/// with introspection answers, whose members mean the same. Returns `exp`.
+pub(crate) fn check_validity_window(
+    claims: &Value,
+    now: u64,
+    leeway: u64,
+) -> Result<Option<u64>, Reason> {
+    let date = |name| {
+        claims
+            .get(name)
+            .map(|value| numeric_date(value).ok_or(Reason::InvalidClaims))
+            .transpose()
     };
-    if let Some(seconds) = value.as_u64() {
-        return Ok(Some(seconds));
+    let expires_at = date("exp")?;
+    if expires_at.is_some_and(|exp| exp.saturating_add(leeway) < now) {
+        return Err(Reason::Expired);
     }
-    match value.as_f64() {
-        Some(seconds) if seconds.is_finite() && seconds >= 0.0 => Ok(Some(seconds as u64)),
-        _ => Err(Reason::InvalidClaims),
+    if date("nbf")?.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(Reason::NotYetValid);
     }
+    Ok(expires_at)
+}
+
+/// Whether an `aud` (a string, or a list of strings) names one of `audiences`; `None`
+/// when it is neither.
+pub(crate) fn names_audience(aud: &Value, audiences: &[String]) -> Option<bool> {
+    let ours = |aud: &Value| {
+        aud.as_str()
+            .is_some_and(|aud| audiences.iter().any(|ours| ours == aud))
+    };
+    match aud {
+        Value::Array(list) => Some(list.iter().any(ours)),
+        Value::String(_) => Some(ours(aud)),
+        _ => None,
+    }
+}
+
+/// An RFC 7519 NumericDate: seconds since the epoch, possibly with a fraction (cut to
+/// whole seconds). Anything other than a non-negative number is `None`.
+pub(crate) fn numeric_date(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|seconds| seconds.is_finite() && *seconds >= 0.0)
+            .map(|seconds| seconds as u64)
+    })
 }
 
 /// `at+jwt`, `AT+JWT` and `application/at+jwt` are the same type (RFC 7515 §4.1.9).
@@ -290,21 +314,20 @@ mod tests {
 
     #[test]
     fn numeric_dates() {
-        assert_eq!(numeric_date(None), Ok(None));
         assert_eq!(
-            numeric_date(Some(&serde_json::json!(1700000000))),
-            Ok(Some(1700000000))
+            numeric_date(&serde_json::json!(1700000000)),
+            Some(1700000000)
         );
         assert_eq!(
-            numeric_date(Some(&serde_json::json!(1700000000.9))),
-            Ok(Some(1700000000))
+            numeric_date(&serde_json::json!(1700000000.9)),
+            Some(1700000000)
         );
         for bad in [
             serde_json::json!(-1),
             serde_json::json!("1700000000"),
             serde_json::json!(null),
         ] {
-            assert_eq!(numeric_date(Some(&bad)), Err(Reason::InvalidClaims));
+            assert_eq!(numeric_date(&bad), None);
         }
     }
 }
