@@ -50,8 +50,13 @@ pub enum Reason {
     /// Too many introspection calls in flight: refused at once rather than queued.
     IntrospectionOverloaded,
     /// The proxies' original-request headers contradict each other (see
-    /// [`crate::request::ProxyHeaders::Auto`]).
+    /// [`crate::request::ProxyHeaders::Auto`]), or the original URL or `Host` is not a
+    /// strictly valid authority and path.
     AmbiguousRequest,
+    /// The original path could be read two ways (dot segments, encoded `/` or `\`, a raw
+    /// `\`, controls, …): refused before any rule is matched, because the upstream may
+    /// resolve it to another route than the one tokengate matched.
+    AmbiguousPath,
     /// The auth URL's query string holds an unknown policy parameter: a proxy
     /// misconfiguration, refused rather than ignored.
     BadPolicy,
@@ -67,11 +72,15 @@ pub enum Reason {
     IdentityTooLarge,
     /// Kubernetes impersonation without a user to impersonate.
     UnusableIdentity,
+    /// The client itself sent an `Impersonate-*` header (in any spelling) while
+    /// tokengate speaks Kubernetes impersonation: refused, since no proxy can be trusted
+    /// to remove every such header (`Impersonate-Extra-*` has no fixed name).
+    ForgedImpersonation,
 }
 
 impl Reason {
     /// Every reason, for pre-registering one metric series per reason.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 26] = [
         Reason::MissingToken,
         Reason::TokenTooLarge,
         Reason::MalformedToken,
@@ -89,6 +98,7 @@ impl Reason {
         Reason::IntrospectionUnavailable,
         Reason::IntrospectionOverloaded,
         Reason::AmbiguousRequest,
+        Reason::AmbiguousPath,
         Reason::BadPolicy,
         Reason::RouteDenied,
         Reason::NotInGroup,
@@ -96,6 +106,7 @@ impl Reason {
         Reason::InsufficientScope,
         Reason::IdentityTooLarge,
         Reason::UnusableIdentity,
+        Reason::ForgedImpersonation,
     ];
 
     /// Stable label for logs and metrics.
@@ -118,6 +129,7 @@ impl Reason {
             Reason::IntrospectionUnavailable => "introspection_unavailable",
             Reason::IntrospectionOverloaded => "introspection_overloaded",
             Reason::AmbiguousRequest => "ambiguous_request",
+            Reason::AmbiguousPath => "ambiguous_path",
             Reason::BadPolicy => "bad_policy",
             Reason::RouteDenied => "route_denied",
             Reason::NotInGroup => "not_in_group",
@@ -125,6 +137,7 @@ impl Reason {
             Reason::InsufficientScope => "insufficient_scope",
             Reason::IdentityTooLarge => "identity_too_large",
             Reason::UnusableIdentity => "unusable_identity",
+            Reason::ForgedImpersonation => "forged_impersonation",
         }
     }
 
@@ -143,20 +156,21 @@ impl Reason {
             | Reason::IntrospectionUnavailable
             | Reason::IntrospectionOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             // A broken request from the proxy: nginx turns 400 into 500 (fail closed).
-            Reason::AmbiguousRequest | Reason::BadPolicy => StatusCode::BAD_REQUEST,
+            Reason::AmbiguousRequest | Reason::AmbiguousPath | Reason::BadPolicy => {
+                StatusCode::BAD_REQUEST
+            }
             // A valid token that the policy does not let through (RFC 6750 §3.1).
             Reason::RouteDenied
             | Reason::NotInGroup
             | Reason::EmailNotAllowed
             | Reason::InsufficientScope
             | Reason::IdentityTooLarge
-            | Reason::UnusableIdentity => StatusCode::FORBIDDEN,
+            | Reason::UnusableIdentity
+            | Reason::ForgedImpersonation => StatusCode::FORBIDDEN,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
 
-    /// RFC 6750 §3.1 error code: none when no token was sent (§3.1: "the resource server
-    /// SHOULD NOT include an error code" then), `invalid_token` for any bad token.
     /// RFC 6750 §3.1 error code: none when no token was sent ("the resource server SHOULD
     /// NOT include an error code" then), `invalid_token` for any bad token,
     /// `insufficient_scope` for a missing scope, none for other denials.
@@ -283,13 +297,15 @@ mod tests {
                 | Reason::IntrospectionUnavailable
                 | Reason::IntrospectionOverloaded
                 | Reason::AmbiguousRequest
+                | Reason::AmbiguousPath
                 | Reason::BadPolicy
                 | Reason::RouteDenied
                 | Reason::NotInGroup
                 | Reason::EmailNotAllowed
                 | Reason::InsufficientScope
                 | Reason::IdentityTooLarge
-                | Reason::UnusableIdentity => {}
+                | Reason::UnusableIdentity
+                | Reason::ForgedImpersonation => {}
             }
         }
         let labels: std::collections::HashSet<_> =
