@@ -12,7 +12,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use url::Url;
 
-use crate::request::{ProxyHeaders, TokenSource};
+use crate::request::{PathParameters, ProxyHeaders, TokenSource};
 
 /// Prefix of environment overrides: `TOKENGATE__CACHE__MAX_ENTRIES=5000`.
 pub const ENV_PREFIX: &str = "TOKENGATE";
@@ -68,10 +68,17 @@ pub struct Settings {
     /// HTTP worker threads; defaults to the number of CPUs.
     #[serde(default)]
     pub workers: Option<usize>,
-    /// Which proxy's original-request headers `/auth` trusts: `auto`, `ingress_nginx`,
-    /// `nginx` or `traefik` (Envoy's `/ext-authz/…` needs none).
+    /// Which proxy's original-request headers `/auth` trusts: `ingress_nginx`, `nginx`,
+    /// `traefik`, `none` (only Envoy calls, on `/ext-authz/…`) or `auto` (whichever is
+    /// present: safe only while the proxy sets its headers on every request). Required
+    /// as soon as a rule matches on hosts, paths or methods: a client can send another
+    /// proxy's headers, so the rules must not trust a guess.
     #[serde(default)]
-    pub proxy_headers: ProxyHeaders,
+    pub proxy_headers: Option<ProxyHeaders>,
+    /// `;` path parameters (`/admin;x`): `refuse` (400, the default) or `strip` (cut off
+    /// each segment's `;…` before matching, as Java servlet containers route).
+    #[serde(default)]
+    pub path_parameters: PathParameters,
     /// Route rules matched on the original request; the first match wins.
     #[serde(default)]
     pub rules: Vec<RuleSettings>,
@@ -455,6 +462,13 @@ pub struct CacheSettings {
     /// flood of distinct opaque tokens.
     #[serde(default = "defaults::cache_max_entries")]
     pub introspection_max_entries: u64,
+    /// Let a caching proxy (nginx `proxy_cache`, ingress-nginx `auth-cache-key`) keep
+    /// allows whose verdict depended on the request: any rule on hosts, paths or methods,
+    /// or requirements in the auth URL. Off by default, since a cache keyed on the token
+    /// alone would then serve one route's allow for another; turn it on only with a cache
+    /// key holding method, host, URI and token.
+    #[serde(default)]
+    pub proxy_cache_route_verdicts: bool,
 }
 
 impl Default for CacheSettings {
@@ -463,6 +477,7 @@ impl Default for CacheSettings {
             max_entries: defaults::cache_max_entries(),
             max_ttl: defaults::cache_max_ttl(),
             introspection_max_entries: defaults::cache_max_entries(),
+            proxy_cache_route_verdicts: false,
         }
     }
 }
@@ -741,7 +756,13 @@ impl Settings {
             ));
         }
         crate::identity::IdentityMapping::new(&self.identity)?;
-        crate::policy::RouteRules::new(&self.rules)?;
+        let rules = crate::policy::RouteRules::new(&self.rules)?;
+        if rules.are_conditional() && self.proxy_headers.is_none() {
+            return Err(ConfigError::new(
+                "proxy_headers",
+                "must be set when a rule matches on hosts, paths or methods: choose ingress_nginx, nginx, traefik, none (only Envoy on /ext-authz) or auto",
+            ));
+        }
         if !(1..=MAX_CACHE_ENTRIES).contains(&self.cache.max_entries) {
             return Err(ConfigError::new(
                 "cache.max_entries",

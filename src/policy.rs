@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use actix_web::http::header::{HeaderMap, HeaderName};
-use globset::{Glob, GlobMatcher};
+use globset::{GlobBuilder, GlobMatcher};
 
 use crate::config::{ConfigError, RuleSettings};
 use crate::error::{AuthError, Reason};
@@ -43,7 +43,10 @@ pub async fn authorize<'r>(
     headers: &HeaderMap,
     query: &Requirements,
 ) -> Decision<'r> {
-    let rule = rules.first_match(original);
+    let preflight = is_cors_preflight(original, headers);
+    // Requirements in the auth URL are the operator's word for this location: an
+    // anonymous rule, written for the whole site, does not lift them.
+    let rule = rules.first_match(original, query.is_empty());
     let mut decision = Decision {
         outcome: Ok(Verdict::Authenticated),
         token: None,
@@ -54,7 +57,7 @@ pub async fn authorize<'r>(
         let early = match rule.access {
             Access::Deny => Some(Err(Reason::RouteDenied.into())),
             Access::Anonymous => Some(Ok(Verdict::Anonymous)),
-            Access::Authenticated if rule.lets_preflight_through(original, headers) => {
+            Access::Authenticated if preflight && rule.lets_preflight_through(original) => {
                 Some(Ok(Verdict::Anonymous))
             }
             Access::Authenticated => None,
@@ -84,6 +87,15 @@ pub async fn authorize<'r>(
     decision.cache_hit = allowed.cache_hit;
     decision.token = Some(allowed.token);
     decision
+}
+
+/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+fn is_cors_preflight(original: &OriginalRequest, headers: &HeaderMap) -> bool {
+    const ORIGIN: HeaderName = HeaderName::from_static("origin");
+    const REQUEST_METHOD: HeaderName = HeaderName::from_static("access-control-request-method");
+    original.method.as_deref() == Some("OPTIONS")
+        && headers.contains_key(ORIGIN)
+        && headers.contains_key(REQUEST_METHOD)
 }
 
 /// Requirements on a verified identity. Every non-empty list must be satisfied; within a
@@ -220,12 +232,28 @@ pub enum Access {
     Authenticated,
 }
 
+/// How a rule's conditions are compared with the request. Upstream frameworks differ
+/// (Express and ASP.NET route case-insensitively, many ignore a trailing slash), so a
+/// rule is read the way that can never open more than the operator wrote: a grant only
+/// where it holds exactly, a restriction wherever some upstream might read it as holding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Grants (anonymous access, CORS preflights): exact, case-sensitive; an unknown
+    /// part of the request never matches.
+    Narrow,
+    /// Restrictions (deny, requirements, a token at all): case-insensitive, with or
+    /// without a trailing slash, globs also covering everything below them; an unknown
+    /// part of the request always matches.
+    Broad,
+}
+
 /// A compiled route rule.
 #[derive(Debug)]
 pub struct Rule {
     pub name: String,
     hosts: Vec<HostPattern>,
     paths: Vec<PathPattern>,
+    /// Upper-case, as configured.
     methods: Vec<String>,
     pub access: Access,
     allow_cors_preflight: bool,
@@ -242,10 +270,14 @@ enum HostPattern {
 #[derive(Debug)]
 enum PathPattern {
     /// `/admin` matches `/admin` and `/admin/…` (whole segments, not `/administrator`);
-    /// `/static/` matches everything below it.
-    Prefix(String),
-    /// A glob with `*` (within a segment) and `**` (across segments).
-    Glob(GlobMatcher),
+    /// `/static/` matches everything below it. `lower` is the broad reading's form.
+    Prefix { exact: String, lower: String },
+    /// A glob: `*` within one segment, `**` across segments. `lower` is compiled
+    /// case-insensitively for the broad reading.
+    Glob {
+        exact: GlobMatcher,
+        lower: GlobMatcher,
+    },
 }
 
 impl Rule {
@@ -275,7 +307,7 @@ impl Rule {
             .map(|host| {
                 let host = host.trim().to_ascii_lowercase();
                 match host.strip_prefix("*.") {
-                    Some(parent) if !parent.is_empty() => {
+                    Some(parent) if !parent.is_empty() && !parent.contains('*') => {
                         Ok(HostPattern::Subdomain(format!(".{parent}")))
                     }
                     _ if host.is_empty() || host.contains('*') => Err(ConfigError::new(
@@ -289,21 +321,7 @@ impl Rule {
         let paths = settings
             .paths
             .iter()
-            .map(|path| {
-                if !path.starts_with('/') {
-                    return Err(ConfigError::new(
-                        key("paths"),
-                        format!("'{path}' must start with /"),
-                    ));
-                }
-                if path.contains(['*', '?', '[', '{']) {
-                    let glob = Glob::new(path)
-                        .map_err(|e| ConfigError::new(key("paths"), e.to_string()))?;
-                    Ok(PathPattern::Glob(glob.compile_matcher()))
-                } else {
-                    Ok(PathPattern::Prefix(path.clone()))
-                }
-            })
+            .map(|path| compile_path(path).map_err(|reason| ConfigError::new(key("paths"), reason)))
             .collect::<Result<_, _>>()?;
         let access = if settings.deny {
             Access::Deny
@@ -322,7 +340,7 @@ impl Rule {
             methods: settings
                 .methods
                 .iter()
-                .map(|method| method.to_ascii_uppercase())
+                .map(|method| method.trim().to_ascii_uppercase())
                 .collect(),
             access,
             allow_cors_preflight: settings.allow_cors_preflight,
@@ -330,45 +348,126 @@ impl Rule {
         })
     }
 
-    /// True when every condition of the rule holds. A condition on a part of the request
-    /// that the proxy did not tell us never holds.
-    fn matches(&self, original: &OriginalRequest) -> bool {
+    /// True when the rule has a condition on the request (host, path or method).
+    fn is_conditional(&self) -> bool {
+        !self.hosts.is_empty() || !self.paths.is_empty() || !self.methods.is_empty()
+    }
+
+    /// True when every condition of the rule holds in `reading`.
+    fn matches(&self, original: &OriginalRequest, reading: Reading) -> bool {
+        let unknown = reading == Reading::Broad;
         let host_ok = self.hosts.is_empty()
-            || original.host.as_deref().is_some_and(|host| {
+            || original.host.as_deref().map_or(unknown, |host| {
                 self.hosts.iter().any(|pattern| match pattern {
                     HostPattern::Exact(exact) => host == exact,
                     HostPattern::Subdomain(suffix) => host.ends_with(suffix.as_str()),
                 })
             });
         let path_ok = self.paths.is_empty()
-            || original.path.as_deref().is_some_and(|path| {
-                self.paths.iter().any(|pattern| match pattern {
-                    PathPattern::Prefix(prefix) => prefix_matches(prefix, path),
-                    PathPattern::Glob(glob) => glob.is_match(path),
+            || original
+                .path
+                .as_deref()
+                .map_or(unknown, |path| match reading {
+                    Reading::Narrow => self.paths.iter().any(|pattern| pattern.holds(path)),
+                    Reading::Broad => {
+                        let path = broad_form(path);
+                        self.paths
+                            .iter()
+                            .any(|pattern| pattern.holds_broadly(&path))
+                    }
+                });
+        let method_ok = self.methods.is_empty()
+            || original.method.as_deref().map_or(unknown, |method| {
+                self.methods.iter().any(|allowed| match reading {
+                    Reading::Narrow => allowed == method,
+                    Reading::Broad => allowed.eq_ignore_ascii_case(method),
                 })
             });
-        let method_ok = self.methods.is_empty()
-            || original
-                .method
-                .as_deref()
-                .is_some_and(|method| self.methods.iter().any(|m| m == method));
         host_ok && path_ok && method_ok
     }
 
-    /// A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)
-    /// that this rule lets through without a token: browsers never send credentials on
-    /// a preflight, so requiring one would break every cross-origin call.
-    pub fn lets_preflight_through(&self, original: &OriginalRequest, headers: &HeaderMap) -> bool {
-        const ORIGIN: HeaderName = HeaderName::from_static("origin");
-        const REQUEST_METHOD: HeaderName = HeaderName::from_static("access-control-request-method");
-        self.allow_cors_preflight
-            && original.method.as_deref() == Some("OPTIONS")
-            && headers.contains_key(ORIGIN)
-            && headers.contains_key(REQUEST_METHOD)
+    /// How this rule is read: an anonymous rule is a grant, every other rule restricts.
+    fn reading(&self) -> Reading {
+        match self.access {
+            Access::Anonymous => Reading::Narrow,
+            Access::Deny | Access::Authenticated => Reading::Broad,
+        }
+    }
+
+    /// Whether this rule lets a CORS preflight through without a token: browsers never
+    /// send credentials on a preflight, so requiring one would break every cross-origin
+    /// call. It is a grant, so the rule must hold in its exact reading.
+    pub fn lets_preflight_through(&self, original: &OriginalRequest) -> bool {
+        self.allow_cors_preflight && self.matches(original, Reading::Narrow)
+    }
+}
+
+fn compile_path(path: &str) -> Result<PathPattern, String> {
+    if !path.starts_with('/') {
+        return Err(format!("'{path}' must start with /"));
+    }
+    if !path.contains(['*', '?', '[', '{']) {
+        return Ok(PathPattern::Prefix {
+            exact: path.to_owned(),
+            lower: path.to_lowercase(),
+        });
+    }
+    // `literal_separator`: `*` stays within one segment, as documented; only `**`
+    // crosses `/`. Without it `/assets/*.css` would match `/assets/admin/x.css`.
+    let glob = |case_insensitive: bool| {
+        GlobBuilder::new(path)
+            .literal_separator(true)
+            .case_insensitive(case_insensitive)
+            .build()
+            .map(|glob| glob.compile_matcher())
+            .map_err(|e| e.to_string())
+    };
+    Ok(PathPattern::Glob {
+        exact: glob(false)?,
+        lower: glob(true)?,
+    })
+}
+
+/// The broad reading of a path: lower-case, without a trailing slash.
+fn broad_form(path: &str) -> String {
+    let lower = path.to_lowercase();
+    match lower.strip_suffix('/') {
+        Some(trimmed) if !trimmed.is_empty() => trimmed.to_owned(),
+        _ => lower,
+    }
+}
+
+impl PathPattern {
+    fn holds(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Prefix { exact, .. } => prefix_matches(exact, path),
+            PathPattern::Glob { exact, .. } => exact.is_match(path),
+        }
+    }
+
+    /// `path` is in [`broad_form`]. A glob restriction covers what lies below a path it
+    /// matches, as a prefix does: `/api/*/admin` also restricts `/api/v1/admin/users`.
+    fn holds_broadly(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Prefix { lower, .. } => {
+                prefix_matches(lower.strip_suffix('/').unwrap_or(lower), path)
+                    || prefix_matches(lower, path)
+            }
+            PathPattern::Glob { lower, .. } => {
+                lower.is_match(path)
+                    || path
+                        .match_indices('/')
+                        .skip(1)
+                        .any(|(end, _)| lower.is_match(&path[..end]))
+            }
+        }
     }
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix.is_empty() {
+        return true;
+    }
     if prefix.ends_with('/') {
         return path.starts_with(prefix);
     }
@@ -394,9 +493,19 @@ impl RouteRules {
         Ok(Self { rules })
     }
 
-    /// The first rule whose conditions all hold.
-    pub fn first_match(&self, original: &OriginalRequest) -> Option<&Rule> {
-        self.rules.iter().find(|rule| rule.matches(original))
+    /// True when some rule depends on the request's host, path or method: then every
+    /// verdict does, since any request might have matched it.
+    pub fn are_conditional(&self) -> bool {
+        self.rules.iter().any(Rule::is_conditional)
+    }
+
+    /// The first rule whose conditions hold in its reading. Anonymous rules are skipped
+    /// unless `grants_apply`.
+    pub fn first_match(&self, original: &OriginalRequest, grants_apply: bool) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .filter(|rule| grants_apply || rule.access != Access::Anonymous)
+            .find(|rule| rule.matches(original, rule.reading()))
     }
 }
 
@@ -525,7 +634,7 @@ mod tests {
             },
         ])
         .unwrap();
-        let first = |o: &OriginalRequest| rules.first_match(o).map(|rule| rule.name.clone());
+        let first = |o: &OriginalRequest| rules.first_match(o, true).map(|rule| rule.name.clone());
         assert_eq!(
             first(&original("GET", "app.example.com", "/public/x")).as_deref(),
             Some("rules[0]")
@@ -543,9 +652,142 @@ mod tests {
             None
         );
         assert_eq!(
-            first(&OriginalRequest::default()),
-            None,
-            "unknown request matches no conditional rule"
+            first(&OriginalRequest::default()).as_deref(),
+            Some("rules[1]"),
+            "an unknown request matches no grant, but every restriction"
         );
+    }
+
+    /// Rules from lines of `name kind path…`, to keep the tests short.
+    fn rules_from(spec: &str) -> RouteRules {
+        let rules: Vec<serde_json::Value> = spec
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                let mut parts = line.split_whitespace();
+                let name = parts.next().unwrap();
+                let kind = parts.next().unwrap();
+                let paths: Vec<&str> = parts.collect();
+                let mut rule = serde_json::json!({"name": name, "paths": paths});
+                match kind {
+                    "deny" => rule["deny"] = true.into(),
+                    "anonymous" => rule["allow_anonymous"] = true.into(),
+                    "ops" => rule["allowed_groups"] = serde_json::json!(["ops"]),
+                    other => panic!("unknown kind {other}"),
+                }
+                rule
+            })
+            .collect();
+        let settings: Vec<RuleSettings> =
+            serde_json::from_value(serde_json::Value::Array(rules)).unwrap();
+        RouteRules::new(&settings).unwrap()
+    }
+
+    fn matched(rules: &RouteRules, method: &str, path: &str) -> Option<String> {
+        rules
+            .first_match(&original(method, "app.example.com", path), true)
+            .map(|rule| rule.name.clone())
+    }
+
+    #[test]
+    fn restrictions_match_case_insensitively_and_with_a_trailing_slash() {
+        let rules = rules_from(
+            "admin deny /admin
+             api-admin ops /api/*/admin",
+        );
+        for path in ["/admin", "/ADMIN", "/Admin/", "/admin/users", "/aDmIn/x/"] {
+            assert_eq!(
+                matched(&rules, "GET", path).as_deref(),
+                Some("admin"),
+                "{path}"
+            );
+        }
+        for path in [
+            "/api/v1/admin",
+            "/api/v1/admin/",
+            "/API/V1/ADMIN",
+            "/api/v2/admin/users",
+        ] {
+            assert_eq!(
+                matched(&rules, "GET", path).as_deref(),
+                Some("api-admin"),
+                "{path}"
+            );
+        }
+        assert_eq!(matched(&rules, "GET", "/administrator"), None);
+        assert_eq!(matched(&rules, "GET", "/api/v1/v2/admin"), None);
+    }
+
+    #[test]
+    fn grants_match_exactly_and_a_star_stays_within_a_segment() {
+        let rules = rules_from(
+            "css anonymous /assets/*.css
+             public anonymous /public",
+        );
+        assert_eq!(
+            matched(&rules, "GET", "/assets/app.css").as_deref(),
+            Some("css")
+        );
+        assert_eq!(matched(&rules, "GET", "/assets/admin/app.css"), None);
+        assert_eq!(matched(&rules, "GET", "/assets/APP.CSS"), None);
+        assert_eq!(
+            matched(&rules, "GET", "/public/x").as_deref(),
+            Some("public")
+        );
+        assert_eq!(matched(&rules, "GET", "/PUBLIC"), None);
+        let deep = rules_from("docs anonymous /docs/**");
+        assert_eq!(
+            matched(&deep, "GET", "/docs/a/b/c.html").as_deref(),
+            Some("docs")
+        );
+    }
+
+    #[test]
+    fn methods_grant_exactly_and_restrict_without_case() {
+        let rules = RouteRules::new(&[
+            RuleSettings {
+                name: Some("no-delete".into()),
+                methods: vec!["DELETE".into()],
+                deny: true,
+                ..RuleSettings::default()
+            },
+            RuleSettings {
+                name: Some("read".into()),
+                methods: vec!["GET".into()],
+                allow_anonymous: true,
+                ..RuleSettings::default()
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            matched(&rules, "delete", "/x").as_deref(),
+            Some("no-delete")
+        );
+        assert_eq!(matched(&rules, "GET", "/x").as_deref(), Some("read"));
+        assert_eq!(matched(&rules, "get", "/x"), None);
+    }
+
+    #[test]
+    fn anonymous_rules_do_not_lift_the_auth_urls_requirements() {
+        let rules = rules_from("public anonymous /public");
+        let request = original("GET", "app.example.com", "/public");
+        assert!(rules.first_match(&request, true).is_some());
+        assert!(rules.first_match(&request, false).is_none());
+    }
+
+    #[test]
+    fn unknown_parts_never_match_a_grant() {
+        let rules = RouteRules::new(&[RuleSettings {
+            hosts: vec!["public.example.com".into()],
+            allow_anonymous: true,
+            ..RuleSettings::default()
+        }])
+        .unwrap();
+        let no_host = OriginalRequest {
+            host: None,
+            ..original("GET", "", "/")
+        };
+        assert!(rules.first_match(&no_host, true).is_none());
     }
 }

@@ -1,11 +1,9 @@
 //! What the proxy told us: where the client's token is, and what the client asked for
 //! (method, host, path), read from the headers each proxy sets on its auth subrequest.
 
-use std::borrow::Cow;
 use std::str::FromStr;
 
 use actix_web::http::header::{self, HeaderMap, HeaderName};
-use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
 use crate::error::{AuthError, Reason};
@@ -62,7 +60,7 @@ pub fn extract_token<'a>(
         let found = match source {
             TokenSource::Authorization => bearer_token(headers)?,
             TokenSource::Header(name) => single_header(headers, name)?.map(str::trim),
-            TokenSource::Cookie(name) => cookie_value(headers, name),
+            TokenSource::Cookie(name) => cookie_value(headers, name)?,
         };
         if let Some(token) = found {
             if token.len() > max_length {
@@ -111,15 +109,26 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
     }
 }
 
-/// Reads one cookie from every `Cookie` header without building a cookie jar.
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+/// Reads one cookie from every `Cookie` header without building a cookie jar. Two
+/// cookies of that name are refused: some frameworks read the first, others the last,
+/// so the upstream could act on another token than the one verified here.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, AuthError> {
+    let mut found = None;
+    let pairs = headers
         .get_all(header::COOKIE)
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim().trim_matches('"'))
+        .filter_map(|pair| pair.trim().split_once('='));
+    for (key, value) in pairs {
+        if key.trim() != name {
+            continue;
+        }
+        if found.is_some() {
+            return Err(Reason::MalformedToken.into());
+        }
+        found = Some(value.trim().trim_matches('"'));
+    }
+    Ok(found)
 }
 
 /// True when the token has the shape of a JWS compact serialisation: three non-empty
@@ -162,13 +171,12 @@ const BASE64URL: [bool; 256] = {
 };
 
 /// Which proxy's original-request headers to trust on `/auth`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ProxyHeaders {
     /// Whichever set is present; when several are present they must agree, or the
-    /// request is refused (a client may add the headers of a proxy that is not in front
-    /// of us, but cannot remove the ones the real proxy sets).
-    #[default]
+    /// request is refused. Safe only while the proxy in front sets its own headers on
+    /// every request: a client can add the headers of a proxy that is not there.
     Auto,
     /// ingress-nginx `auth-url`: `X-Original-URL`, `X-Original-Method`.
     IngressNginx,
@@ -177,17 +185,32 @@ pub enum ProxyHeaders {
     Nginx,
     /// Traefik `forwardAuth`: `X-Forwarded-Method`, `-Host`, `-Uri`, `-Proto`.
     Traefik,
+    /// None: `/auth` knows nothing of the original request (deployments where only
+    /// Envoy calls, on `/ext-authz/…`).
+    None,
 }
 
-/// What the client asked the proxy for. Absent parts are unknown, and rules that need
-/// them do not match.
+/// What to do with `;` path parameters (`/admin;jsessionid=1`), which Java servlet
+/// containers cut off before routing and most other frameworks keep.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// A path with a `;` is refused as ambiguous.
+    #[default]
+    Refuse,
+    /// Each segment's `;…` is cut off before matching, as a servlet container does.
+    Strip,
+}
+
+/// What the client asked the proxy for. Absent parts are unknown: a rule that grants
+/// access on them never matches, a rule that restricts always does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OriginalRequest {
-    /// Upper-case method.
+    /// The method as sent (a valid HTTP token).
     pub method: Option<String>,
-    /// Lower-case host, without port.
+    /// Lower-case host, without port and trailing dot.
     pub host: Option<String>,
-    /// Normalised path (see [`normalize_path`]), without the query string.
+    /// The path as matched (see [`parse_path`]), without the query string.
     pub path: Option<String>,
 }
 
@@ -200,17 +223,21 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 impl OriginalRequest {
     /// Reads the original request of an `/auth` call from the trusted proxy's headers.
-    pub fn from_auth_headers(headers: &HeaderMap, trust: ProxyHeaders) -> Result<Self, AuthError> {
+    pub fn from_auth_headers(
+        headers: &HeaderMap,
+        trust: ProxyHeaders,
+        parameters: PathParameters,
+    ) -> Result<Self, AuthError> {
         let ingress = || -> Result<Option<Self>, AuthError> {
             let Some(url) = single_header(headers, &X_ORIGINAL_URL)? else {
                 return Ok(None);
             };
-            let url = url::Url::parse(url).map_err(|_| Reason::AmbiguousRequest)?;
-            Ok(Some(Self::new(
-                single_header(headers, &X_ORIGINAL_METHOD)?,
-                url.host_str(),
-                Some(url.path()),
-            )))
+            let (authority, target) = split_original_url(url)?;
+            let method = single_header(headers, &X_ORIGINAL_METHOD)?;
+            // An empty authority (HTTP/1.0 without `Host`) is an unknown host, never a
+            // made-up one.
+            let host = Some(authority).filter(|authority| !authority.is_empty());
+            Self::parse(method, host, Some(target), parameters).map(Some)
         };
         let nginx = || -> Result<Option<Self>, AuthError> {
             let Some(uri) = single_header(headers, &X_ORIGINAL_URI)? else {
@@ -220,26 +247,26 @@ impl OriginalRequest {
                 Some(host) => Some(host),
                 None => single_header(headers, &header::HOST)?,
             };
-            Ok(Some(Self::new(
-                single_header(headers, &X_ORIGINAL_METHOD)?,
-                host,
-                Some(uri),
-            )))
+            let method = single_header(headers, &X_ORIGINAL_METHOD)?;
+            Self::parse(method, host, Some(uri), parameters).map(Some)
         };
         let traefik = || -> Result<Option<Self>, AuthError> {
             let Some(uri) = single_header(headers, &X_FORWARDED_URI)? else {
                 return Ok(None);
             };
-            Ok(Some(Self::new(
+            Self::parse(
                 single_header(headers, &X_FORWARDED_METHOD)?,
                 single_header(headers, &X_FORWARDED_HOST)?,
                 Some(uri),
-            )))
+                parameters,
+            )
+            .map(Some)
         };
         let found = match trust {
             ProxyHeaders::IngressNginx => ingress()?,
             ProxyHeaders::Nginx => nginx()?,
             ProxyHeaders::Traefik => traefik()?,
+            ProxyHeaders::None => None,
             ProxyHeaders::Auto => {
                 let candidates: Vec<Self> = [ingress()?, nginx()?, traefik()?]
                     .into_iter()
@@ -257,29 +284,37 @@ impl OriginalRequest {
         Ok(found.unwrap_or_default())
     }
 
-    /// Envoy `ext_authz`: the original path follows the configured prefix, and the
-    /// method and `Host` are the client's own.
+    /// Envoy `ext_authz`: the original path (raw, as Envoy forwarded it) follows the
+    /// configured prefix, and the method and `Host` are the client's own.
     pub fn from_ext_authz(
         method: &str,
-        path: &str,
+        target: &str,
         headers: &HeaderMap,
+        parameters: PathParameters,
     ) -> Result<Self, AuthError> {
-        Ok(Self::new(
+        Self::parse(
             Some(method),
             single_header(headers, &header::HOST)?,
-            Some(path),
-        ))
+            Some(target),
+            parameters,
+        )
     }
 
-    fn new(method: Option<&str>, host: Option<&str>, path_and_query: Option<&str>) -> Self {
-        Self {
-            method: method.map(|method| method.trim().to_ascii_uppercase()),
-            host: host.map(normalize_host),
-            path: path_and_query.map(|raw| {
-                let path = raw.split(['?', '#']).next().unwrap_or_default();
-                normalize_path(path)
-            }),
-        }
+    /// Every part strictly parsed: a part that could be read two ways refuses the whole
+    /// request rather than being guessed at.
+    fn parse(
+        method: Option<&str>,
+        host: Option<&str>,
+        target: Option<&str>,
+        parameters: PathParameters,
+    ) -> Result<Self, AuthError> {
+        Ok(Self {
+            method: method.map(parse_method).transpose()?,
+            host: host.map(parse_host).transpose()?,
+            path: target
+                .map(|target| parse_path(target, parameters))
+                .transpose()?,
+        })
     }
 
     /// Two readings agree when every part both of them know is equal.
@@ -296,45 +331,162 @@ impl OriginalRequest {
     }
 }
 
-/// Lower-case host without port (or IPv6 brackets kept as they are).
-fn normalize_host(host: &str) -> String {
-    let host = host.trim().trim_end_matches('.');
-    let without_port = match host.rsplit_once(':') {
-        Some((name, _)) if !name.ends_with(']') && name.contains(':') => host, // bare IPv6
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    without_port.to_ascii_lowercase()
+/// ingress-nginx builds `X-Original-URL` as `$scheme://$http_host$request_uri`, from the
+/// client's raw `Host`. nginx accepts `Host: name:<anything but />`, so a lenient URL
+/// parser reads `http://app:\@x/public` or `http://app:?/admin` as another path than the
+/// request target. The authority therefore ends at the first `/` (nginx refuses a `/`
+/// in `Host`), and the path is always the request target after it.
+fn split_original_url(url: &str) -> Result<(&str, &str), AuthError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or(Reason::AmbiguousRequest)?;
+    let slash = rest.find('/').ok_or(Reason::AmbiguousRequest)?;
+    Ok(rest.split_at(slash))
 }
 
-/// The path as the upstream will most likely resolve it, so that a rule for `/admin`
-/// cannot be dodged with `/%61dmin`, `/public/../admin`, `//admin` or `/admin/.`:
-/// percent-decoded once (as nginx does before matching locations), backslashes read as
-/// slashes, `.` and `..` segments resolved (never above the root), empty segments
-/// collapsed. A trailing slash is kept.
-pub fn normalize_path(raw: &str) -> String {
-    let decoded: Cow<str> = percent_decode_str(raw).decode_utf8_lossy();
-    let unified = decoded.replace('\\', "/");
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in unified.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            other => segments.push(other),
+/// A method is an HTTP token (RFC 9110 §9.1), kept as sent: methods are case-sensitive,
+/// so a grant for `GET` does not cover `get`, while restrictions compare without case.
+fn parse_method(method: &str) -> Result<String, AuthError> {
+    let valid = !method.is_empty() && method.bytes().all(is_tchar);
+    if !valid {
+        return Err(Reason::AmbiguousRequest.into());
+    }
+    Ok(method.to_owned())
+}
+
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+/// A host with an optional port of digits (RFC 3986 §3.2.2–3, restricted to what DNS
+/// names and IP literals use), returned lower-case without the port and without one
+/// trailing dot — in that order, so that `admin.example.com.:80` is `admin.example.com`.
+/// Anything else (`name:abc`, `name:\`, `name:@x`, empty labels) could be read as
+/// another host by the next parser, so it is refused.
+pub fn parse_host(raw: &str) -> Result<String, AuthError> {
+    let invalid = || AuthError::from(Reason::AmbiguousRequest);
+    let (name, port) = if raw.starts_with('[') {
+        let end = raw.find(']').ok_or_else(invalid)?;
+        let literal = &raw[1..end];
+        let valid = !literal.is_empty()
+            && literal.contains(':')
+            && literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        if !valid {
+            return Err(invalid());
+        }
+        (&raw[..=end], &raw[end + 1..])
+    } else {
+        match raw.find(':') {
+            Some(colon) => raw.split_at(colon),
+            None => (raw, ""),
+        }
+    };
+    if !port.is_empty() {
+        let digits = port.strip_prefix(':').ok_or_else(invalid)?;
+        if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid());
         }
     }
-    let trailing = unified.ends_with('/') || unified.ends_with("/.") || unified.ends_with("/..");
-    let mut path = String::with_capacity(unified.len() + 1);
-    for segment in &segments {
-        path.push('/');
-        path.push_str(segment);
+    if name.starts_with('[') {
+        return Ok(name.to_ascii_lowercase());
     }
-    if path.is_empty() || (trailing && !segments.is_empty()) {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return Err(invalid());
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+/// The path of a raw request target, as rules match it: percent-decoded once, with
+/// empty segments collapsed (`//admin` is `/admin`), without the query string.
+///
+/// Refused as ambiguous, before any rule is matched, is every target that the upstream
+/// could resolve to another route than the one matched here: nginx (`proxy_pass` without
+/// a URI), Traefik and Envoy forward the raw target, and many frameworks route on it
+/// without normalising, or normalise differently. So `/admin/..%2f..%2fpublic` must not
+/// match a rule for `/public` — nor be "resolved" to anything:
+/// - dot segments, raw or percent-encoded (`.`, `..`, `%2e`, `.%2E`);
+/// - an encoded separator (`%2f`, `%5c`), a raw `\`, an encoded `%` (`%25`: decoded
+///   twice by some stacks), an encoded `;` (`%3b`);
+/// - controls, raw or encoded (NUL, CR, LF, TAB, DEL…), a raw space, a raw `#`;
+/// - invalid percent-encoding, or bytes that are not UTF-8 once decoded;
+/// - a target that does not start with `/` (absolute-form, `*`);
+/// - `;` path parameters, unless [`PathParameters::Strip`].
+pub fn parse_path(target: &str, parameters: PathParameters) -> Result<String, AuthError> {
+    let ambiguous = || AuthError::from(Reason::AmbiguousPath);
+    let raw = target.split_once('?').map_or(target, |(path, _)| path);
+    if !raw.starts_with('/') {
+        return Err(ambiguous());
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let byte = bytes[index];
+        match byte {
+            b'%' => {
+                let digit = |offset: usize| {
+                    bytes
+                        .get(index + offset)
+                        .and_then(|&digit| char::from(digit).to_digit(16))
+                };
+                let (Some(high), Some(low)) = (digit(1), digit(2)) else {
+                    return Err(ambiguous());
+                };
+                let value = (high * 16 + low) as u8;
+                if matches!(value, b'/' | b'\\' | b'%' | b';' | b'#') || is_control(value) {
+                    return Err(ambiguous());
+                }
+                decoded.push(value);
+                index += 3;
+            }
+            b';' => match parameters {
+                PathParameters::Refuse => return Err(ambiguous()),
+                PathParameters::Strip => {
+                    // Up to the next segment, as a servlet container does.
+                    while index < bytes.len() && bytes[index] != b'/' {
+                        index += 1;
+                    }
+                }
+            },
+            b'\\' | b'#' | b' ' => return Err(ambiguous()),
+            byte if is_control(byte) => return Err(ambiguous()),
+            byte => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8(decoded).map_err(|_| ambiguous())?;
+    let mut path = String::with_capacity(decoded.len() + 1);
+    for segment in decoded.split('/') {
+        match segment {
+            "." | ".." => return Err(ambiguous()),
+            "" => {}
+            segment => {
+                path.push('/');
+                path.push_str(segment);
+            }
+        }
+    }
+    if path.is_empty() || decoded.ends_with('/') {
         path.push('/');
     }
-    path
+    Ok(path)
+}
+
+fn is_control(byte: u8) -> bool {
+    byte < 0x20 || byte == 0x7f
 }
 
 #[cfg(test)]
@@ -406,43 +558,162 @@ mod tests {
         assert!(!looks_like_jwt("opaque-token"));
     }
 
-    #[test]
-    fn path_normalisation_defeats_bypasses() {
-        for bypass in [
-            "/%61dmin",
-            "/public/../admin",
-            "//admin",
-            "/admin/.",
-            "/./admin",
-            "/public/%2e%2e/admin",
-            "/public%2f..%2fadmin",
-            "/x/..\\admin",
-            "/../../admin",
-        ] {
-            let normalized = normalize_path(bypass);
-            assert!(
-                normalized == "/admin" || normalized == "/admin/",
-                "{bypass} -> {normalized}"
-            );
-        }
-        assert_eq!(normalize_path("/"), "/");
-        assert_eq!(normalize_path(""), "/");
-        assert_eq!(normalize_path("/a/b/"), "/a/b/");
+    fn path(target: &str) -> Result<String, Reason> {
+        parse_path(target, PathParameters::Refuse).map_err(|error| error.reason)
     }
 
     #[test]
-    fn hosts_lose_port_and_case() {
-        assert_eq!(normalize_host("App.Example.com:8443"), "app.example.com");
-        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+    fn targets_that_read_two_ways_are_refused() {
+        for ambiguous in [
+            "/public/../admin",
+            "/admin/..%2f..%2fpublic",
+            "/admin/%2e%2e/public",
+            "/admin/.%2E/public",
+            "/admin/%2E./public",
+            "/./admin",
+            "/admin/.",
+            "/admin/..",
+            "/public%2f..%2fadmin",
+            "/public%2Fadmin",
+            "/public%5cadmin",
+            "/x/..\\admin",
+            "/public\\admin",
+            "/admin%00",
+            "/admin\u{0}",
+            "/admin%0d%0aX: 1",
+            "/admin%7f",
+            "/admin\t",
+            "/admin x",
+            "/public%252e%252e/admin",
+            "/admin;x",
+            "/public;/../admin",
+            "/admin%3bx",
+            "/admin#/public",
+            "/admin%zz",
+            "/admin%2",
+            "/admin%+f",
+            "/%c0%af",
+            "http://other/admin",
+            "*",
+            "",
+        ] {
+            assert_eq!(path(ambiguous), Err(Reason::AmbiguousPath), "{ambiguous:?}");
+        }
+    }
+
+    #[test]
+    fn paths_are_decoded_once_with_empty_segments_collapsed() {
+        assert_eq!(path("/%61dmin").unwrap(), "/admin");
+        assert_eq!(path("//admin").unwrap(), "/admin");
+        assert_eq!(path("/a//b/").unwrap(), "/a/b/");
+        assert_eq!(path("/orders?id=7&x=../..").unwrap(), "/orders");
+        assert_eq!(path("/files/a%20b.txt").unwrap(), "/files/a b.txt");
+        assert_eq!(path("/caf%C3%A9").unwrap(), "/café");
+        assert_eq!(path("/...").unwrap(), "/...");
+        assert_eq!(path("/").unwrap(), "/");
+    }
+
+    #[test]
+    fn path_parameters_are_refused_or_stripped() {
+        assert_eq!(path("/admin;jsessionid=1"), Err(Reason::AmbiguousPath));
+        let strip = |target| parse_path(target, PathParameters::Strip).map_err(|e| e.reason);
+        assert_eq!(strip("/admin;jsessionid=1").unwrap(), "/admin");
+        assert_eq!(strip("/a;x/b;y=1/").unwrap(), "/a/b/");
+        assert_eq!(strip("/..;/admin"), Err(Reason::AmbiguousPath));
+        assert_eq!(strip("/public;/../admin"), Err(Reason::AmbiguousPath));
+        assert_eq!(strip("/admin%3bx"), Err(Reason::AmbiguousPath));
+    }
+
+    #[test]
+    fn hosts_are_parsed_strictly() {
+        let host = |raw| parse_host(raw).map_err(|error| error.reason);
+        assert_eq!(host("App.Example.com:8443").unwrap(), "app.example.com");
+        assert_eq!(host("admin.example.com.:80").unwrap(), "admin.example.com");
+        assert_eq!(host("admin.example.com.").unwrap(), "admin.example.com");
+        assert_eq!(host("[::1]:80").unwrap(), "[::1]");
+        assert_eq!(host("10.0.0.1").unwrap(), "10.0.0.1");
+        for bad in [
+            "admin.example.com:abc",
+            "app:\\",
+            "app:?",
+            "app:#",
+            "app:@evil",
+            "app:",
+            "app:123456",
+            "app..",
+            ".app",
+            "a..b",
+            "",
+            ":80",
+            "app example",
+            "app/x",
+            "[::1",
+            "[]",
+            "[zz]",
+            "[::1]x",
+        ] {
+            assert_eq!(host(bad), Err(Reason::AmbiguousRequest), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ingress_url_takes_its_path_from_the_request_target() {
+        let read = |url: &str| {
+            let map = headers(&[("x-original-url", url), ("x-original-method", "GET")]);
+            OriginalRequest::from_auth_headers(
+                &map,
+                ProxyHeaders::IngressNginx,
+                PathParameters::Refuse,
+            )
+            .map_err(|error| error.reason)
+        };
+        for trick in [
+            "http://app:\\@x/public/admin",
+            "http://app:?/public",
+            "http://app:#/public",
+            "http://app:@x/public",
+            "http://app.example.comhttp://other/admin",
+            "ftp://app/admin",
+            "http://app",
+        ] {
+            assert!(read(trick).is_err(), "{trick}");
+        }
+        // HTTP/1.0 without Host: the host is unknown, not made up.
+        let original = read("http:///admin").unwrap();
+        assert_eq!(original.host, None);
+        assert_eq!(original.path.as_deref(), Some("/admin"));
+    }
+
+    #[test]
+    fn methods_are_tokens_kept_as_sent() {
+        assert_eq!(parse_method("get").unwrap(), "get");
+        assert!(parse_method("GE T").is_err());
+        assert!(parse_method("").is_err());
+    }
+
+    #[test]
+    fn two_cookies_of_the_token_name_are_refused() {
+        let map = headers(&[("cookie", "CF_Authorization=a.b.c; CF_Authorization=d.e.f")]);
+        let sources = [TokenSource::from_str("cookie:CF_Authorization").unwrap()];
+        let err = extract_token(&map, &sources, 100).unwrap_err();
+        assert_eq!(err.reason, Reason::MalformedToken);
+        let map = headers(&[
+            ("cookie", "CF_Authorization=a.b.c"),
+            ("cookie", "other=1; CF_Authorization=d.e.f"),
+        ]);
+        let err = extract_token(&map, &sources, 100).unwrap_err();
+        assert_eq!(err.reason, Reason::MalformedToken);
     }
 
     #[test]
     fn ingress_nginx_headers() {
         let map = headers(&[
             ("x-original-url", "https://App.example.com/api/v1?x=1"),
-            ("x-original-method", "post"),
+            ("x-original-method", "POST"),
         ]);
-        let original = OriginalRequest::from_auth_headers(&map, ProxyHeaders::Auto).unwrap();
+        let original =
+            OriginalRequest::from_auth_headers(&map, ProxyHeaders::Auto, PathParameters::Refuse)
+                .unwrap();
         assert_eq!(original.method.as_deref(), Some("POST"));
         assert_eq!(original.host.as_deref(), Some("app.example.com"));
         assert_eq!(original.path.as_deref(), Some("/api/v1"));
@@ -451,10 +722,14 @@ mod tests {
     #[test]
     fn contradictory_proxy_headers_are_refused_in_auto_mode() {
         let map = headers(&[("x-original-uri", "/admin"), ("x-forwarded-uri", "/public")]);
-        let error = OriginalRequest::from_auth_headers(&map, ProxyHeaders::Auto).unwrap_err();
+        let error =
+            OriginalRequest::from_auth_headers(&map, ProxyHeaders::Auto, PathParameters::Refuse)
+                .unwrap_err();
         assert_eq!(error.reason, Reason::AmbiguousRequest);
         // With an explicit proxy, the other proxy's headers are not read at all.
-        let original = OriginalRequest::from_auth_headers(&map, ProxyHeaders::Nginx).unwrap();
+        let original =
+            OriginalRequest::from_auth_headers(&map, ProxyHeaders::Nginx, PathParameters::Refuse)
+                .unwrap();
         assert_eq!(original.path.as_deref(), Some("/admin"));
     }
 }

@@ -12,10 +12,11 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
-use crate::config::{ConfigError, HttpClientSettings, Settings, ShutdownSettings};
+use crate::config::{ConfigError, HttpClientSettings, IdentityOutput, Settings, ShutdownSettings};
 use crate::http::{admin, auth, ext_authz, AppState};
 use crate::metrics::Metrics;
 use crate::policy::RouteRules;
+use crate::request::ProxyHeaders;
 use crate::verify::Verifier;
 
 /// Why the application could not start.
@@ -77,10 +78,18 @@ impl Application {
 
         let success_status = StatusCode::from_u16(settings.success_status)
             .map_err(|_| ConfigError::new("success_status", "not an HTTP status"))?;
+        let rules = RouteRules::new(&settings.rules)?;
         let state = web::Data::new(AppState {
             verifier,
-            rules: RouteRules::new(&settings.rules)?,
-            proxy_headers: settings.proxy_headers,
+            rules_are_conditional: rules.are_conditional(),
+            rules,
+            // Unset means no rule depends on the original request (validated): it is
+            // then read for the audit line only.
+            proxy_headers: settings.proxy_headers.unwrap_or(ProxyHeaders::Auto),
+            path_parameters: settings.path_parameters,
+            refuse_impersonation_headers: settings.identity.output
+                == IdentityOutput::KubernetesImpersonation,
+            proxy_cache_route_verdicts: settings.cache.proxy_cache_route_verdicts,
             allow_log_level: settings.log.allow_level,
             metrics,
             registry,

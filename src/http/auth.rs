@@ -10,7 +10,8 @@ use crate::request::OriginalRequest;
 /// Any method: nginx always sends GET, Traefik forwards the client's method.
 pub async fn auth(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let headers = request.headers();
-    let original = OriginalRequest::from_auth_headers(headers, state.proxy_headers);
+    let original =
+        OriginalRequest::from_auth_headers(headers, state.proxy_headers, state.path_parameters);
     let query = Requirements::from_query(request.query_string());
     decide(&state, headers, original, query, state.success_status).await
 }

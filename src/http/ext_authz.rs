@@ -13,15 +13,19 @@ use crate::request::OriginalRequest;
 pub const PREFIX: &str = "/ext-authz";
 
 pub async fn ext_authz(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    // The raw path: `normalize_path` decodes it exactly once. The query string is the
-    // client's own, so it carries no policy: Envoy routes use config rules instead.
+    // The raw path, as Envoy forwarded it: `parse_path` judges and decodes it. The query
+    // string is the client's own, so it carries no policy: Envoy routes use config rules.
     let raw = request.uri().path();
     let path = raw
         .strip_prefix(PREFIX)
         .filter(|rest| !rest.is_empty())
         .unwrap_or("/");
-    let original =
-        OriginalRequest::from_ext_authz(request.method().as_str(), path, request.headers());
+    let original = OriginalRequest::from_ext_authz(
+        request.method().as_str(),
+        path,
+        request.headers(),
+        state.path_parameters,
+    );
     decide(
         &state,
         request.headers(),

@@ -21,11 +21,11 @@ use prometheus::Registry;
 use tracing::Level;
 
 use crate::config::AllowLogLevel;
-use crate::error::{AuthError, X_ACCEL_EXPIRES};
+use crate::error::{AuthError, Reason, X_ACCEL_EXPIRES};
 use crate::identity::Identity;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{self, Decision, Requirements, RouteRules, Verdict};
-use crate::request::{OriginalRequest, ProxyHeaders};
+use crate::request::{OriginalRequest, PathParameters, ProxyHeaders};
 use crate::verify::cache::unix_now;
 use crate::verify::Verifier;
 
@@ -34,6 +34,13 @@ pub struct AppState {
     pub verifier: Verifier,
     pub rules: RouteRules,
     pub proxy_headers: ProxyHeaders,
+    pub path_parameters: PathParameters,
+    /// Refuse client-sent `Impersonate-*` headers (Kubernetes impersonation output).
+    pub refuse_impersonation_headers: bool,
+    /// Whether an allow may tell a caching proxy to keep it (see [`proxy_cacheable`]).
+    pub proxy_cache_route_verdicts: bool,
+    /// Some rule matches on host, path or method.
+    pub rules_are_conditional: bool,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     /// Status of an allowed `/auth` request.
@@ -54,8 +61,16 @@ async fn decide(
 ) -> HttpResponse {
     let started = Instant::now();
     let _in_flight = state.metrics.in_flight();
+    let original = original.and_then(|original| {
+        if state.refuse_impersonation_headers && has_impersonation_header(headers) {
+            return Err(Reason::ForgedImpersonation.into());
+        }
+        Ok(original)
+    });
+    let mut cacheable = false;
     let (original, decision) = match (original, query) {
         (Ok(original), Ok(query)) => {
+            cacheable = proxy_cacheable(state, &query);
             let decision =
                 policy::authorize(&state.verifier, &state.rules, &original, headers, &query).await;
             (original, decision)
@@ -70,7 +85,7 @@ async fn decide(
             (OriginalRequest::default(), decision)
         }
     };
-    let response = respond(state, &decision, allow_status);
+    let response = respond(state, &decision, allow_status, cacheable);
     let elapsed = started.elapsed();
     let result = decision
         .outcome
@@ -82,28 +97,66 @@ async fn decide(
     response
 }
 
-fn respond(state: &AppState, decision: &Decision<'_>, allow_status: StatusCode) -> HttpResponse {
+/// Whether an allow may be kept by a caching proxy. Its cache key is the operator's
+/// (ingress-nginx `auth-cache-key`), often the token alone: an allow that depended on the
+/// route (a rule on host, path or method, or requirements in the auth URL) would then be
+/// served for another route. So only with no such dependency, or the operator's opt-in.
+fn proxy_cacheable(state: &AppState, query: &Requirements) -> bool {
+    state.proxy_cache_route_verdicts || (!state.rules_are_conditional && query.is_empty())
+}
+
+fn respond(
+    state: &AppState,
+    decision: &Decision<'_>,
+    allow_status: StatusCode,
+    cacheable: bool,
+) -> HttpResponse {
     match &decision.outcome {
         Ok(verdict) => {
             let mut response = HttpResponse::build(allow_status);
-            response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+            let mut keep_for = 0;
             if let (Verdict::Authenticated, Some(token)) = (verdict, &decision.token) {
                 for header in token.identity.headers() {
                     response.append_header(header);
                 }
-                // A caching proxy (ingress-nginx `auth-cache-key`) may keep this answer,
-                // but never past the token's expiry, nor longer than we would trust it
+                // Never past the token's expiry, nor longer than we would trust it
                 // ourselves without checking again.
-                let remaining = token
-                    .expires_at
-                    .saturating_sub(unix_now())
-                    .min(state.verifier.proxy_cache_cap(token.issuer));
-                response.insert_header((X_ACCEL_EXPIRES, remaining));
+                if cacheable {
+                    keep_for = token
+                        .expires_at
+                        .saturating_sub(unix_now())
+                        .min(state.verifier.proxy_cache_cap(token.issuer));
+                }
+            }
+            // One caching statement, said the same way in both headers: nginx reads
+            // `X-Accel-Expires` or `Cache-Control`, whichever its parser meets first.
+            if keep_for > 0 {
+                response.insert_header((header::CACHE_CONTROL, format!("max-age={keep_for}")));
+                response.insert_header((X_ACCEL_EXPIRES, keep_for));
+            } else {
+                response
+                    .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+                response.insert_header((X_ACCEL_EXPIRES, HeaderValue::from_static("0")));
             }
             response.finish()
         }
         Err(error) => error.error_response(),
     }
+}
+
+/// A header the client sent that the Kubernetes API server would read as an
+/// impersonation header: `Impersonate-User`, `-Group`, `-Uid`, `-Extra-<any>`, in any
+/// case and with `_` for `-` (CGI-style servers map them alike).
+fn has_impersonation_header(headers: &HeaderMap) -> bool {
+    const PREFIX: &[u8] = b"impersonate-";
+    headers.keys().any(|name| {
+        let name = name.as_str().as_bytes();
+        name.len() >= PREFIX.len()
+            && name
+                .iter()
+                .zip(PREFIX)
+                .all(|(&byte, &wanted)| byte == wanted || (byte == b'_' && wanted == b'-'))
+    })
 }
 
 /// One structured line per decision (target `tokengate::audit`): who, what, which way

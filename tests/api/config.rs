@@ -89,6 +89,11 @@ fn bad_config_exits_64_naming_the_key() {
             "token.sources[0]",
         ),
         (
+            "rules-without-proxy-headers.yaml",
+            format!("rules:\n  - paths: [/public]\n    allow_anonymous: true\n{VALID}"),
+            "proxy_headers",
+        ),
+        (
             "ca.yaml",
             format!("http_client:\n  ca_file: /nonexistent/ca.pem\n{VALID}"),
             "http_client.ca_file",

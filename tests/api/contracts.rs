@@ -1,7 +1,7 @@
 //! Each proxy's contract: where the original request is read from, which headers are
 //! trusted, and the allow status (`/auth` 202 by default; `/ext-authz` always 200).
 
-use tokengate::config::RuleSettings;
+use tokengate::config::{IdentityOutput, RuleSettings};
 use tokengate::request::ProxyHeaders;
 
 use crate::helpers::*;
@@ -171,7 +171,7 @@ async fn with_one_trusted_proxy_other_proxies_headers_are_ignored() {
     let issuer = TestIssuer::start().await;
     let app = spawn_app_with(&issuer, |s| {
         s.rules = path_probe_rules();
-        s.proxy_headers = ProxyHeaders::IngressNginx;
+        s.proxy_headers = Some(ProxyHeaders::IngressNginx);
     })
     .await;
     let status = probe(
@@ -188,10 +188,171 @@ async fn with_one_trusted_proxy_other_proxies_headers_are_ignored() {
 }
 
 #[tokio::test]
-async fn missing_original_request_matches_no_conditional_rule() {
+async fn missing_original_request_matches_every_restriction_and_no_grant() {
     let issuer = TestIssuer::start().await;
     let app = spawn_app_with(&issuer, |s| s.rules = path_probe_rules()).await;
-    // No proxy headers at all: /public cannot be recognised, so a token is needed.
-    assert_eq!(probe(&app, "/auth", &[]).await, 401);
-    assert_eq!(app.auth_with_token(&issuer.token()).await.status(), 202);
+    // No proxy headers at all: the /admin restriction may be what was asked for, so it
+    // holds, with or without a token; /public cannot be recognised.
+    assert_eq!(probe(&app, "/auth", &[]).await, 403);
+    assert_eq!(app.auth_with_token(&issuer.token()).await.status(), 403);
+}
+
+/// Rules on hosts: `admin.example.com` is denied, `public.example.com` anonymous.
+fn host_probe_rules() -> Vec<RuleSettings> {
+    vec![
+        RuleSettings {
+            hosts: vec!["admin.example.com".into()],
+            deny: true,
+            ..RuleSettings::default()
+        },
+        RuleSettings {
+            hosts: vec!["public.example.com".into()],
+            allow_anonymous: true,
+            ..RuleSettings::default()
+        },
+    ]
+}
+
+#[tokio::test]
+async fn hosts_are_parsed_strictly_before_any_rule() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.rules = host_probe_rules();
+        s.proxy_headers = Some(ProxyHeaders::Traefik);
+    })
+    .await;
+    let token = issuer.token();
+    let traefik = |host: &str, token: Option<&str>| {
+        let mut request = app
+            .client
+            .get(format!("{}/auth", app.address))
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/")
+            .header("x-forwarded-host", host);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // The denied host in the spellings that once slipped past the rule.
+    for host in [
+        "admin.example.com",
+        "ADMIN.example.com.",
+        "admin.example.com.:80",
+    ] {
+        assert_eq!(traefik(host, Some(&token)).await, 403, "{host}");
+    }
+    for host in [
+        "admin.example.com:abc",
+        "admin.example.com:",
+        "admin..example.com",
+    ] {
+        assert_eq!(traefik(host, Some(&token)).await, 400, "{host}");
+    }
+    assert_eq!(traefik("public.example.com:8443", None).await, 202);
+    assert_eq!(traefik("public.example.com:x", None).await, 400);
+}
+
+#[tokio::test]
+async fn ingress_nginx_original_url_is_split_at_the_first_slash() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.rules = path_probe_rules();
+        s.proxy_headers = Some(ProxyHeaders::IngressNginx);
+    })
+    .await;
+    let ingress = |url: &'static str| [("x-original-url", url), ("x-original-method", "GET")];
+    // `Host: app:<tail>` as nginx accepts it, before `$request_uri` = /admin.
+    for url in [
+        "http://app:\\@x/public/admin",
+        "http://app:?/public/admin",
+        "http://app:#/public/admin",
+        "http://app:@x/public/admin",
+        "http://app.example.comhttp://app.example.com/public",
+    ] {
+        assert_eq!(probe(&app, "/auth", &ingress(url)).await, 400, "{url}");
+    }
+    // HTTP/1.0 without Host: no host is made up, and the path is still the target's.
+    assert_eq!(
+        probe(&app, "/auth", &ingress("http:///public/a")).await,
+        202
+    );
+    assert_eq!(probe(&app, "/auth", &ingress("http:///admin")).await, 403);
+}
+
+#[tokio::test]
+async fn a_missing_host_never_matches_a_host_scoped_grant() {
+    let issuer = TestIssuer::start().await;
+    let only_the_grant = spawn_app_with(&issuer, |s| {
+        s.rules = host_probe_rules().split_off(1);
+        s.proxy_headers = Some(ProxyHeaders::IngressNginx);
+    })
+    .await;
+    let no_host = [("x-original-url", "http:///"), ("x-original-method", "GET")];
+    assert_eq!(probe(&only_the_grant, "/auth", &no_host).await, 401);
+    // …but a host-scoped restriction holds, since the host may well be the denied one.
+    let app = spawn_app_with(&issuer, |s| {
+        s.rules = host_probe_rules();
+        s.proxy_headers = Some(ProxyHeaders::IngressNginx);
+    })
+    .await;
+    let denied = app
+        .client
+        .get(format!("{}/auth", app.address))
+        .header("x-original-url", "http:///")
+        .header("x-original-method", "GET")
+        .bearer_auth(issuer.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+}
+
+#[tokio::test]
+async fn client_sent_impersonation_headers_are_refused_in_impersonation_mode() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.identity.output = IdentityOutput::KubernetesImpersonation;
+    })
+    .await;
+    let token = issuer.token();
+    let with = |name: &'static str| {
+        app.client
+            .get(format!("{}/auth", app.address))
+            .bearer_auth(&token)
+            .header(name, "system:masters")
+            .send()
+    };
+    assert_eq!(app.auth_with_token(&token).await.status(), 202);
+    // `Impersonate-Extra-*` has no fixed name, so no proxy config can strip them all:
+    // tokengate refuses them whatever the proxy passes on.
+    for name in [
+        "Impersonate-User",
+        "Impersonate-Group",
+        "Impersonate-Uid",
+        "Impersonate-Extra-Scopes",
+        "impersonate_extra_reason",
+        "Impersonate_Group",
+        "IMPERSONATE-USER",
+    ] {
+        let refused = with(name).await.unwrap();
+        assert_eq!(refused.status(), 403, "{name}");
+        assert_eq!(
+            refused.text().await.unwrap(),
+            r#"{"error":"access_denied"}"#
+        );
+    }
+    assert_eq!(app.decisions_with_reason("forged_impersonation"), 7.0);
+
+    // With the usual identity headers, such a header means nothing to tokengate.
+    let headers_mode = spawn_app(&issuer).await;
+    let passed = headers_mode
+        .client
+        .get(format!("{}/auth", headers_mode.address))
+        .bearer_auth(&token)
+        .header("Impersonate-User", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(passed.status(), 202);
 }

@@ -361,13 +361,16 @@ impl TestApp {
     }
 }
 
-/// Settings for one issuer at `issuer_url`, on port 0.
+/// Settings for one issuer at `issuer_url`, on port 0. `proxy_headers: auto`, which any
+/// config with route rules must choose explicitly, lets each test speak for whichever
+/// proxy it plays.
 pub fn settings_for(issuer_url: &str) -> Settings {
     Settings::from_yaml(&format!(
         r#"
 listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
 workers: 1
+proxy_headers: auto
 issuers:
   - issuer: "{issuer_url}"
     audiences: ["{AUDIENCE}"]

@@ -1,6 +1,7 @@
 //! Per-route policy: the auth URL's query parameters and the config's route rules.
 
 use tokengate::config::RuleSettings;
+use tokengate::request::PathParameters;
 
 use crate::helpers::*;
 
@@ -345,51 +346,217 @@ async fn cors_preflight_passes_only_where_allowed() {
     );
 }
 
+/// The rules of the bypass tests: `/admin` denied, `/public` anonymous.
+fn admin_denied_public_open() -> Vec<RuleSettings> {
+    vec![
+        RuleSettings {
+            paths: vec!["/admin".into()],
+            deny: true,
+            ..Default::default()
+        },
+        RuleSettings {
+            paths: vec!["/public".into()],
+            allow_anonymous: true,
+            ..Default::default()
+        },
+    ]
+}
+
 #[tokio::test]
-async fn path_normalisation_defeats_rule_bypasses() {
+async fn a_path_that_reads_two_ways_is_refused_before_any_rule() {
     let issuer = TestIssuer::start().await;
-    let app = spawn_app_with(&issuer, |s| {
-        s.rules = vec![
-            RuleSettings {
-                paths: vec!["/admin".into()],
-                deny: true,
-                ..Default::default()
-            },
-            RuleSettings {
-                paths: vec!["/public".into()],
-                allow_anonymous: true,
-                ..Default::default()
-            },
-        ]
-    })
-    .await;
+    let app = spawn_app_with(&issuer, |s| s.rules = admin_denied_public_open()).await;
     let token = issuer.token();
-    for bypass in [
-        "/%61dmin",
+    for ambiguous in [
         "/public/../admin",
-        "//admin",
+        "/admin/..%2f..%2fpublic",
         "/admin/.",
-        "/public/%2e%2e/admin",
+        "/admin/%2e%2e/public",
         "/public%2F..%2Fadmin",
         "/./admin?x=/public",
         "/ADMIN/../admin",
+        "/admin;x=1",
+        "/public;/../admin",
+        "/public/%5c..%5cadmin",
+        "/public%00/admin",
+        "/public/%252e%252e/admin",
     ] {
+        for token in [None, Some(token.as_str())] {
+            let status = original(&app, "GET", "app.example.com", ambiguous, token, &[]).await;
+            assert_eq!(status, 400, "{ambiguous} with token {}", token.is_some());
+        }
+    }
+    assert_eq!(app.decisions_with_reason("ambiguous_path"), 24.0);
+}
+
+#[tokio::test]
+async fn restrictions_see_through_encoding_case_and_slashes() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| s.rules = admin_denied_public_open()).await;
+    let token = issuer.token();
+    for variant in ["/%61dmin", "//admin", "/ADMIN", "/Admin/", "/admin/users/"] {
         assert_eq!(
-            original(&app, "GET", "app.example.com", bypass, Some(&token), &[]).await,
+            original(&app, "GET", "app.example.com", variant, Some(&token), &[]).await,
             403,
-            "{bypass}"
+            "{variant}"
         );
     }
+    // Grants match exactly: a case variant of the public path needs a token.
+    assert_eq!(
+        original(&app, "GET", "app.example.com", "/PUBLIC", None, &[]).await,
+        401
+    );
+    assert_eq!(
+        original(&app, "GET", "app.example.com", "/public/a", None, &[]).await,
+        202
+    );
+}
+
+#[tokio::test]
+async fn path_parameters_can_be_stripped_for_matching() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.rules = admin_denied_public_open();
+        s.path_parameters = PathParameters::Strip;
+    })
+    .await;
+    let token = issuer.token();
     assert_eq!(
         original(
             &app,
             "GET",
             "app.example.com",
-            "/public/../public/a",
+            "/admin;jsessionid=1",
+            Some(&token),
+            &[]
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        original(&app, "GET", "app.example.com", "/public;v=1/x", None, &[]).await,
+        202
+    );
+    assert_eq!(
+        original(
+            &app,
+            "GET",
+            "app.example.com",
+            "/public/..;/admin",
             None,
             &[]
         )
         .await,
+        400
+    );
+}
+
+#[tokio::test]
+async fn anonymous_rules_do_not_lift_requirements_in_the_auth_url() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| s.rules = admin_denied_public_open()).await;
+    let ask = |query: &str, token: Option<String>| {
+        let mut request = app
+            .client
+            .get(format!("{}/auth?{query}", app.address))
+            .header("x-original-uri", "/public/a")
+            .header("x-original-method", "GET");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(ask("", None).await, 202);
+    // The location says only `ops` may pass: a site-wide anonymous rule does not open it.
+    assert_eq!(ask("allowed_groups=ops", None).await, 401);
+    assert_eq!(ask("allowed_groups=ops", Some(issuer.token())).await, 403);
+    assert_eq!(
+        ask("allowed_groups=admins", Some(issuer.token())).await,
         202
     );
+    // Repeated parameters: any listed group will do; every listed scope is required.
+    assert_eq!(
+        ask(
+            "allowed_groups=ops&allowed_groups=admins",
+            Some(issuer.token())
+        )
+        .await,
+        202
+    );
+}
+
+/// The caching statement of an answer: `(Cache-Control, X-Accel-Expires)`.
+fn caching(response: &reqwest::Response) -> (String, String) {
+    let header = |name| response.headers()[name].to_str().unwrap().to_owned();
+    (header("cache-control"), header("x-accel-expires"))
+}
+
+fn assert_not_cacheable(response: &reqwest::Response) {
+    assert_eq!(caching(response), ("no-store".to_owned(), "0".to_owned()));
+}
+
+#[tokio::test]
+async fn allows_that_depend_on_the_route_are_not_cacheable_by_default() {
+    let issuer = TestIssuer::start().await;
+    let token = issuer.token();
+    let with_rules = spawn_app_with(&issuer, |s| s.rules = admin_denied_public_open()).await;
+    let request = |app: &TestApp, query: &str| {
+        app.client
+            .get(format!("{}/auth?{query}", app.address))
+            .header("x-original-uri", "/orders")
+            .header("x-original-method", "GET")
+            .bearer_auth(&token)
+            .send()
+    };
+
+    // Any rule on the route: a proxy cache keyed on the token alone would serve this
+    // allow for /admin.
+    let allowed = request(&with_rules, "").await.unwrap();
+    assert_eq!(allowed.status(), 202);
+    assert_not_cacheable(&allowed);
+    let anonymous = with_rules
+        .client
+        .get(format!("{}/auth", with_rules.address))
+        .header("x-original-uri", "/public")
+        .header("x-original-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 202);
+    assert_not_cacheable(&anonymous);
+
+    // Requirements in the auth URL: the same.
+    let without_rules = spawn_app(&issuer).await;
+    let allowed = request(&without_rules, "allowed_groups=admins")
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 202);
+    assert_not_cacheable(&allowed);
+    // Neither: cacheable, with one lifetime in both headers.
+    let allowed = request(&without_rules, "").await.unwrap();
+    let (cache_control, seconds) = caching(&allowed);
+    assert_eq!(cache_control, format!("max-age={seconds}"));
+
+    // The operator's opt-in, for a cache key that holds method, host, URI and token.
+    let opted_in = spawn_app_with(&issuer, |s| {
+        s.rules = admin_denied_public_open();
+        s.cache.proxy_cache_route_verdicts = true;
+    })
+    .await;
+    let allowed = request(&opted_in, "allowed_groups=admins").await.unwrap();
+    let (cache_control, seconds) = caching(&allowed);
+    assert_ne!(seconds, "0");
+    assert_eq!(cache_control, format!("max-age={seconds}"));
+    // Denials never are.
+    let denied = opted_in
+        .client
+        .get(format!("{}/auth", opted_in.address))
+        .header("x-original-uri", "/admin")
+        .header("x-original-method", "GET")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    assert_not_cacheable(&denied);
 }
