@@ -237,10 +237,10 @@ install_rust_components() {
 run_checks() {
     step "cargo fmt --all -- --check"
     cargo fmt --all -- --check
-    step "cargo clippy --all-targets -- -D warnings"
-    cargo clippy --all-targets -- -D warnings
-    step "cargo test --all-targets (unit, tests/api, tests/e2e)"
-    cargo test --all-targets
+    step "cargo clippy --all-targets --features e2e -- -D warnings"
+    cargo clippy --all-targets --features e2e -- -D warnings
+    step "cargo test --all-targets --features e2e (unit, tests/api, tests/e2e)"
+    cargo test --all-targets --features e2e
     step "cargo bench --no-run"
     cargo bench --no-run
     bash scripts/check-deploy.sh
