@@ -68,6 +68,9 @@ pub struct Settings {
     /// HTTP worker threads; defaults to the number of CPUs.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Connection and request limits of the listeners.
+    #[serde(default)]
+    pub server: ServerSettings,
     /// Which proxy's original-request headers `/auth` trusts: `ingress_nginx`, `nginx`,
     /// `traefik`, `none` (only Envoy calls, on `/ext-authz/…`) or `auto` (whichever is
     /// present: safe only while the proxy sets its headers on every request). Required
@@ -103,6 +106,51 @@ pub struct Settings {
     /// Graceful shutdown on SIGTERM/SIGINT.
     #[serde(default)]
     pub shutdown: ShutdownSettings,
+}
+
+/// Connection and request limits. The defaults fit the shipped 128 MiB memory limit: an
+/// idle connection costs about 10 KiB, so 4096 of them stay near 40 MiB.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Most open connections on the auth listener, over all workers. Beyond it, new
+    /// connections wait in the kernel's accept queue until one closes; the open ones
+    /// keep being served. Proxies keep a small pool of keep-alive connections, so a few
+    /// hundred is plenty for one replica.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Most open connections on the admin listener.
+    #[serde(default = "defaults::admin_max_connections")]
+    pub admin_max_connections: usize,
+    /// How long an idle keep-alive connection stays open. Longer than the proxies' own
+    /// idle timeout (nginx `keepalive_timeout` 60 s), so that the proxy closes first and
+    /// never sends a request on a connection we are closing.
+    #[serde(default = "defaults::keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Time a new connection has to send its first request head; a client that trickles
+    /// its headers (slowloris) is disconnected after it.
+    #[serde(default = "defaults::client_request_timeout", with = "humantime_serde")]
+    pub client_request_timeout: Duration,
+    /// Largest request head, every header name and value together, in bytes; a larger
+    /// one gets 431 before any parsing. (The HTTP layer refuses heads over 128 KiB.)
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most request headers; more get 431. (The HTTP layer refuses more than 96.)
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: defaults::max_connections(),
+            admin_max_connections: defaults::admin_max_connections(),
+            keep_alive: defaults::keep_alive(),
+            client_request_timeout: defaults::client_request_timeout(),
+            max_header_bytes: defaults::max_header_bytes(),
+            max_headers: defaults::max_headers(),
+        }
+    }
 }
 
 /// Graceful shutdown: readiness turns off at once, then the listeners drain.
@@ -644,6 +692,24 @@ mod defaults {
     pub fn introspection_max_in_flight() -> usize {
         64
     }
+    pub fn max_connections() -> usize {
+        4096
+    }
+    pub fn admin_max_connections() -> usize {
+        64
+    }
+    pub fn keep_alive() -> Duration {
+        Duration::from_secs(75)
+    }
+    pub fn client_request_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn max_header_bytes() -> usize {
+        32 * 1024
+    }
+    pub fn max_headers() -> usize {
+        64
+    }
     pub fn drain_delay() -> Duration {
         Duration::from_secs(5)
     }
@@ -769,6 +835,7 @@ impl Settings {
                 format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
             ));
         }
+        self.server.validate()?;
         if self.shutdown.grace > Duration::from_secs(120) {
             return Err(ConfigError::new("shutdown.grace", "must be at most 120s"));
         }
@@ -867,6 +934,47 @@ impl Settings {
                     .map_err(|reason| ConfigError::new(format!("token.sources[{index}]"), reason))
             })
             .collect()
+    }
+}
+
+impl ServerSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=10_000).contains(&self.admin_max_connections) {
+            return Err(ConfigError::new(
+                "server.admin_max_connections",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.keep_alive > Duration::from_secs(3600) {
+            return Err(ConfigError::new("server.keep_alive", "must be at most 1h"));
+        }
+        if self.client_request_timeout.is_zero()
+            || self.client_request_timeout > Duration::from_secs(60)
+        {
+            return Err(ConfigError::new(
+                "server.client_request_timeout",
+                "must be greater than zero and at most 60s",
+            ));
+        }
+        if !(1024..=128 * 1024).contains(&self.max_header_bytes) {
+            return Err(ConfigError::new(
+                "server.max_header_bytes",
+                "must be between 1024 and 131072 bytes",
+            ));
+        }
+        if !(8..=96).contains(&self.max_headers) {
+            return Err(ConfigError::new(
+                "server.max_headers",
+                "must be between 8 and 96",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -57,6 +57,8 @@ pub enum Reason {
     /// `\`, controls, …): refused before any rule is matched, because the upstream may
     /// resolve it to another route than the one tokengate matched.
     AmbiguousPath,
+    /// The request head exceeds `server.max_header_bytes` or `server.max_headers`.
+    HeadersTooLarge,
     /// The auth URL's query string holds an unknown policy parameter: a proxy
     /// misconfiguration, refused rather than ignored.
     BadPolicy,
@@ -80,7 +82,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for pre-registering one metric series per reason.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::MissingToken,
         Reason::TokenTooLarge,
         Reason::MalformedToken,
@@ -99,6 +101,7 @@ impl Reason {
         Reason::IntrospectionOverloaded,
         Reason::AmbiguousRequest,
         Reason::AmbiguousPath,
+        Reason::HeadersTooLarge,
         Reason::BadPolicy,
         Reason::RouteDenied,
         Reason::NotInGroup,
@@ -130,6 +133,7 @@ impl Reason {
             Reason::IntrospectionOverloaded => "introspection_overloaded",
             Reason::AmbiguousRequest => "ambiguous_request",
             Reason::AmbiguousPath => "ambiguous_path",
+            Reason::HeadersTooLarge => "headers_too_large",
             Reason::BadPolicy => "bad_policy",
             Reason::RouteDenied => "route_denied",
             Reason::NotInGroup => "not_in_group",
@@ -159,6 +163,7 @@ impl Reason {
             Reason::AmbiguousRequest | Reason::AmbiguousPath | Reason::BadPolicy => {
                 StatusCode::BAD_REQUEST
             }
+            Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             // A valid token that the policy does not let through (RFC 6750 §3.1).
             Reason::RouteDenied
             | Reason::NotInGroup
@@ -199,7 +204,9 @@ impl Reason {
     fn body(self) -> &'static str {
         match self.status() {
             StatusCode::SERVICE_UNAVAILABLE => r#"{"error":"temporarily_unavailable"}"#,
-            StatusCode::BAD_REQUEST => r#"{"error":"invalid_request"}"#,
+            StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+                r#"{"error":"invalid_request"}"#
+            }
             StatusCode::FORBIDDEN if self == Reason::InsufficientScope => {
                 r#"{"error":"insufficient_scope"}"#
             }
@@ -298,6 +305,7 @@ mod tests {
                 | Reason::IntrospectionOverloaded
                 | Reason::AmbiguousRequest
                 | Reason::AmbiguousPath
+                | Reason::HeadersTooLarge
                 | Reason::BadPolicy
                 | Reason::RouteDenied
                 | Reason::NotInGroup

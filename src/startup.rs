@@ -90,6 +90,8 @@ impl Application {
             refuse_impersonation_headers: settings.identity.output
                 == IdentityOutput::KubernetesImpersonation,
             proxy_cache_route_verdicts: settings.cache.proxy_cache_route_verdicts,
+            max_header_bytes: settings.server.max_header_bytes,
+            max_headers: settings.server.max_headers,
             allow_log_level: settings.log.allow_level,
             metrics,
             registry,
@@ -113,6 +115,10 @@ impl Application {
                 .default_service(web::to(HttpResponse::NotFound))
         })
         .workers(workers)
+        // actix counts per worker; the setting is for the whole listener.
+        .max_connections(settings.server.max_connections.div_ceil(workers))
+        .keep_alive(settings.server.keep_alive)
+        .client_request_timeout(settings.server.client_request_timeout)
         // Signals are handled in `run_until_stopped`: readiness must flip first.
         .disable_signals()
         .shutdown_timeout(settings.shutdown.grace.as_secs().max(1))
@@ -127,6 +133,9 @@ impl Application {
                 .route("/metrics", web::get().to(admin::metrics))
         })
         .workers(1)
+        .max_connections(settings.server.admin_max_connections)
+        .keep_alive(settings.server.keep_alive)
+        .client_request_timeout(settings.server.client_request_timeout)
         .disable_signals()
         .shutdown_timeout(settings.shutdown.grace.as_secs().max(1))
         .listen(admin_listener)?

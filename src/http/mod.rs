@@ -41,6 +41,9 @@ pub struct AppState {
     pub proxy_cache_route_verdicts: bool,
     /// Some rule matches on host, path or method.
     pub rules_are_conditional: bool,
+    /// Bounds on the request head (`server.max_header_bytes`, `server.max_headers`).
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     /// Status of an allowed `/auth` request.
@@ -62,6 +65,9 @@ async fn decide(
     let started = Instant::now();
     let _in_flight = state.metrics.in_flight();
     let original = original.and_then(|original| {
+        if headers.len() > state.max_headers || head_bytes(headers) > state.max_header_bytes {
+            return Err(Reason::HeadersTooLarge.into());
+        }
         if state.refuse_impersonation_headers && has_impersonation_header(headers) {
             return Err(Reason::ForgedImpersonation.into());
         }
@@ -142,6 +148,14 @@ fn respond(
         }
         Err(error) => error.error_response(),
     }
+}
+
+/// Bytes of every header name and value, as the limit counts them.
+fn head_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
 }
 
 /// A header the client sent that the Kubernetes API server would read as an

@@ -10,6 +10,7 @@ mod identity_output;
 mod introspection;
 mod keys;
 mod lifecycle;
+mod limits;
 mod observability;
 mod policy;
 mod readiness;
