@@ -220,6 +220,17 @@ pub struct IssuerSettings {
     /// `token.opaque_issuer`) and, with `introspect_jwts`, for instant revocation of JWTs.
     #[serde(default)]
     pub introspection: Option<IntrospectionSettings>,
+    /// Use the email only when the token (or introspection answer) says
+    /// `email_verified: true`. An `email_verified` that is present and not `true` always
+    /// drops the email (no email header, email rules and `impersonation_map` do not
+    /// match); this decides what a missing claim means. Turn it on for issuers that send
+    /// the claim, so that a token minted without it cannot pass as verified.
+    #[serde(default)]
+    pub require_email_verified: bool,
+    /// This issuer gives a groups claim that is one string as a space-separated list.
+    /// Off, the string is one group: `"Finance Admins"` is not the group `Admins`.
+    #[serde(default)]
+    pub space_separated_groups: bool,
 }
 
 /// How tokengate authenticates to the introspection endpoint (RFC 7662 §2.1 requires
@@ -363,11 +374,13 @@ pub struct IdentitySettings {
     /// Claim for `X-Auth-Request-Email`.
     #[serde(default = "defaults::email_claim")]
     pub email_claim: String,
-    /// Claim for `X-Auth-Request-Groups` (dotted path, e.g. `realm_access.roles`).
+    /// Claim for `X-Auth-Request-Groups` (dotted path, e.g. `realm_access.roles`): a list,
+    /// or one string (one group, unless the issuer has `space_separated_groups`).
     #[serde(default = "defaults::groups_claim")]
     pub groups_claim: String,
-    /// Longest value of one identity header, in bytes; longer values are cut (groups are
-    /// dropped whole, never cut in the middle).
+    /// Longest value of one identity header, in bytes. Values are never cut: a longer user
+    /// or email refuses the answer (`identity_too_large`), a longer group or claim value is
+    /// left out.
     #[serde(default = "defaults::max_header_length")]
     pub max_header_length: usize,
     /// Budget for all identity headers of one answer together (names and values). Over
@@ -427,7 +440,8 @@ pub enum IdentityOutput {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImpersonationEntry {
-    /// Matched case-insensitively against the token's email.
+    /// Matched case-insensitively against the token's email, only when that email is
+    /// usable (one plain address, not marked unverified: see `require_email_verified`).
     pub email: String,
     /// Kubernetes user name.
     pub user: String,

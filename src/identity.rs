@@ -1,6 +1,12 @@
 //! Claims → identity headers. Built once per verified token and kept in the cache, so a
 //! cache hit only copies ready header values.
+//!
+//! Every value is cleaned once, when the identity is built ([`clean`]: controls removed,
+//! Unicode whitespace trimmed), and then never changed: the policy, the `system:` filter
+//! of Kubernetes impersonation and the upstream all see the same string. A value that
+//! does not fit a header is left out (or refuses the answer), never cut.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -10,7 +16,9 @@ use bytestring::ByteString;
 use regex::Regex;
 use serde_json::Value;
 
-use crate::config::{ConfigError, IdentityOutput, IdentitySettings};
+use crate::config::{
+    ConfigError, IdentityOutput, IdentitySettings, ImpersonationEntry, IssuerSettings,
+};
 use crate::error::Reason;
 
 pub const USER_HEADER: HeaderName = HeaderName::from_static("x-auth-request-user");
@@ -140,11 +148,15 @@ impl Identity {
         self.fixed(USER)
     }
 
+    /// The email, only when it is one plain address the issuer did not say is unverified
+    /// (see `require_email_verified`); otherwise absent for the policy and the headers.
     pub fn email(&self) -> Option<&str> {
         self.fixed(EMAIL)
     }
 
-    /// Every group, unfiltered: the policy checks these.
+    /// Every group the policy checks: each [`clean`]ed exactly as the groups header carries
+    /// it, blank ones and ones holding `,` left out. `identity.groups_filter` and the size
+    /// limit only shorten the header, never change a name in it.
     pub fn groups(&self) -> impl Iterator<Item = &str> {
         self.section(FIXED_PIECES, self.groups)
     }
@@ -265,19 +277,44 @@ impl Draft {
     }
 }
 
+/// How one issuer's claims are read: the per-issuer `require_email_verified` and
+/// `space_separated_groups` settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClaimRules {
+    /// Use an email only when `email_verified` is present and `true`.
+    pub require_email_verified: bool,
+    /// A groups claim given as one string lists groups separated by whitespace.
+    pub space_separated_groups: bool,
+}
+
+impl From<&IssuerSettings> for ClaimRules {
+    fn from(issuer: &IssuerSettings) -> Self {
+        Self {
+            require_email_verified: issuer.require_email_verified,
+            space_separated_groups: issuer.space_separated_groups,
+        }
+    }
+}
+
 /// How claims map to identity fields, built once from the settings.
 #[derive(Debug, Clone)]
 pub struct IdentityMapping {
     user: ClaimPath,
     email: ClaimPath,
     groups: ClaimPath,
+    /// The user claim is the email claim (or `email`): the user then follows the email's
+    /// rules, so an unverified address cannot become the user either (`Impersonate-User`
+    /// with an address anyone can put in their profile).
+    user_is_email: bool,
     max_header_length: usize,
     max_headers_bytes: usize,
     claim_headers: Vec<(HeaderName, ClaimPath)>,
     groups_filter: Option<GroupsFilter>,
     output: IdentityOutput,
-    /// Lower-case email → (user, groups).
+    /// Lower-case email → (user, groups), cleaned like every header value.
     impersonation_map: HashMap<String, (String, Vec<String>)>,
+    /// Each issuer's claim rules, by issuer index.
+    rules: Box<[ClaimRules]>,
     /// The built-in header names, then the claim headers' names.
     names: Arc<[HeaderName]>,
 }
@@ -364,13 +401,9 @@ impl IdentityMapping {
         let impersonation_map = settings
             .impersonation_map
             .iter()
-            .map(|entry| {
-                (
-                    entry.email.to_ascii_lowercase(),
-                    (entry.user.clone(), entry.groups.clone()),
-                )
-            })
-            .collect();
+            .enumerate()
+            .map(|(index, entry)| impersonation_entry(index, entry))
+            .collect::<Result<_, _>>()?;
         let names = BUILT_IN_NAMES
             .into_iter()
             .chain(claim_headers.iter().map(|(name, _)| name.clone()))
@@ -380,44 +413,74 @@ impl IdentityMapping {
             user: ClaimPath::new(&settings.user_claim),
             email: ClaimPath::new(&settings.email_claim),
             groups: ClaimPath::new(&settings.groups_claim),
+            user_is_email: settings.user_claim == settings.email_claim
+                || settings.user_claim == EMAIL_CLAIM,
             max_header_length: settings.max_header_length,
             max_headers_bytes: settings.max_headers_bytes,
             claim_headers,
             groups_filter,
             output: settings.output,
             impersonation_map,
+            rules: Box::default(),
         })
     }
 
-    /// The identity carried by JWT claims: the configured user claim, else `sub`.
+    /// Reads each issuer's claims by its own [`ClaimRules`]; `issuers` in configuration
+    /// order, so that the index of an issuer is its index here.
+    pub fn with_issuers(mut self, issuers: &[IssuerSettings]) -> Self {
+        self.rules = issuers.iter().map(ClaimRules::from).collect();
+        self
+    }
+
+    /// The identity carried by JWT claims, read by the default [`ClaimRules`].
     pub fn identity(&self, claims: &Value) -> Identity {
-        self.identity_with_user_fallback(claims, None)
+        self.build(claims, None, ClaimRules::default())
     }
 
-    /// The identity in an RFC 7662 introspection answer, with the same mapping as JWT
-    /// claims. Introspection names the user `username` (RFC 7662 §2.2) where JWTs say
-    /// `preferred_username`, so `username` is tried between the configured claim and `sub`.
-    pub fn introspection_identity(&self, answer: &Value) -> Identity {
-        self.identity_with_user_fallback(answer, Some("username"))
+    /// The identity carried by the claims of a JWT from issuer `issuer` (its index): the
+    /// configured user claim, else `sub`.
+    pub fn jwt_identity(&self, issuer: usize, claims: &Value) -> Identity {
+        self.build(claims, None, self.rules_of(issuer))
     }
 
-    fn identity_with_user_fallback(&self, claims: &Value, fallback: Option<&str>) -> Identity {
+    /// The identity in an RFC 7662 introspection answer from issuer `issuer`, with the
+    /// same mapping and rules as JWT claims. Introspection names the user `username`
+    /// (RFC 7662 §2.2) where JWTs say `preferred_username`, so `username` is tried between
+    /// the configured claim and `sub`.
+    pub fn introspection_identity(&self, issuer: usize, answer: &Value) -> Identity {
+        self.build(answer, Some("username"), self.rules_of(issuer))
+    }
+
+    fn rules_of(&self, issuer: usize) -> ClaimRules {
+        self.rules.get(issuer).copied().unwrap_or_default()
+    }
+
+    /// Cleans every value once, here, on the cache miss: the policy then judges exactly
+    /// the strings that go on the wire.
+    fn build(&self, claims: &Value, fallback: Option<&str>, rules: ClaimRules) -> Identity {
         let subject = claims.get("sub").and_then(scalar_string);
-        let user = self
-            .user
-            .lookup(claims)
-            .and_then(scalar_string)
+        let email = self.checked_email(&self.email, claims, rules, subject.as_deref());
+        // A user claim that holds only controls or spaces is no user: the next candidate
+        // is tried, as for a missing claim.
+        let configured = match (self.user_is_email, self.user.0 == self.email.0) {
+            (true, true) => email.clone(),
+            (true, false) => self.checked_email(&self.user, claims, rules, None),
+            (false, _) => self.user.lookup(claims).and_then(clean_scalar),
+        };
+        let user = configured
             .or_else(|| {
                 fallback
                     .and_then(|name| claims.get(name))
-                    .and_then(scalar_string)
+                    .and_then(clean_scalar)
             })
-            .or_else(|| subject.clone());
-        let email = self.email.lookup(claims).and_then(scalar_string);
+            .or_else(|| claims.get("sub").and_then(clean_scalar));
         let groups = self
             .groups
             .lookup(claims)
-            .map(string_list)
+            .map(|value| {
+                let space_separated = rules.space_separated_groups;
+                group_list(value, space_separated, subject.as_deref(), "group")
+            })
             .unwrap_or_default();
 
         let scopes = claims
@@ -448,10 +511,14 @@ impl IdentityMapping {
         }
         for (index, (_, path)) in self.claim_headers.iter().enumerate() {
             let value = path.lookup(claims).and_then(|value| match value {
-                Value::Array(_) => Some(string_list(value).join(",")),
-                other => scalar_string(other),
+                Value::Array(_) => {
+                    let subject = identity.subject.as_deref();
+                    let items = group_list(value, false, subject, "claim header value");
+                    join_groups(&items, self.max_header_length)
+                }
+                other => clean_scalar(other).filter(|v| fits(v, self.max_header_length)),
             });
-            if let Some(value) = value.and_then(|v| header_value(&v, self.max_header_length)) {
+            if let Some(value) = value {
                 let name = BUILT_IN_NAMES.len() + index;
                 identity.headers.push((name as u16, value));
             }
@@ -467,6 +534,48 @@ impl IdentityMapping {
         identity.pack(self.names.clone())
     }
 
+    /// The email, when it may be used at all: the claim is one plain address
+    /// ([`is_plain_address`]) and the issuer vouches for it. `email_verified: false` (or
+    /// any value other than `true`) means the issuer does not: anyone can put any address
+    /// in their profile at many IdPs, and an `allowed_emails` rule or an impersonation map
+    /// entry would then trust it (oauth2-proxy refuses such addresses too). A missing
+    /// `email_verified` is accepted unless the issuer has `require_email_verified`.
+    /// `email_verified` is read at the top level, whatever `email_claim` is (OIDC Core
+    /// §5.1). `subject` is for the log lines; `None` keeps them quiet.
+    fn checked_email(
+        &self,
+        path: &ClaimPath,
+        claims: &Value,
+        rules: ClaimRules,
+        subject: Option<&str>,
+    ) -> Option<String> {
+        let value = path.lookup(claims)?;
+        let Some(address) = value.as_str().filter(|address| is_plain_address(address)) else {
+            if let Some(subject) = subject {
+                tracing::info!(
+                    sub = subject,
+                    "email left out: the claim is not one plain address"
+                );
+            }
+            return None;
+        };
+        match claims.get("email_verified") {
+            Some(Value::Bool(true)) => {}
+            None if !rules.require_email_verified => {}
+            verified => {
+                if let Some(subject) = subject {
+                    tracing::info!(
+                        sub = subject,
+                        email_verified = verified.map_or("absent", |_| "not true"),
+                        "email left out: the issuer does not say it is verified"
+                    );
+                }
+                return None;
+            }
+        }
+        Some(address.to_owned())
+    }
+
     fn emitted_groups<'a>(&'a self, groups: &'a [String]) -> impl Iterator<Item = &'a String> {
         groups.iter().filter(|group| {
             self.groups_filter
@@ -475,21 +584,16 @@ impl IdentityMapping {
         })
     }
 
+    /// The user and the email are never cut: a cut name could be someone else's, so a
+    /// value over `max_header_length` refuses the answer instead.
     fn push_auth_request_headers(&self, identity: &mut Draft) {
         let limit = self.max_header_length;
-        if let Some(value) = identity
-            .user
-            .as_deref()
-            .and_then(|v| header_value(v, limit))
-        {
-            identity.headers.push((USER_NAME, value));
-        }
-        if let Some(value) = identity
-            .email
-            .as_deref()
-            .and_then(|v| header_value(v, limit))
-        {
-            identity.headers.push((EMAIL_NAME, value));
+        for (name, value) in [(USER_NAME, &identity.user), (EMAIL_NAME, &identity.email)] {
+            match value {
+                Some(value) if fits(value, limit) => identity.headers.push((name, value.clone())),
+                Some(_) => identity.problem = Some(Reason::IdentityTooLarge),
+                None => {}
+            }
         }
         let groups: Vec<&String> = self.emitted_groups(&identity.groups).collect();
         if let Some(value) = join_groups(groups, limit) {
@@ -500,38 +604,74 @@ impl IdentityMapping {
     /// Kubernetes user impersonation: `Impersonate-User` and one `Impersonate-Group` line
     /// per group. Names starting with `system:` never come from a token: a group claim
     /// called `system:masters` would otherwise make its holder cluster-admin. Only the
-    /// identity map can grant them. Without a user the request is refused, because
-    /// without `Impersonate-User` the API server would act as the proxy itself.
+    /// identity map can grant them. The filter judges the cleaned value, which is exactly
+    /// what is sent, and reads it the way the loosest reader downstream could (see
+    /// [`is_system_name`]). Without a user the request is refused, because without
+    /// `Impersonate-User` the API server would act as the proxy itself.
     fn push_impersonation_headers(&self, identity: &mut Draft) {
         let mapped = identity
             .email
             .as_deref()
             .and_then(|email| self.impersonation_map.get(&email.to_ascii_lowercase()));
-        let (user, groups): (Option<String>, Vec<String>) = match mapped {
-            Some((user, groups)) => (Some(user.clone()), groups.clone()),
+        let (user, groups): (Option<&String>, Vec<&String>) = match mapped {
+            Some((user, groups)) => (Some(user), groups.iter().collect()),
             None => (
-                identity
-                    .user
-                    .clone()
-                    .filter(|user| !user.starts_with("system:")),
+                identity.user.as_ref().filter(|user| !is_system_name(user)),
                 self.emitted_groups(&identity.groups)
-                    .filter(|group| !group.starts_with("system:"))
-                    .cloned()
+                    .filter(|group| !is_system_name(group))
                     .collect(),
             ),
         };
         let limit = self.max_header_length;
-        let Some(user) = user.as_deref().and_then(|user| header_value(user, limit)) else {
+        let Some(user) = user else {
             identity.problem = Some(Reason::UnusableIdentity);
             return;
         };
-        identity.headers.push((IMPERSONATE_USER_NAME, user));
-        for group in &groups {
-            if let Some(value) = header_value(group, limit) {
-                identity.headers.push((IMPERSONATE_GROUP_NAME, value));
-            }
+        if !fits(user, limit) {
+            identity.problem = Some(Reason::IdentityTooLarge);
+            return;
         }
+        let mut headers = Vec::with_capacity(1 + groups.len());
+        headers.push((IMPERSONATE_USER_NAME, user.clone()));
+        for group in groups.into_iter().filter(|group| fits(group, limit)) {
+            headers.push((IMPERSONATE_GROUP_NAME, group.clone()));
+        }
+        identity.headers.extend(headers);
     }
+}
+
+/// One impersonation map entry, checked and cleaned at start-up like the values a token
+/// would give.
+fn impersonation_entry(
+    index: usize,
+    entry: &ImpersonationEntry,
+) -> Result<(String, (String, Vec<String>)), ConfigError> {
+    let key = |field: &str| format!("identity.impersonation_map[{index}].{field}");
+    if !is_plain_address(&entry.email) {
+        return Err(ConfigError::new(key("email"), "not a plain email address"));
+    }
+    let user = clean(&entry.user);
+    if user.is_empty() {
+        return Err(ConfigError::new(key("user"), "must not be empty"));
+    }
+    let groups = entry
+        .groups
+        .iter()
+        .map(|group| {
+            let clean = clean(group);
+            if clean.is_empty() || clean.contains(GROUP_SEPARATOR) {
+                return Err(ConfigError::new(
+                    key("groups"),
+                    format!("'{clean}': a group must be non-empty and hold no ','"),
+                ));
+            }
+            Ok(clean.into_owned())
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((
+        entry.email.to_ascii_lowercase(),
+        (user.into_owned(), groups),
+    ))
 }
 
 /// Strings as they are; numbers and booleans in their JSON form; anything else is absent.
@@ -544,6 +684,15 @@ fn scalar_string(value: &Value) -> Option<String> {
     }
 }
 
+/// A scalar claim, [`clean`]ed; absent when nothing is left.
+fn clean_scalar(value: &Value) -> Option<String> {
+    let clean = match value {
+        Value::String(text) => clean(text).into_owned(),
+        other => scalar_string(other)?,
+    };
+    (!clean.is_empty()).then_some(clean)
+}
+
 /// A claim holding one string, a list of strings, or a space-separated string
 /// (`scope`-style) as a list.
 pub fn string_list(value: &Value) -> Vec<String> {
@@ -554,9 +703,61 @@ pub fn string_list(value: &Value) -> Vec<String> {
     }
 }
 
+/// The OIDC standard email claim, whose `email_verified` says whether it was checked.
+const EMAIL_CLAIM: &str = "email";
+
+/// What joins groups in `X-Auth-Request-Groups` (and what proxies use to merge repeated
+/// header lines).
+const GROUP_SEPARATOR: char = ',';
+
+/// The groups of a groups claim, each [`clean`]ed. A list gives one group per element. A
+/// string is one group (`"Finance Admins"` is not the group `Admins`) unless the issuer
+/// lists groups space-separated. A group that holds the separator is left out, with a log
+/// line: the upstream splits the joined header on `,`, so `a,admins` would reach it as the
+/// group `admins`, which the policy never saw.
+fn group_list(
+    value: &Value,
+    space_separated: bool,
+    subject: Option<&str>,
+    what: &'static str,
+) -> Vec<String> {
+    let mut groups = Vec::new();
+    let mut add = |raw: &str| {
+        let group = clean(raw);
+        if group.is_empty() {
+            return;
+        }
+        if group.contains(GROUP_SEPARATOR) {
+            tracing::info!(
+                sub = subject.unwrap_or(""),
+                value = %group,
+                "{what} left out: it holds ',', which the upstream would read as two values"
+            );
+            return;
+        }
+        groups.push(group.into_owned());
+    };
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::String(text) => add(text),
+                    Value::Number(_) | Value::Bool(_) => add(&item.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Value::String(text) if space_separated => text.split_whitespace().for_each(add),
+        Value::String(text) => add(text),
+        _ => {}
+    }
+    groups
+}
+
 /// Removes what would let a claim inject a header line (CR, LF) or what a header may not
 /// hold (other control characters), and cuts the value at `limit` bytes on a character
-/// boundary.
+/// boundary. For log fields only: identity header values go through [`clean`] and are
+/// never cut.
 pub fn sanitize(value: &str, limit: usize) -> String {
     let mut clean = String::with_capacity(value.len().min(limit));
     for ch in value.chars().filter(|ch| !ch.is_control()) {
@@ -568,23 +769,102 @@ pub fn sanitize(value: &str, limit: usize) -> String {
     clean
 }
 
-/// The sanitised value, if it is non-empty and a valid header value.
-fn header_value(value: &str, limit: usize) -> Option<String> {
-    let clean = sanitize(value, limit);
-    let valid = !clean.is_empty() && HeaderValue::from_bytes(clean.as_bytes()).is_ok();
-    valid.then_some(clean)
+/// A value as it goes on the wire: control characters removed (CR and LF would start a
+/// header line; NUL, TAB, NEL and the rest are dropped or mangled by some proxy), then
+/// Unicode whitespace trimmed from both ends (NBSP included), because proxies and
+/// frameworks trim header values and the upstream would otherwise see another string
+/// than the one judged. Borrows when there is nothing to remove.
+pub fn clean(value: &str) -> Cow<'_, str> {
+    if value.chars().any(char::is_control) {
+        let kept: String = value.chars().filter(|ch| !ch.is_control()).collect();
+        Cow::Owned(kept.trim().to_owned())
+    } else {
+        Cow::Borrowed(value.trim())
+    }
 }
 
-/// Comma-joins whole groups up to `limit` bytes: a group is dropped, never cut, so the
-/// upstream cannot see a truncated name that happens to be another group.
+/// True when `name` would read as a `system:` name to a lenient reader: compared with
+/// every whitespace, control and invisible formatting character removed, and case
+/// ignored, so `" system:masters"`, `"sys\ttem:masters"`, `"SYSTEM:masters"` and
+/// `"\u{200B}system:masters"` all count. Names that differ only by such characters are
+/// the same name here.
+pub fn is_system_name(name: &str) -> bool {
+    let mut visible = name.chars().filter(|ch| !is_invisible(*ch));
+    "system:".chars().all(|want| {
+        visible
+            .next()
+            .is_some_and(|ch| ch.to_uppercase().eq(want.to_uppercase()))
+    })
+}
+
+/// Whitespace, controls and the default-ignorable formatting characters (zero-width
+/// space and joiners, bidi marks, word joiner, BOM, soft hyphen, variation selectors,
+/// tags…): characters a reader may skip without a trace.
+fn is_invisible(ch: char) -> bool {
+    ch.is_whitespace()
+        || ch.is_control()
+        || matches!(
+            ch,
+            '\u{AD}'
+                | '\u{34F}'
+                | '\u{61C}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
+/// One plain RFC 5321/5322 address, the only form used as an email: a dot-atom local part
+/// (at most 64 bytes), exactly one `@`, and a domain of LDH labels (letters, digits,
+/// inner hyphens; 1–63 bytes each, no trailing dot), ASCII only, at most 254 bytes. Quoted
+/// local parts, comments, domain literals, spaces and controls are refused: parsers
+/// disagree on them (`"a@b"@evil.com` has an `@` in its local part), so the policy and
+/// the upstream could read two different domains from one string.
+pub fn is_plain_address(address: &str) -> bool {
+    const ATEXT_SPECIALS: &[u8] = b"!#$%&'*+-/=?^_`{|}~";
+    let Some((local, domain)) = address.split_once('@') else {
+        return false;
+    };
+    let atom = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || ATEXT_SPECIALS.contains(&b))
+    };
+    let label = |part: &str| {
+        (1..=63).contains(&part.len())
+            && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !part.starts_with('-')
+            && !part.ends_with('-')
+    };
+    address.len() <= 254
+        && local.len() <= 64
+        && local.split('.').all(atom)
+        && domain.split('.').all(label)
+}
+
+/// Whether a cleaned value fits one header; a value that does not is left out, or
+/// refuses the answer, but is never cut.
+fn fits(value: &str, limit: usize) -> bool {
+    !value.is_empty() && value.len() <= limit
+}
+
+/// Comma-joins whole groups (already [`clean`]ed, none holding `,`) up to `limit` bytes:
+/// a group is dropped, never cut, so the upstream cannot see a truncated name that
+/// happens to be another group.
 fn join_groups<'a>(groups: impl IntoIterator<Item = &'a String>, limit: usize) -> Option<String> {
     let mut joined = String::new();
     for group in groups {
-        let clean = sanitize(group, limit);
-        if clean.is_empty() {
-            continue;
-        }
-        let extra = clean.len() + usize::from(!joined.is_empty());
+        let extra = group.len() + usize::from(!joined.is_empty());
         if joined.len() + extra > limit {
             tracing::debug!(
                 limit,
@@ -593,11 +873,11 @@ fn join_groups<'a>(groups: impl IntoIterator<Item = &'a String>, limit: usize) -
             break;
         }
         if !joined.is_empty() {
-            joined.push(',');
+            joined.push(GROUP_SEPARATOR);
         }
-        joined.push_str(&clean);
+        joined.push_str(group);
     }
-    header_value(&joined, limit)
+    (!joined.is_empty()).then_some(joined)
 }
 
 #[cfg(test)]
@@ -614,6 +894,411 @@ mod tests {
         .unwrap()
     }
 
+    fn with_rules(mut mapping: IdentityMapping, rules: ClaimRules) -> IdentityMapping {
+        mapping.rules = Box::new([rules]);
+        mapping
+    }
+
+    fn impersonation(settings: IdentitySettings) -> IdentityMapping {
+        IdentityMapping::new(&IdentitySettings {
+            output: IdentityOutput::KubernetesImpersonation,
+            ..settings
+        })
+        .unwrap()
+    }
+
+    fn headers(identity: &Identity) -> Vec<(String, String)> {
+        identity
+            .headers()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    fn header_values(identity: &Identity, name: &str) -> Vec<String> {
+        headers(identity)
+            .into_iter()
+            .filter(|(header, _)| header == name)
+            .map(|(_, value)| value)
+            .collect()
+    }
+
+    /// Independent of `is_system_name`: what the API server, or a proxy that trims or
+    /// drops odd characters, could read as a `system:` name.
+    fn reads_as_system(value: &str) -> bool {
+        let visible: String = value
+            .chars()
+            .filter(|ch| !ch.is_whitespace() && !ch.is_control() && *ch != '\u{200B}')
+            .collect();
+        visible.to_ascii_lowercase().starts_with("system:")
+    }
+
+    const FORGED_SYSTEM_NAMES: &[&str] = &[
+        "system:masters",
+        "\tsystem:masters",
+        "\u{0}system:masters",
+        "\u{85}system:masters",
+        "\u{A0}system:masters",
+        " system:masters",
+        "system:masters ",
+        "\r\nsystem:masters",
+        "sys\ttem:masters",
+        "sys tem:masters",
+        "SYSTEM:masters",
+        "System:Masters",
+        "\u{200B}system:masters",
+        "\u{FEFF}system:masters",
+        "\u{3000}system:masters",
+        "system\u{7F}:masters",
+        "system :masters",
+    ];
+
+    #[test]
+    fn clean_removes_controls_then_trims_unicode_whitespace() {
+        assert_eq!(clean("alice"), "alice");
+        assert!(matches!(clean(" alice "), Cow::Borrowed("alice")));
+        assert_eq!(clean("\talice\r\n"), "alice");
+        assert_eq!(clean("\u{85}alice\u{0}"), "alice");
+        assert_eq!(clean("\u{A0}alice\u{2003}"), "alice");
+        assert_eq!(clean("\u{0} \u{A0}"), "");
+        // Inside a value, controls go and spaces stay.
+        assert_eq!(clean("sys\ttem"), "system");
+        assert_eq!(clean("Finance Admins"), "Finance Admins");
+    }
+
+    #[test]
+    fn system_names_are_judged_without_whitespace_controls_or_case() {
+        for name in FORGED_SYSTEM_NAMES {
+            assert!(is_system_name(name), "{name:?}");
+        }
+        for name in ["systemd", "sys-admins", "my-system:x", "system", "", "   "] {
+            assert!(!is_system_name(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn forged_system_groups_never_reach_impersonate_group() {
+        let mapping = impersonation(IdentitySettings::default());
+        let mut groups: Vec<&str> = FORGED_SYSTEM_NAMES.to_vec();
+        groups.push("developers");
+        let identity = mapping.identity(&json!({"sub": "u-1", "groups": groups}));
+        assert_eq!(identity.problem, None);
+        assert_eq!(header_values(&identity, "impersonate-user"), ["u-1"]);
+        let sent = header_values(&identity, "impersonate-group");
+        assert_eq!(sent, ["developers"]);
+        for (_, value) in headers(&identity) {
+            assert!(!reads_as_system(&value), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn forged_system_users_are_refused() {
+        let mapping = impersonation(IdentitySettings::default());
+        for name in FORGED_SYSTEM_NAMES {
+            let claims = json!({"sub": "u-1", "preferred_username": name});
+            let identity = mapping.identity(&claims);
+            assert_eq!(identity.problem, Some(Reason::UnusableIdentity), "{name:?}");
+            assert!(
+                headers(&identity).iter().all(|(_, v)| !reads_as_system(v)),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn impersonation_values_are_cleaned_and_the_map_may_grant_system_names() {
+        let mapping = impersonation(IdentitySettings {
+            impersonation_map: vec![ImpersonationEntry {
+                email: "Root@Example.com".into(),
+                user: " root\t".into(),
+                groups: vec!["system:masters".into()],
+            }],
+            ..IdentitySettings::default()
+        });
+        let claims = json!({"preferred_username": "\u{A0}alice\u{0}", "groups": ["\tdev "]});
+        let identity = mapping.identity(&claims);
+        assert_eq!(header_values(&identity, "impersonate-user"), ["alice"]);
+        assert_eq!(header_values(&identity, "impersonate-group"), ["dev"]);
+
+        let claims = json!({"sub": "u-1", "email": "root@example.com", "email_verified": true});
+        let identity = mapping.identity(&claims);
+        assert_eq!(header_values(&identity, "impersonate-user"), ["root"]);
+        assert_eq!(
+            header_values(&identity, "impersonate-group"),
+            ["system:masters"]
+        );
+    }
+
+    #[test]
+    fn every_header_value_is_cleaned_and_policy_sees_the_same_values() {
+        let mapping = IdentityMapping::new(&IdentitySettings {
+            claim_headers: vec![crate::config::ClaimHeaderSettings {
+                header: "X-Auth-Request-Tenant".into(),
+                claim: "tenant".into(),
+            }],
+            ..IdentitySettings::default()
+        })
+        .unwrap();
+        let claims = json!({
+            "preferred_username": " alice\t", "email": "alice@example.com",
+            "groups": ["\u{A0}admins ", "\u{85}dev", "\u{0}", " "], "tenant": "\tacme\u{85}",
+        });
+        let identity = mapping.identity(&claims);
+        assert_eq!(identity.user(), Some("alice"));
+        assert_eq!(identity.groups().collect::<Vec<_>>(), ["admins", "dev"]);
+        assert_eq!(
+            headers(&identity),
+            [
+                ("x-auth-request-user".into(), "alice".into()),
+                ("x-auth-request-email".into(), "alice@example.com".into()),
+                ("x-auth-request-groups".into(), "admins,dev".into()),
+                ("x-auth-request-tenant".into(), "acme".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_blank_user_claim_falls_back_like_a_missing_one() {
+        let identity =
+            mapping("groups").identity(&json!({"sub": "u-1", "preferred_username": "\t "}));
+        assert_eq!(identity.user(), Some("u-1"));
+    }
+
+    #[test]
+    fn values_over_the_limit_are_never_cut() {
+        let long = "a".repeat(65);
+        let identity = mapping("groups").identity(&json!({"preferred_username": long}));
+        assert_eq!(identity.problem, Some(Reason::IdentityTooLarge));
+        let identity = mapping("groups").identity(&json!({"sub": "u-1", "groups": [long, "dev"]}));
+        assert_eq!(
+            header_values(&identity, "x-auth-request-groups"),
+            Vec::<String>::new()
+        );
+        let identity = impersonation(IdentitySettings {
+            max_header_length: 64,
+            ..IdentitySettings::default()
+        })
+        .identity(&json!({"sub": "u-1", "groups": ["dev", long]}));
+        assert_eq!(header_values(&identity, "impersonate-group"), ["dev"]);
+    }
+
+    #[test]
+    fn unverified_email_is_not_used_at_all() {
+        let mapping = mapping("groups");
+        for verified in [
+            json!(false),
+            json!("true"),
+            json!(1),
+            json!(null),
+            json!("yes"),
+        ] {
+            let claims =
+                json!({"sub": "u-1", "email": "alice@example.com", "email_verified": verified});
+            let identity = mapping.identity(&claims);
+            assert_eq!(identity.email(), None, "{verified}");
+            assert!(header_values(&identity, "x-auth-request-email").is_empty());
+        }
+        let claims = json!({"sub": "u-1", "email": "alice@example.com", "email_verified": true});
+        assert_eq!(mapping.identity(&claims).email(), Some("alice@example.com"));
+    }
+
+    #[test]
+    fn absent_email_verified_follows_the_issuer_setting() {
+        let claims = json!({"sub": "u-1", "email": "alice@example.com"});
+        let verified = json!({"sub": "u-1", "email": "alice@example.com", "email_verified": true});
+        let lenient = with_rules(mapping("groups"), ClaimRules::default());
+        assert_eq!(
+            lenient.jwt_identity(0, &claims).email(),
+            Some("alice@example.com")
+        );
+        let strict = with_rules(
+            mapping("groups"),
+            ClaimRules {
+                require_email_verified: true,
+                ..ClaimRules::default()
+            },
+        );
+        assert_eq!(strict.jwt_identity(0, &claims).email(), None);
+        assert_eq!(strict.introspection_identity(0, &claims).email(), None);
+        assert_eq!(
+            strict.jwt_identity(0, &verified).email(),
+            Some("alice@example.com")
+        );
+    }
+
+    #[test]
+    fn introspection_answers_follow_the_email_rule() {
+        let answer = json!({"active": true, "sub": "u-2", "email": "bob@example.com", "email_verified": false});
+        assert_eq!(
+            mapping("groups").introspection_identity(0, &answer).email(),
+            None
+        );
+    }
+
+    #[test]
+    fn unverified_email_does_not_match_the_impersonation_map() {
+        let mapping = impersonation(IdentitySettings {
+            impersonation_map: vec![ImpersonationEntry {
+                email: "root@example.com".into(),
+                user: "root".into(),
+                groups: vec!["system:masters".into()],
+            }],
+            ..IdentitySettings::default()
+        });
+        let claims = json!({"sub": "u-1", "email": "root@example.com", "email_verified": false});
+        let identity = mapping.identity(&claims);
+        assert_eq!(header_values(&identity, "impersonate-user"), ["u-1"]);
+        assert!(header_values(&identity, "impersonate-group").is_empty());
+    }
+
+    #[test]
+    fn an_unverified_email_does_not_become_the_user_either() {
+        let mapping = impersonation(IdentitySettings {
+            user_claim: "email".into(),
+            ..IdentitySettings::default()
+        });
+        let claims = json!({"sub": "u-1", "email": "root@example.com", "email_verified": false});
+        assert_eq!(mapping.identity(&claims).user(), Some("u-1"));
+        let claims = json!({"sub": "u-1", "email": "a@b@example.com"});
+        assert_eq!(mapping.identity(&claims).user(), Some("u-1"));
+        let claims = json!({"sub": "u-1", "email": "root@example.com"});
+        assert_eq!(mapping.identity(&claims).user(), Some("root@example.com"));
+    }
+
+    #[test]
+    fn only_a_plain_address_is_an_email() {
+        for address in [
+            "alice@example.com",
+            "a.b+tag@sub.example.co",
+            "o'brien@example.ie",
+            "x@localhost",
+            "UPPER@Example.COM",
+        ] {
+            assert!(is_plain_address(address), "{address:?}");
+        }
+        for address in [
+            "a@b@example.com",
+            "\"a@b\"@evil.com",
+            "\"alice\"@example.com",
+            "alice example@example.com",
+            " alice@example.com",
+            "alice@example.com\n",
+            "alice@example.com\u{0}",
+            "ålice@example.com",
+            "alice@exämple.com",
+            "@example.com",
+            "alice@",
+            "alice",
+            "",
+            ".alice@example.com",
+            "alice.@example.com",
+            "al..ice@example.com",
+            "alice@example.com.",
+            "alice@.example.com",
+            "alice@-example.com",
+            "alice@example-.com",
+            "alice@exa_mple.com",
+            "alice@[192.0.2.1]",
+            "alice(comment)@example.com",
+            "alice@example.com (Alice)",
+            "<alice@example.com>",
+            "alice@evil.com,bob@example.com",
+        ] {
+            assert!(!is_plain_address(address), "{address:?}");
+            let claims = json!({"sub": "u-1", "email": address});
+            assert_eq!(
+                mapping("groups").identity(&claims).email(),
+                None,
+                "{address:?}"
+            );
+        }
+        assert!(!is_plain_address(&format!(
+            "{}@example.com",
+            "a".repeat(65)
+        )));
+        assert!(!is_plain_address(&format!("a@{}.com", "b".repeat(64))));
+        assert!(!is_plain_address(&format!(
+            "a@{}",
+            vec!["b".repeat(60); 5].join(".")
+        )));
+        assert_eq!(
+            mapping("groups").identity(&json!({"email": 42})).email(),
+            None
+        );
+    }
+
+    #[test]
+    fn groups_holding_the_separator_are_dropped_for_policy_and_header() {
+        let claims = json!({"sub": "u-1", "groups": ["a,admins", "dev", " ,admins"]});
+        let identity = mapping("groups").identity(&claims);
+        assert_eq!(identity.groups().collect::<Vec<_>>(), ["dev"]);
+        assert_eq!(header_values(&identity, "x-auth-request-groups"), ["dev"]);
+        let identity = impersonation(IdentitySettings::default()).identity(&claims);
+        assert_eq!(header_values(&identity, "impersonate-group"), ["dev"]);
+    }
+
+    #[test]
+    fn a_string_groups_claim_is_one_group_unless_space_separated() {
+        let claims = json!({"sub": "u-1", "groups": "Finance Admins"});
+        let identity = mapping("groups").identity(&claims);
+        assert_eq!(identity.groups().collect::<Vec<_>>(), ["Finance Admins"]);
+        let spaced = with_rules(
+            mapping("groups"),
+            ClaimRules {
+                space_separated_groups: true,
+                ..ClaimRules::default()
+            },
+        );
+        let identity = spaced.jwt_identity(0, &claims);
+        assert_eq!(identity.groups().collect::<Vec<_>>(), ["Finance", "Admins"]);
+        let identity = spaced.jwt_identity(0, &json!({"groups": "a,b c"}));
+        assert_eq!(identity.groups().collect::<Vec<_>>(), ["c"]);
+        let identity = mapping("groups").identity(&json!({"groups": " admins\t"}));
+        assert_eq!(identity.groups().collect::<Vec<_>>(), ["admins"]);
+    }
+
+    #[test]
+    fn claim_header_lists_drop_elements_holding_the_separator() {
+        let mapping = IdentityMapping::new(&IdentitySettings {
+            claim_headers: vec![crate::config::ClaimHeaderSettings {
+                header: "X-Auth-Request-Roles".into(),
+                claim: "roles".into(),
+            }],
+            ..IdentitySettings::default()
+        })
+        .unwrap();
+        let identity = mapping.identity(&json!({"roles": ["reader", "x,admin", " writer\t", 7]}));
+        assert_eq!(
+            header_values(&identity, "x-auth-request-roles"),
+            ["reader,writer,7"]
+        );
+    }
+
+    #[test]
+    fn impersonation_map_entries_are_checked_at_start_up() {
+        let entry = |email: &str, user: &str, group: &str| IdentitySettings {
+            impersonation_map: vec![ImpersonationEntry {
+                email: email.into(),
+                user: user.into(),
+                groups: vec![group.into()],
+            }],
+            ..IdentitySettings::default()
+        };
+        let key = |settings: IdentitySettings| IdentityMapping::new(&settings).unwrap_err().key;
+        assert_eq!(
+            key(entry("a@b@example.com", "a", "g")),
+            "identity.impersonation_map[0].email"
+        );
+        assert_eq!(
+            key(entry("a@example.com", " \t", "g")),
+            "identity.impersonation_map[0].user"
+        );
+        assert_eq!(
+            key(entry("a@example.com", "a", "x,system:masters")),
+            "identity.impersonation_map[0].groups"
+        );
+        assert!(IdentityMapping::new(&entry("a@example.com", "a", "system:masters")).is_ok());
+    }
+
     #[test]
     fn user_falls_back_to_sub() {
         let identity = mapping("groups").identity(&json!({"sub": "u-1"}));
@@ -624,14 +1309,20 @@ mod tests {
     fn introspection_user_is_claim_then_username_then_sub() {
         let mapping = mapping("groups");
         let answer = json!({"sub": "u-1", "username": "bob"});
-        assert_eq!(mapping.introspection_identity(&answer).user(), Some("bob"));
+        assert_eq!(
+            mapping.introspection_identity(0, &answer).user(),
+            Some("bob")
+        );
         let answer = json!({"sub": "u-1", "username": "bob", "preferred_username": "alice"});
         assert_eq!(
-            mapping.introspection_identity(&answer).user(),
+            mapping.introspection_identity(0, &answer).user(),
             Some("alice")
         );
         let answer = json!({"sub": "u-1"});
-        assert_eq!(mapping.introspection_identity(&answer).user(), Some("u-1"));
+        assert_eq!(
+            mapping.introspection_identity(0, &answer).user(),
+            Some("u-1")
+        );
         // JWTs keep their mapping: `username` is not a JWT user claim.
         let claims = json!({"sub": "u-1", "username": "bob"});
         assert_eq!(mapping.identity(&claims).user(), Some("u-1"));

@@ -475,7 +475,7 @@ impl Introspector {
             in_flight: Semaphore::new(max_in_flight),
             max_in_flight,
             http,
-            identity: IdentityMapping::new(&settings.identity)?,
+            identity: IdentityMapping::new(&settings.identity)?.with_issuers(&settings.issuers),
             metrics,
         })
     }
@@ -581,7 +581,7 @@ impl Introspector {
                 expires_at: expires_at.unwrap_or(u64::MAX),
                 key_generation: 0,
                 // Built once per answer: a cache hit only copies ready header values.
-                identity: self.identity.introspection_identity(&answer),
+                identity: self.identity.introspection_identity(client.index, &answer),
             })),
             Judged::Refused(reason) => Verdict::Refused(reason),
         };

@@ -102,7 +102,7 @@ impl Verifier {
                 })
                 .collect(),
             introspector,
-            identity: IdentityMapping::new(&settings.identity)?,
+            identity: IdentityMapping::new(&settings.identity)?.with_issuers(&settings.issuers),
             sources: settings.token_sources()?,
             max_token_length: settings.token.max_length,
             metrics,
@@ -202,7 +202,7 @@ impl Verifier {
             issuer: issuer.index,
             expires_at,
             key_generation,
-            identity: self.identity.identity(&jwt.claims),
+            identity: self.identity.jwt_identity(issuer.index, &jwt.claims),
         });
         self.cache.insert(hash, token.clone());
         Ok(Allowed {

@@ -342,14 +342,19 @@ async fn user_falls_back_to_sub_and_values_are_sanitised() {
     let mut claims = issuer.claims();
     claims.as_object_mut().unwrap().remove("preferred_username");
     claims["email"] = json!("alice@example.com\r\nX-Injected: yes");
+    claims["groups"] = json!(["admins\r\nX-Injected: yes"]);
 
     let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
 
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["x-auth-request-user"], "user-1");
+    assert!(
+        response.headers().get("x-auth-request-email").is_none(),
+        "an address with controls is no email"
+    );
     assert_eq!(
-        response.headers()["x-auth-request-email"],
-        "alice@example.comX-Injected: yes"
+        response.headers()["x-auth-request-groups"],
+        "adminsX-Injected: yes"
     );
     assert!(response.headers().get("x-injected").is_none());
 }

@@ -1,4 +1,5 @@
-//! Identity output: claim headers, groups filter, Kubernetes impersonation, the header
+//! Identity output: claim headers, groups filter, Kubernetes impersonation (and forged
+//! `system:` names), values sent exactly as judged, the header
 //! budget and the cache hints.
 
 use reqwest::header::HeaderValue;
@@ -157,4 +158,108 @@ async fn cache_hint_never_outlives_the_token() {
     assert!((100..=120).contains(&seconds), "{seconds}");
     let denied = app.auth_without_token().await;
     assert_eq!(denied.headers()["x-accel-expires"], "0");
+}
+
+/// Group and user names that an API server, or a proxy that trims or drops odd
+/// characters on the way, could read as a `system:` name.
+const FORGED_SYSTEM_NAMES: &[&str] = &[
+    "\tsystem:masters",
+    "\u{0}system:masters",
+    "\u{85}system:masters",
+    "\u{A0}system:masters",
+    " system:masters",
+    "system:masters ",
+    "sys\ttem:masters",
+    "sys tem:masters",
+    "SYSTEM:masters",
+    "\u{200B}system:masters",
+];
+
+/// Whether any response header value reads as a `system:` name once whitespace and
+/// controls are gone and case is ignored.
+fn any_system_header(response: &reqwest::Response) -> bool {
+    response.headers().iter().any(|(_, value)| {
+        let visible: String = String::from_utf8_lossy(value.as_bytes())
+            .chars()
+            .filter(|ch| !ch.is_whitespace() && !ch.is_control() && *ch != '\u{200B}')
+            .collect();
+        visible.to_ascii_lowercase().starts_with("system:")
+    })
+}
+
+#[tokio::test]
+async fn forged_system_groups_never_become_impersonate_group() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.identity.output = IdentityOutput::KubernetesImpersonation
+    })
+    .await;
+    let mut claims = issuer.claims();
+    let mut groups: Vec<&str> = FORGED_SYSTEM_NAMES.to_vec();
+    groups.push("developers");
+    claims["groups"] = serde_json::json!(groups);
+
+    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+
+    assert_eq!(response.status(), 202);
+    assert!(!any_system_header(&response));
+    let sent: Vec<&HeaderValue> = response
+        .headers()
+        .get_all("impersonate-group")
+        .iter()
+        .collect();
+    assert_eq!(sent, ["developers"]);
+}
+
+#[tokio::test]
+async fn forged_system_users_are_refused() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.identity.output = IdentityOutput::KubernetesImpersonation
+    })
+    .await;
+    for name in FORGED_SYSTEM_NAMES {
+        let mut claims = issuer.claims();
+        claims["preferred_username"] = (*name).into();
+        let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+        assert_eq!(response.status(), 403, "{name:?}");
+        assert!(!any_system_header(&response), "{name:?}");
+    }
+    assert_eq!(
+        app.decisions_with_reason("unusable_identity"),
+        FORGED_SYSTEM_NAMES.len() as f64
+    );
+}
+
+#[tokio::test]
+async fn identity_header_values_are_sent_as_judged() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |s| {
+        s.identity.claim_headers = vec![ClaimHeaderSettings {
+            header: "X-Auth-Request-Tenant".into(),
+            claim: "tenant_id".into(),
+        }]
+    })
+    .await;
+    let mut claims = issuer.claims();
+    claims["preferred_username"] = "\u{A0}alice\t".into();
+    claims["groups"] = serde_json::json!(["\u{85}admins ", "\u{0}"]);
+    claims["tenant_id"] = " acme\r\n".into();
+
+    let response = app
+        .client
+        .get(format!("{}/auth?allowed_groups=admins", app.address))
+        .bearer_auth(rsa_key("k1").sign(&claims))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(
+        response.status(),
+        202,
+        "the policy judged the cleaned group"
+    );
+    assert_eq!(response.headers()["x-auth-request-user"], "alice");
+    assert_eq!(response.headers()["x-auth-request-groups"], "admins");
+    assert_eq!(response.headers()["x-auth-request-tenant"], "acme");
 }

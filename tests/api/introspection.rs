@@ -108,6 +108,8 @@ async fn identity_uses_the_configured_claims_then_username_then_sub() {
     let issuer = TestIssuer::start().await;
     let app = spawn_opaque_app(&issuer, |_, settings| {
         settings.identity.groups_claim = "scope".to_owned();
+        // `scope` is one space-separated string (RFC 6749 §3.3).
+        settings.issuers[0].space_separated_groups = true;
     })
     .await;
 

@@ -6,6 +6,7 @@ mod config;
 mod contracts;
 mod demo;
 mod helpers;
+mod identity_claims;
 mod identity_output;
 mod introspection;
 mod keys;
