@@ -241,6 +241,8 @@ run_checks() {
     cargo clippy --all-targets --features e2e -- -D warnings
     step "cargo test --all-targets --features e2e (unit, tests/api, tests/e2e)"
     cargo test --all-targets --features e2e
+    step "fuzz targets, ${FUZZ_SECONDS:-20}s each (scripts/fuzz.sh)"
+    bash scripts/fuzz.sh
     step "cargo bench --no-run"
     cargo bench --no-run
     bash scripts/check-deploy.sh

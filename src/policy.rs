@@ -160,8 +160,10 @@ impl Requirements {
             *email = email.to_ascii_lowercase();
         }
         for domain in &mut self.email_domains {
-            *domain = domain.trim_start_matches('@').to_ascii_lowercase();
+            *domain = domain.trim_start_matches('@').trim().to_ascii_lowercase();
         }
+        // `allowed_email_domains=@` names no domain: it must not become an empty one.
+        self.email_domains.retain(|domain| !domain.is_empty());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -537,6 +539,13 @@ mod tests {
                 .unwrap();
         assert_eq!(requirements.groups, ["a", "b", "c"]);
         assert_eq!(requirements.scopes, ["read"]);
+    }
+
+    #[test]
+    fn a_bare_at_sign_names_no_domain() {
+        // Found by fuzzing: `@` became an empty domain requirement.
+        let requirements = Requirements::from_query("allowed_email_domains=@").unwrap();
+        assert!(requirements.email_domains.is_empty());
     }
 
     #[test]

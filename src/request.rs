@@ -126,7 +126,13 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str
         if found.is_some() {
             return Err(Reason::MalformedToken.into());
         }
-        found = Some(value.trim().trim_matches('"'));
+        // RFC 6265 §4.1.1: a value may be wrapped in one pair of quotes.
+        let value = value.trim();
+        let unquoted = value
+            .strip_prefix('"')
+            .and_then(|inner| inner.strip_suffix('"'))
+            .unwrap_or(value);
+        found = Some(unquoted.trim());
     }
     Ok(found)
 }
@@ -418,7 +424,8 @@ pub fn parse_host(raw: &str) -> Result<String, AuthError> {
 /// - dot segments, raw or percent-encoded (`.`, `..`, `%2e`, `.%2E`);
 /// - an encoded separator (`%2f`, `%5c`), a raw `\`, an encoded `%` (`%25`: decoded
 ///   twice by some stacks), an encoded `;` (`%3b`);
-/// - controls, raw or encoded (NUL, CR, LF, TAB, DEL…), a raw space, a raw `#`;
+/// - controls, raw or encoded (NUL, CR, LF, TAB, DEL, the C1 range with NEL…), a raw
+///   space, a raw `#`;
 /// - invalid percent-encoding, or bytes that are not UTF-8 once decoded;
 /// - a target that does not start with `/` (absolute-form, `*`);
 /// - `;` path parameters, unless [`PathParameters::Strip`].
@@ -468,6 +475,10 @@ pub fn parse_path(target: &str, parameters: PathParameters) -> Result<String, Au
         }
     }
     let decoded = String::from_utf8(decoded).map_err(|_| ambiguous())?;
+    // C1 controls (U+0080–U+009F, NEL among them) arrive as UTF-8, not as single bytes.
+    if decoded.chars().any(char::is_control) {
+        return Err(ambiguous());
+    }
     let mut path = String::with_capacity(decoded.len() + 1);
     for segment in decoded.split('/') {
         match segment {
@@ -593,6 +604,8 @@ mod tests {
             "/admin%2",
             "/admin%+f",
             "/%c0%af",
+            "/public\u{85}/admin",
+            "/public%C2%85admin",
             "http://other/admin",
             "*",
             "",
@@ -689,6 +702,16 @@ mod tests {
         assert_eq!(parse_method("get").unwrap(), "get");
         assert!(parse_method("GE T").is_err());
         assert!(parse_method("").is_err());
+    }
+
+    #[test]
+    fn a_quoted_cookie_loses_one_pair_of_quotes_and_its_whitespace() {
+        // Found by fuzzing: whitespace inside the quotes stayed around the token.
+        let map = headers(&[("cookie", "CF_Authorization=\"a.b.c\t\t\"")]);
+        let sources = [TokenSource::from_str("cookie:CF_Authorization").unwrap()];
+        assert_eq!(extract_token(&map, &sources, 100).unwrap(), "a.b.c");
+        let map = headers(&[("cookie", "CF_Authorization=\"\"a\"\"")]);
+        assert_eq!(extract_token(&map, &sources, 100).unwrap(), "\"a\"");
     }
 
     #[test]
