@@ -512,7 +512,16 @@ impl Default for IdentitySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
-    /// Most tokens kept; bounds memory under a flood of distinct tokens.
+    /// Memory the verified-token cache may hold, in bytes. Each entry counts what it
+    /// really holds: its identity (user, email, groups, scopes and header values), the
+    /// verdict, and the cache's own bookkeeping (about 1.1 KiB for a 1 KiB token, up to
+    /// about 7 KiB for a 7 KiB token whose bulk is groups). The default, 32 MiB, fits the
+    /// shipped Kubernetes memory limit (128 MiB) with the connection limit and headroom;
+    /// size it with that limit (see the README's cache section).
+    #[serde(default = "defaults::cache_max_bytes")]
+    pub max_bytes: u64,
+    /// Most tokens kept, a second bound beside `max_bytes`: an entry counts for at least
+    /// `max_bytes / max_entries` bytes.
     #[serde(default = "defaults::cache_max_entries")]
     pub max_entries: u64,
     /// Longest time a verified token is trusted without re-checking its signature (it
@@ -536,6 +545,7 @@ pub struct CacheSettings {
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
+            max_bytes: defaults::cache_max_bytes(),
             max_entries: defaults::cache_max_entries(),
             max_ttl: defaults::cache_max_ttl(),
             introspection_max_entries: defaults::cache_max_entries(),
@@ -682,6 +692,9 @@ mod defaults {
     pub fn max_headers_bytes() -> usize {
         3072
     }
+    pub fn cache_max_bytes() -> u64 {
+        32 * 1024 * 1024
+    }
     pub fn cache_max_entries() -> u64 {
         100_000
     }
@@ -739,6 +752,9 @@ mod defaults {
 /// tokens live on.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 const MAX_CACHE_ENTRIES: u64 = 10_000_000;
+/// A cache budget below this would hold only a few hundred large entries.
+const MIN_CACHE_BYTES: u64 = 1024 * 1024;
+const MAX_CACHE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 /// Longest trust in an `active: true` introspection answer: it is the revocation window.
 const MAX_POSITIVE_TTL: Duration = Duration::from_secs(3600);
 /// Longest memory of an `active: false` answer: it is meant to absorb retries, not more.
@@ -847,6 +863,12 @@ impl Settings {
             return Err(ConfigError::new(
                 "cache.max_entries",
                 format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
+            ));
+        }
+        if !(MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&self.cache.max_bytes) {
+            return Err(ConfigError::new(
+                "cache.max_bytes",
+                format!("must be between {MIN_CACHE_BYTES} (1 MiB) and {MAX_CACHE_BYTES} (64 GiB)"),
             ));
         }
         self.server.validate()?;

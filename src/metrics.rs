@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::error::Reason;
@@ -57,6 +57,8 @@ pub struct Metrics {
     pub verified_token_evictions: IntCounter,
     pub introspection_evictions: IntCounter,
     key_age: Vec<Gauge>,
+    verified_token_entries: IntGauge,
+    verified_token_bytes: IntGauge,
 }
 
 /// From 10 µs (a cache hit) to a second (a slow introspection call).
@@ -166,6 +168,22 @@ impl Metrics {
             &["issuer"],
         )?;
         registry.register(Box::new(key_age.clone()))?;
+        let cache_entries = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_cache_entries",
+                "Entries held, by cache (as of its last housekeeping)",
+            ),
+            &["cache"],
+        )?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_cache_bytes",
+                "Memory the entries hold as the cache counts it against its max_bytes, by cache",
+            ),
+            &["cache"],
+        )?;
+        registry.register(Box::new(cache_bytes.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -213,6 +231,8 @@ impl Metrics {
                 .iter()
                 .map(|name| key_age.with_label_values(&[name.as_str()]))
                 .collect(),
+            verified_token_entries: cache_entries.with_label_values(&["verified_token"]),
+            verified_token_bytes: cache_bytes.with_label_values(&["verified_token"]),
         })
     }
 
@@ -244,6 +264,14 @@ impl Metrics {
         if let Some(gauge) = self.key_age.get(issuer) {
             gauge.set(age.map_or(-1.0, |age| age.as_secs_f64()));
         }
+    }
+
+    /// Sets the size gauges of the verified-token cache (called when metrics are scraped).
+    pub fn set_cache_size(&self, entries: u64, bytes: u64) {
+        self.verified_token_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.verified_token_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn cache_lookup(&self, hit: bool) {

@@ -55,6 +55,10 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     for (index, keys) in state.verifier.key_stores().enumerate() {
         state.metrics.set_key_age(index, keys.key_age());
     }
+    let cache = state.verifier.cache();
+    state
+        .metrics
+        .set_cache_size(cache.entry_count(), cache.weighted_size());
     let mut buffer = Vec::new();
     match TextEncoder::new().encode(&state.registry.gather(), &mut buffer) {
         Ok(()) => HttpResponse::Ok()

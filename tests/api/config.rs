@@ -79,6 +79,11 @@ fn bad_config_exits_64_naming_the_key() {
             "cache.max_entries",
         ),
         (
+            "cache-bytes.yaml",
+            format!("cache:\n  max_bytes: 4096\n{VALID}"),
+            "cache.max_bytes",
+        ),
+        (
             "unknown.yaml",
             format!("cache:\n  max_entrys: 10\n{VALID}"),
             "max_entrys",
@@ -154,6 +159,13 @@ fn environment_overrides_file_values() {
     let env = HashMap::from([("TOKENGATE__CACHE__MAX_ENTRIES".to_owned(), "0".to_owned())]);
     let error = Settings::load(&path, Some(env)).unwrap_err();
     assert_eq!(error.key, "cache.max_entries");
+
+    let env = HashMap::from([(
+        "TOKENGATE__CACHE__MAX_BYTES".to_owned(),
+        "67108864".to_owned(),
+    )]);
+    let settings = Settings::load(&path, Some(env)).unwrap();
+    assert_eq!(settings.cache.max_bytes, 64 * 1024 * 1024);
 }
 
 #[test]
