@@ -16,6 +16,8 @@
 //! than queueing, so a flood of distinct tokens can neither pile up requests here nor be
 //! relayed to the issuer. Every call has a timeout; an issuer that is unreachable, slow,
 //! answers 5xx or refuses our credentials gives 503 (fail closed), never a 2xx.
+//! Answers are parsed strictly: a member named twice (`{"active":false,"active":true}`)
+//! makes the answer unusable (503), never a verdict.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +32,7 @@ use tokio::sync::Semaphore;
 use url::{form_urlencoded, Url};
 
 use super::cache::{unix_now, TokenHash, VerifiedToken};
+use super::json;
 use super::jwks::KeyStore;
 use super::jwt::{check_validity_window, names_audience};
 use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IssuerSettings, Settings};
@@ -350,7 +353,9 @@ impl IntrospectionClient {
                 IntrospectionError::Status { url, status, error }
             });
         }
-        serde_json::from_slice(&body).map_err(|source| IntrospectionError::Json { url, source })
+        // Strict: with a member named twice, another reader of the same answer could
+        // see another verdict (`active`) or other claims, so it is no answer at all.
+        json::from_slice(&body).map_err(|source| IntrospectionError::Json { url, source })
     }
 
     /// Checks an answer (RFC 7662 §2.2). Only `active: true` means active; the optional

@@ -464,6 +464,37 @@ async fn too_many_calls_in_flight_get_503_at_once() {
 }
 
 #[tokio::test]
+async fn an_answer_with_a_member_named_twice_is_no_answer() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_opaque_app(&issuer, |_, _| {}).await;
+    let active = issuer.active_answer().to_string();
+    let bodies = [
+        // Read last-wins this would be active, read first-wins inactive.
+        active.replacen('{', r#"{"active":false,"#, 1),
+        active.replacen('{', r#"{"sub":"admin","#, 1),
+        active.replacen('{', r#"{"groups":["system:masters"],"#, 1),
+        active.replacen('{', r#"{"ext":{"role":"a","role":"b"},"#, 1),
+    ];
+    for (index, body) in bodies.iter().enumerate() {
+        let token = issuer.opaque_token();
+        issuer.set_raw_answer(&token, body);
+        // No verdict (503), never an allow; and nothing cached: the next request asks again.
+        assert_unavailable(app.auth_with_token(&token).await).await;
+        assert_unavailable(app.auth_with_token(&token).await).await;
+        assert_eq!(issuer.introspection_calls(), 2 * (index + 1), "{body}");
+    }
+    assert_eq!(
+        app.decisions_with_reason("introspection_unavailable"),
+        2.0 * bodies.len() as f64
+    );
+
+    // The same answer with each member once is fine.
+    let token = issuer.opaque_token();
+    issuer.set_raw_answer(&token, &active);
+    assert_eq!(app.auth_with_token(&token).await.status(), 202);
+}
+
+#[tokio::test]
 async fn jwts_can_be_introspected_for_instant_revocation() {
     let issuer = TestIssuer::start().await;
     let app = spawn_opaque_app(&issuer, |introspection, _| {

@@ -5,6 +5,7 @@ mod auth_request;
 mod config;
 mod contracts;
 mod demo;
+mod duplicate_members;
 mod helpers;
 mod identity_output;
 mod introspection;
