@@ -447,8 +447,8 @@ pub struct CacheSettings {
     #[serde(default = "defaults::cache_max_entries")]
     pub max_entries: u64,
     /// Longest time a verified token is trusted without re-checking its signature (it
-    /// never outlives the token's `exp` either). Bounds how long a token signed by a key
-    /// that the issuer withdrew keeps passing.
+    /// never outlives the token's `exp` either). A key refresh that withdraws a key (by
+    /// `kid` or by material) drops the issuer's cached verdicts at once, whatever this says.
     #[serde(default = "defaults::cache_max_ttl", with = "humantime_serde")]
     pub max_ttl: Duration,
     /// Most introspection answers kept (positive and negative); bounds memory under a

@@ -355,6 +355,13 @@ async fn jwks(state: web::Data<IssuerState>) -> HttpResponse {
     HttpResponse::Ok().json(jwks_document(keys.iter().map(|key| key.as_ref())))
 }
 
+/// The public JWK of `key` without its `kid`, as some issuers publish keys.
+pub fn jwk_without_kid(key: &SigningKey) -> Value {
+    let mut jwk = key.public_jwk().clone();
+    jwk.as_object_mut().unwrap().remove("kid");
+    jwk
+}
+
 /// Signs `header.payload` given as JSON text, byte for byte: for tokens that a JWT
 /// library would never produce, such as a member named twice. An Ed25519 key.
 pub struct RawSigner {
