@@ -9,6 +9,7 @@ mod duplicate_members;
 mod helpers;
 mod identity_output;
 mod introspection;
+mod introspection_flood;
 mod keys;
 mod lifecycle;
 mod observability;
