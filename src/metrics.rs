@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::error::Reason;
@@ -57,6 +57,7 @@ pub struct Metrics {
     pub verified_token_evictions: IntCounter,
     pub introspection_evictions: IntCounter,
     key_age: Vec<Gauge>,
+    introspection_waiting: Vec<IntGauge>,
 }
 
 /// From 10 µs (a cache hit) to a second (a slow introspection call).
@@ -166,6 +167,14 @@ impl Metrics {
             &["issuer"],
         )?;
         registry.register(Box::new(key_age.clone()))?;
+        let introspection_waiting = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_introspection_waiting",
+                "Requests waiting for a free introspection call slot, by issuer",
+            ),
+            &["issuer"],
+        )?;
+        registry.register(Box::new(introspection_waiting.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -213,6 +222,10 @@ impl Metrics {
                 .iter()
                 .map(|name| key_age.with_label_values(&[name.as_str()]))
                 .collect(),
+            introspection_waiting: issuer_names
+                .iter()
+                .map(|name| introspection_waiting.with_label_values(&[name.as_str()]))
+                .collect(),
         })
     }
 
@@ -237,6 +250,18 @@ impl Metrics {
         if let Some(histogram) = self.introspection_duration.get(issuer) {
             histogram.observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// The gauge of requests waiting for an introspection slot at issuer `issuer` (a
+    /// detached one for an index without a series).
+    pub fn introspection_waiting(&self, issuer: usize) -> IntGauge {
+        self.introspection_waiting
+            .get(issuer)
+            .cloned()
+            .unwrap_or_else(|| {
+                IntGauge::new("tokengate_introspection_waiting", "detached")
+                    .expect("a valid metric name")
+            })
     }
 
     /// Sets the key-age gauge of issuer `issuer` (called when metrics are scraped).

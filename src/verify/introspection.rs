@@ -11,11 +11,17 @@
 //!   that a client retrying a dead token does not hammer the issuer;
 //! - errors and timeouts are never cached: the next request asks again.
 //!
-//! Concurrent misses for one token share one upstream call (moka's `try_get_with`), and
-//! a global cap bounds the calls in flight: beyond it a request gets 503 at once rather
-//! than queueing, so a flood of distinct tokens can neither pile up requests here nor be
-//! relayed to the issuer. Every call has a timeout; an issuer that is unreachable, slow,
-//! answers 5xx or refuses our credentials gives 503 (fail closed), never a 2xx.
+//! Concurrent misses for one token share one upstream call (moka's `try_get_with`).
+//! Each issuer bounds its calls in flight, with a short first-come-first-served wait for
+//! a free slot and a bound on the waiters ([`super::admission`]), so a flood of distinct
+//! tokens can neither pile up requests here, nor be relayed to the issuer, nor starve
+//! the real tokens that arrive meanwhile. A token that is not even an RFC 6750
+//! `b64token` is refused before any of this. Every call has a timeout; an issuer that is
+//! unreachable, slow, answers 5xx or refuses our credentials gives 503 (fail closed),
+//! never a 2xx. Answers are parsed strictly: a member named twice
+//! (`{"active":false,"active":true}`) makes the answer unusable (503), never a verdict.
+//! Refusals and failures are logged at most once per [`LOG_INTERVAL`] per issuer, with
+//! the count since the last line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,10 +32,11 @@ use moka::future::Cache;
 use moka::Expiry;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 use url::{form_urlencoded, Url};
 
+use super::admission::{Admission, LogLimiter, Refusal};
 use super::cache::{unix_now, TokenHash, VerifiedToken};
+use super::json;
 use super::jwks::KeyStore;
 use super::jwt::{check_validity_window, names_audience};
 use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IssuerSettings, Settings};
@@ -41,13 +48,20 @@ use crate::metrics::{IntrospectionResult, Metrics};
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Longest OAuth `error` code quoted from a refusal in our logs.
 const MAX_ERROR_CODE: usize = 64;
+/// At most one overload line and one failure line per issuer per this interval; the
+/// lines count what happened since the previous one.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why an introspection call gave no answer. Never holds the token or the secret: these
 /// are logged at error level.
 #[derive(Debug, thiserror::Error)]
 pub enum IntrospectionError {
-    #[error("more than {max} introspection calls in flight; refused without asking")]
-    Overloaded { max: usize },
+    #[error("introspection refused without asking ({}): {max_in_flight} calls in flight and up to {max_waiting} waiting", refusal.as_str())]
+    Overloaded {
+        refusal: Refusal,
+        max_in_flight: usize,
+        max_waiting: usize,
+    },
     #[error("no introspection endpoint: none is configured and discovery has not named one")]
     NoEndpoint,
     #[error("{url} did not answer within {timeout:?}")]
@@ -202,6 +216,10 @@ pub struct IntrospectionClient {
     positive_ttl: Duration,
     negative_ttl: Duration,
     introspect_jwts: bool,
+    /// This issuer's call slots and the queue in front of them.
+    admission: Admission,
+    overload_log: LogLimiter,
+    failure_log: LogLimiter,
 }
 
 /// How we authenticate, ready to use: the Basic header is built once.
@@ -247,6 +265,7 @@ impl IntrospectionClient {
         index: usize,
         settings: &IssuerSettings,
         keys: Arc<KeyStore>,
+        metrics: &Metrics,
     ) -> Result<Option<Self>, ConfigError> {
         let Some(introspection) = &settings.introspection else {
             return Ok(None);
@@ -281,6 +300,14 @@ impl IntrospectionClient {
             positive_ttl: introspection.positive_ttl,
             negative_ttl: introspection.negative_ttl,
             introspect_jwts: introspection.introspect_jwts,
+            admission: Admission::new(
+                introspection.max_in_flight,
+                introspection.max_waiting,
+                introspection.max_wait,
+                metrics.introspection_waiting(index),
+            ),
+            overload_log: LogLimiter::new(LOG_INTERVAL),
+            failure_log: LogLimiter::new(LOG_INTERVAL),
         }))
     }
 
@@ -350,7 +377,9 @@ impl IntrospectionClient {
                 IntrospectionError::Status { url, status, error }
             });
         }
-        serde_json::from_slice(&body).map_err(|source| IntrospectionError::Json { url, source })
+        // Strict: with a member named twice, another reader of the same answer could
+        // see another verdict (`active`) or other claims, so it is no answer at all.
+        json::from_slice(&body).map_err(|source| IntrospectionError::Json { url, source })
     }
 
     /// Checks an answer (RFC 7662 §2.2). Only `active: true` means active; the optional
@@ -412,6 +441,17 @@ impl IntrospectionClient {
     }
 }
 
+/// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" )
+/// *"="`, the shape of every bearer token (a JWT is one too).
+fn is_b64token(token: &str) -> bool {
+    let bytes = token.as_bytes();
+    let body = bytes.len() - bytes.iter().rev().take_while(|&&byte| byte == b'=').count();
+    body > 0
+        && bytes[..body].iter().all(|&byte| {
+            byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
 /// An error with its causes, `outer: inner: innermost`, for one log field.
 struct ErrorChain<'a>(&'a dyn std::error::Error);
 
@@ -427,14 +467,13 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-/// Every issuer's introspection client, the shared answer cache and the in-flight cap.
+/// Every issuer's introspection client (each with its own call slots) and the shared
+/// answer cache.
 pub struct Introspector {
     /// By issuer index; `None` where introspection is not configured.
     clients: Vec<Option<IntrospectionClient>>,
     opaque_issuer: Option<usize>,
     cache: Cache<TokenHash, CachedAnswer>,
-    in_flight: Semaphore,
-    max_in_flight: usize,
     http: reqwest::Client,
     identity: IdentityMapping,
     metrics: Arc<Metrics>,
@@ -454,9 +493,10 @@ impl Introspector {
             .iter()
             .zip(key_stores)
             .enumerate()
-            .map(|(index, (issuer, keys))| IntrospectionClient::new(index, issuer, keys.clone()))
+            .map(|(index, (issuer, keys))| {
+                IntrospectionClient::new(index, issuer, keys.clone(), &metrics)
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let max_in_flight = settings.http_client.introspection_max_in_flight;
         Ok(Self {
             clients,
             opaque_issuer: settings.opaque_issuer()?,
@@ -472,8 +512,6 @@ impl Introspector {
                     }
                 })
                 .build(),
-            in_flight: Semaphore::new(max_in_flight),
-            max_in_flight,
             http,
             identity: IdentityMapping::new(&settings.identity)?.with_issuers(&settings.issuers),
             metrics,
@@ -521,6 +559,12 @@ impl Introspector {
             self.cache.invalidate(hash).await;
         }
         self.metrics.introspection_cache_lookup(false);
+        if !is_b64token(token) {
+            // RFC 6750 §2.1: a bearer token is a `b64token`. Anything else is no token of
+            // any issuer; refusing it here costs one pass over the bytes, where asking
+            // would cost the issuer a call and a slot that a real token may need.
+            return Err(Reason::MalformedToken.into());
+        }
         // Single flight: concurrent misses for this token wait for the one call made
         // here. An error is handed to those waiters and never inserted.
         self.cache
@@ -536,18 +580,29 @@ impl Introspector {
         client: &IntrospectionClient,
         token: &str,
     ) -> Result<CachedAnswer, IntrospectionError> {
-        // The permit is taken here, by the caller that really calls out, so a burst of
-        // requests for one token needs a single permit. Waiting for one would let a flood
-        // of distinct tokens queue without bound: refuse instead.
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            tracing::warn!(
-                issuer = %client.name,
-                max_in_flight = self.max_in_flight,
-                "introspection refused: too many calls in flight (503)"
-            );
-            return Err(IntrospectionError::Overloaded {
-                max: self.max_in_flight,
-            });
+        // The slot is taken here, by the caller that really calls out, so a burst of
+        // requests for one token needs a single slot (the others wait on this future).
+        let admission = &client.admission;
+        let _slot = match admission.admit().await {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                if let Some(refused) = client.overload_log.event() {
+                    tracing::warn!(
+                        issuer = %client.name,
+                        reason = refusal.as_str(),
+                        refused,
+                        max_in_flight = admission.max_in_flight(),
+                        max_waiting = admission.max_waiting(),
+                        interval_s = LOG_INTERVAL.as_secs(),
+                        "introspection overloaded: {refused} request(s) refused with 503 since the last such line"
+                    );
+                }
+                return Err(IntrospectionError::Overloaded {
+                    refusal,
+                    max_in_flight: admission.max_in_flight(),
+                    max_waiting: admission.max_waiting(),
+                });
+            }
         };
         let started = std::time::Instant::now();
         let called = client.call(&self.http, token).await;
@@ -598,11 +653,17 @@ impl Introspector {
     ) -> IntrospectionError {
         self.metrics
             .introspection_call(client.index, IntrospectionResult::Error);
-        tracing::error!(
-            issuer = %client.name,
-            error = %ErrorChain(&error),
-            "token introspection failed; answering 503 (fail closed)"
-        );
+        if let Some(failures) = client.failure_log.event() {
+            // The first failure after a quiet interval is logged whole; the ones after it
+            // are counted into the next line, so a flood of timeouts is a line per interval.
+            tracing::error!(
+                issuer = %client.name,
+                error = %ErrorChain(&error),
+                failures,
+                interval_s = LOG_INTERVAL.as_secs(),
+                "token introspection failed; answering 503 (fail closed)"
+            );
+        }
         error
     }
 }
@@ -626,7 +687,7 @@ mod tests {
             None,
             vec![jsonwebtoken::Algorithm::RS256],
             reqwest::Client::new(),
-            metrics,
+            metrics.clone(),
         ));
         IntrospectionClient {
             index: 0,
@@ -642,6 +703,9 @@ mod tests {
             positive_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             introspect_jwts: false,
+            admission: Admission::new(1, 0, Duration::ZERO, metrics.introspection_waiting(0)),
+            overload_log: LogLimiter::new(LOG_INTERVAL),
+            failure_log: LogLimiter::new(LOG_INTERVAL),
         }
     }
 
@@ -782,6 +846,24 @@ mod tests {
         );
         assert_eq!(code(r#"{"error":"bad\nline"}"#), "");
         assert_eq!(code("<html>"), "");
+    }
+
+    #[test]
+    fn only_b64tokens_are_worth_asking_about() {
+        for token in [
+            "2YotnFZFEjr1zCsicMWpAA",
+            "a.b.c",
+            "mF_9.B5f-4.1JqM",
+            "abc+/~==",
+            "x=",
+        ] {
+            assert!(is_b64token(token), "{token}");
+        }
+        for token in [
+            "", "==", "a b", "a=b", "a\tb", "tök", "a,b", "a;b", "\"a\"", "a%20",
+        ] {
+            assert!(!is_b64token(token), "{token:?}");
+        }
     }
 
     #[test]

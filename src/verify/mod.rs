@@ -4,10 +4,14 @@
 //! - [`jwt`]: header checks, key choice, signature and claims for one issuer;
 //! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown;
 //! - [`introspection`]: RFC 7662 introspection of opaque tokens (and, per issuer, of
-//!   JWTs) with its cache of answers.
+//!   JWTs) with its cache of answers;
+//! - [`admission`]: each issuer's bound on introspection calls, with a short fair wait;
+//! - [`json`]: the JSON parser for tokens and answers, which refuses duplicate names.
 
+pub mod admission;
 pub mod cache;
 pub mod introspection;
+pub mod json;
 pub mod jwks;
 pub mod jwt;
 
