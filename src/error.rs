@@ -47,7 +47,8 @@ pub enum Reason {
     /// The introspection endpoint could not give an answer (unreachable, timeout, 5xx,
     /// refused our client credentials, unreadable answer): no verdict.
     IntrospectionUnavailable,
-    /// Too many introspection calls in flight: refused at once rather than queued.
+    /// The issuer's introspection slots stayed taken: its wait queue was full, or the
+    /// wait for a slot ran past `introspection.max_wait`.
     IntrospectionOverloaded,
     /// The proxies' original-request headers contradict each other (see
     /// [`crate::request::ProxyHeaders::Auto`]), or the original URL or `Host` is not a

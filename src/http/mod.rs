@@ -188,6 +188,9 @@ fn audit(
             AllowLogLevel::Debug => Level::DEBUG,
             AllowLogLevel::Info => Level::INFO,
         },
+        // An overloaded introspection queue is summarised by one rate-limited warning
+        // with counts; each refused request still gets its decision line.
+        Err(error) if error.reason == Reason::IntrospectionOverloaded => Level::INFO,
         Err(error) if error.reason.status().is_server_error() => Level::WARN,
         Err(_) => Level::INFO,
     };
