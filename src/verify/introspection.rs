@@ -190,9 +190,69 @@ impl Expiry<TokenHash, CachedAnswer> for AnswerExpiry {
     }
 }
 
+/// What an introspection answer must satisfy to be an allow, for one issuer.
+#[derive(Debug, Clone)]
+pub struct AnswerRules {
+    /// The issuer an `iss` member must name exactly.
+    pub issuer: String,
+    /// An `aud` member must name one of these.
+    pub audiences: Vec<String>,
+    /// Refuse answers without `aud` (RFC 7662 makes it optional).
+    pub require_audience: bool,
+    /// Seconds of clock skew accepted on `exp` and `nbf`.
+    pub leeway: u64,
+}
+
+impl AnswerRules {
+    /// Checks an answer (RFC 7662 §2.2). Only `active: true` means active; the optional
+    /// `exp`, `nbf`, `aud` and `iss` members are checked like the same JWT claims when
+    /// present, because an issuer may well answer `active: true` for a token it issued to
+    /// another audience.
+    pub fn judge(&self, answer: &Value, now: u64) -> Result<Judged, &'static str> {
+        if !answer.is_object() {
+            return Err("not a JSON object");
+        }
+        match answer.get("active") {
+            Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => return Ok(Judged::Refused(Reason::InactiveToken)),
+            _ => return Err("no boolean `active` member"),
+        }
+        let refused = |reason| Ok(Judged::Refused(reason));
+        if answer
+            .get("token_type")
+            .and_then(Value::as_str)
+            .is_some_and(|kind| kind.eq_ignore_ascii_case("refresh_token"))
+        {
+            // A refresh token is active too, but it is a credential for the token
+            // endpoint only (RFC 6749 §1.5); it must never open a resource.
+            return refused(Reason::WrongTokenType);
+        }
+        match answer.get("iss") {
+            None => {}
+            Some(Value::String(iss)) if *iss == self.issuer => {}
+            // Exact match, like a JWT's `iss`: no normalisation.
+            Some(Value::String(_)) => return refused(Reason::UnknownIssuer),
+            Some(_) => return refused(Reason::InvalidClaims),
+        }
+        match answer
+            .get("aud")
+            .map(|aud| names_audience(aud, &self.audiences))
+        {
+            None if self.require_audience => return refused(Reason::WrongAudience),
+            None | Some(Some(true)) => {}
+            Some(Some(false)) => return refused(Reason::WrongAudience),
+            Some(None) => return refused(Reason::InvalidClaims),
+        }
+        match check_validity_window(answer, now, self.leeway) {
+            Ok(expires_at) => Ok(Judged::Active { expires_at }),
+            Err(reason) => refused(reason),
+        }
+    }
+}
+
 /// What an answer says, once its claims are checked.
 #[derive(Debug, PartialEq, Eq)]
-enum Judged {
+pub enum Judged {
     /// `active: true` and every claim present is acceptable.
     Active { expires_at: Option<u64> },
     /// `active: false`, or a claim we refuse.
@@ -203,11 +263,8 @@ enum Judged {
 pub struct IntrospectionClient {
     index: usize,
     name: String,
-    issuer: String,
-    audiences: Vec<String>,
-    /// Refuse answers without `aud` (RFC 7662 makes it optional).
-    require_audience: bool,
-    leeway: u64,
+    /// What an answer must say to be an allow.
+    rules: AnswerRules,
     /// Configured endpoint; when absent, the one the key store's discovery found.
     endpoint: Option<Arc<Url>>,
     keys: Arc<KeyStore>,
@@ -289,10 +346,12 @@ impl IntrospectionClient {
         Ok(Some(Self {
             index,
             name: settings.display_name().to_owned(),
-            issuer: settings.issuer.clone(),
-            audiences: settings.audiences.clone(),
-            require_audience: introspection.require_audience,
-            leeway: settings.leeway.as_secs(),
+            rules: AnswerRules {
+                issuer: settings.issuer.clone(),
+                audiences: settings.audiences.clone(),
+                require_audience: introspection.require_audience,
+                leeway: settings.leeway.as_secs(),
+            },
             endpoint,
             keys,
             auth,
@@ -380,51 +439,6 @@ impl IntrospectionClient {
         // Strict: with a member named twice, another reader of the same answer could
         // see another verdict (`active`) or other claims, so it is no answer at all.
         json::from_slice(&body).map_err(|source| IntrospectionError::Json { url, source })
-    }
-
-    /// Checks an answer (RFC 7662 §2.2). Only `active: true` means active; the optional
-    /// `exp`, `nbf`, `aud` and `iss` members are checked like the same JWT claims when
-    /// present, because an issuer may well answer `active: true` for a token it issued to
-    /// another audience.
-    fn judge(&self, answer: &Value, now: u64) -> Result<Judged, &'static str> {
-        if !answer.is_object() {
-            return Err("not a JSON object");
-        }
-        match answer.get("active") {
-            Some(Value::Bool(true)) => {}
-            Some(Value::Bool(false)) => return Ok(Judged::Refused(Reason::InactiveToken)),
-            _ => return Err("no boolean `active` member"),
-        }
-        let refused = |reason| Ok(Judged::Refused(reason));
-        if answer
-            .get("token_type")
-            .and_then(Value::as_str)
-            .is_some_and(|kind| kind.eq_ignore_ascii_case("refresh_token"))
-        {
-            // A refresh token is active too, but it is a credential for the token
-            // endpoint only (RFC 6749 §1.5); it must never open a resource.
-            return refused(Reason::WrongTokenType);
-        }
-        match answer.get("iss") {
-            None => {}
-            Some(Value::String(iss)) if *iss == self.issuer => {}
-            // Exact match, like a JWT's `iss`: no normalisation.
-            Some(Value::String(_)) => return refused(Reason::UnknownIssuer),
-            Some(_) => return refused(Reason::InvalidClaims),
-        }
-        match answer
-            .get("aud")
-            .map(|aud| names_audience(aud, &self.audiences))
-        {
-            None if self.require_audience => return refused(Reason::WrongAudience),
-            None | Some(Some(true)) => {}
-            Some(Some(false)) => return refused(Reason::WrongAudience),
-            Some(None) => return refused(Reason::InvalidClaims),
-        }
-        match check_validity_window(answer, now, self.leeway) {
-            Ok(expires_at) => Ok(Judged::Active { expires_at }),
-            Err(reason) => refused(reason),
-        }
     }
 
     /// How long a judged answer may be kept: positive ones never past their `exp`.
@@ -613,7 +627,7 @@ impl Introspector {
             Err(error) => return Err(self.failed(client, error)),
         };
         let now = unix_now();
-        let judged = match client.judge(&answer, now) {
+        let judged = match client.rules.judge(&answer, now) {
             Ok(judged) => judged,
             Err(why) => {
                 let url = client.endpoint().map(|url| url.to_string());
@@ -692,10 +706,12 @@ mod tests {
         IntrospectionClient {
             index: 0,
             name: "test".to_owned(),
-            issuer: settings.issuer,
-            audiences: settings.audiences,
-            require_audience: false,
-            leeway,
+            rules: AnswerRules {
+                issuer: settings.issuer,
+                audiences: settings.audiences,
+                require_audience: false,
+                leeway,
+            },
             endpoint: None,
             keys,
             auth: ClientAuth::Basic(HeaderValue::from_static("Basic eDp5")),
@@ -712,14 +728,14 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
 
     fn judge(answer: Value) -> Result<Judged, &'static str> {
-        client(0).judge(&answer, NOW)
+        client(0).rules.judge(&answer, NOW)
     }
 
     #[test]
     fn require_audience_refuses_answers_without_aud() {
         let mut strict = client(0);
-        strict.require_audience = true;
-        let judged = |answer: Value| strict.judge(&answer, NOW);
+        strict.rules.require_audience = true;
+        let judged = |answer: Value| strict.rules.judge(&answer, NOW);
         assert_eq!(
             judged(json!({"active": true})),
             Ok(Judged::Refused(Reason::WrongAudience))
@@ -801,7 +817,7 @@ mod tests {
         let lenient = client(30);
         let answer = json!({"active": true, "exp": NOW - 10, "nbf": NOW + 10});
         assert_eq!(
-            lenient.judge(&answer, NOW),
+            lenient.rules.judge(&answer, NOW),
             Ok(Judged::Active {
                 expires_at: Some(NOW - 10)
             })

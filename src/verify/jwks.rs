@@ -137,7 +137,9 @@ impl KeySet {
         struct RawSet {
             keys: Vec<Value>,
         }
-        let raw: RawSet = serde_json::from_slice(body)?;
+        // Duplicate member names are refused here too: a JWKS read two ways could hold
+        // two keys under one `kid`.
+        let raw: RawSet = super::json::from_slice(body).and_then(serde_json::from_value)?;
         let mut set = KeySet {
             by_kid: HashMap::new(),
             all: Vec::new(),
@@ -373,6 +375,59 @@ fn rsa_parameters(alg: Algorithm) -> &'static lc::RsaParameters {
     }
 }
 
+/// What tokengate takes from an issuer's discovery document (OpenID Connect Discovery
+/// 1.0, RFC 8414).
+#[derive(Debug)]
+pub struct ProviderMetadata {
+    pub jwks_uri: Url,
+    /// The `introspection_endpoint`, when present and an http(s) URL.
+    pub introspection_endpoint: Option<Url>,
+    /// The document named an introspection endpoint that is not an http(s) URL.
+    pub invalid_introspection_endpoint: bool,
+}
+
+impl ProviderMetadata {
+    /// Parses a discovery document for `issuer`. Its `issuer` must be identical to the
+    /// configured one (Discovery §4), or an attacker-controlled document could substitute
+    /// its own keys; duplicate member names are refused, so no other reader of the same
+    /// document sees another issuer or key location.
+    pub fn parse(body: &[u8], issuer: &str) -> Result<ProviderMetadata, FetchError> {
+        #[derive(Deserialize)]
+        struct Discovery {
+            issuer: String,
+            jwks_uri: String,
+            #[serde(default)]
+            introspection_endpoint: Option<String>,
+        }
+        let json_error = |source| FetchError::Json {
+            url: "discovery document".to_owned(),
+            source,
+        };
+        let document: Discovery = super::json::from_slice(body)
+            .and_then(serde_json::from_value)
+            .map_err(json_error)?;
+        if document.issuer != issuer {
+            return Err(FetchError::IssuerMismatch {
+                found: document.issuer,
+            });
+        }
+        let http_url = |text: &str| {
+            Url::parse(text)
+                .ok()
+                .filter(|url| matches!(url.scheme(), "https" | "http"))
+        };
+        let jwks_uri = http_url(&document.jwks_uri).ok_or(FetchError::BadJwksUri)?;
+        // Only trusted because the document's `issuer` matched above: the endpoint
+        // receives our client secret.
+        let introspection_endpoint = document.introspection_endpoint.as_deref().map(http_url);
+        Ok(ProviderMetadata {
+            jwks_uri,
+            invalid_introspection_endpoint: matches!(introspection_endpoint, Some(None)),
+            introspection_endpoint: introspection_endpoint.flatten(),
+        })
+    }
+}
+
 /// Where the JWKS lives: configured, or learned once from discovery.
 enum JwksLocation {
     Configured(Url),
@@ -538,51 +593,29 @@ impl KeyStore {
         Ok(count)
     }
 
-    /// OpenID Connect Discovery 1.0 §4: the document's `issuer` must be identical to the
-    /// configured one, or an attacker-controlled document could substitute its own keys.
+    /// Learns the JWKS location (and the introspection endpoint) from the issuer's
+    /// discovery document.
     async fn discover(&self) -> Result<Url, FetchError> {
-        #[derive(Deserialize)]
-        struct Discovery {
-            issuer: String,
-            jwks_uri: String,
-            #[serde(default)]
-            introspection_endpoint: Option<String>,
-        }
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
         );
         let url = Url::parse(&url).map_err(|_| FetchError::BadJwksUri)?;
         let (body, _) = self.get_bounded(&url).await?;
-        let document: Discovery =
-            serde_json::from_slice(&body).map_err(|source| FetchError::Json {
-                url: url.to_string(),
-                source,
+        let metadata =
+            ProviderMetadata::parse(&body, &self.issuer).map_err(|error| match error {
+                FetchError::Json { source, .. } => FetchError::Json {
+                    url: url.to_string(),
+                    source,
+                },
+                other => other,
             })?;
-        if document.issuer != self.issuer {
-            return Err(FetchError::IssuerMismatch {
-                found: document.issuer,
-            });
+        if metadata.invalid_introspection_endpoint {
+            tracing::warn!(issuer = %self.name, "discovery document has an invalid introspection_endpoint; ignored");
         }
-        let jwks_uri = Url::parse(&document.jwks_uri).map_err(|_| FetchError::BadJwksUri)?;
-        if !matches!(jwks_uri.scheme(), "https" | "http") {
-            return Err(FetchError::BadJwksUri);
-        }
-        // Only trusted because the document's `issuer` matched above: the endpoint
-        // receives our client secret.
-        let introspection_endpoint = document
-            .introspection_endpoint
-            .as_deref()
-            .and_then(|endpoint| match Url::parse(endpoint) {
-                Ok(url) if matches!(url.scheme(), "https" | "http") => Some(url),
-                _ => {
-                    tracing::warn!(issuer = %self.name, "discovery document has an invalid introspection_endpoint; ignored");
-                    None
-                }
-            });
         self.introspection_endpoint
-            .store(introspection_endpoint.map(Arc::new));
-        Ok(jwks_uri)
+            .store(metadata.introspection_endpoint.map(Arc::new));
+        Ok(metadata.jwks_uri)
     }
 
     /// GET with a size cap, returning the body and the response's `max-age`.
