@@ -224,6 +224,22 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// An error with its causes, `outer: inner: innermost`: the one way tokengate prints an
+/// error chain, in log fields and on stderr.
+pub struct CauseChain<'a>(pub &'a dyn StdError);
+
+impl std::fmt::Display for CauseChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// A denial, with the underlying library error kept for debug logs only.
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]

@@ -34,8 +34,14 @@ pub enum StartupError {
     HttpClient(#[source] reqwest::Error),
     #[error("metrics registration failed")]
     Metrics(#[from] prometheus::Error),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
+    #[error("cannot serve on {address}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a listener failed while serving")]
+    Serve(#[source] std::io::Error),
 }
 
 /// A built, bound, not yet running application.
@@ -73,8 +79,8 @@ impl Application {
 
         let listener = bind(&settings.listen.to_string())?;
         let admin_listener = bind(&settings.admin_listen.to_string())?;
-        let port = listener.local_addr()?.port();
-        let admin_port = admin_listener.local_addr()?.port();
+        let port = local_port(&listener, &settings.listen.to_string())?;
+        let admin_port = local_port(&admin_listener, &settings.admin_listen.to_string())?;
 
         let success_status = StatusCode::from_u16(settings.success_status)
             .map_err(|_| ConfigError::new("success_status", "not an HTTP status"))?;
@@ -122,7 +128,11 @@ impl Application {
         // Signals are handled in `run_until_stopped`: readiness must flip first.
         .disable_signals()
         .shutdown_timeout(settings.shutdown.grace.as_secs().max(1))
-        .listen(listener)?
+        .listen(listener)
+        .map_err(|source| StartupError::Listen {
+            address: settings.listen.to_string(),
+            source,
+        })?
         .run();
         let admin_state = state.clone();
         let admin_server = HttpServer::new(move || {
@@ -138,7 +148,11 @@ impl Application {
         .client_request_timeout(settings.server.client_request_timeout)
         .disable_signals()
         .shutdown_timeout(settings.shutdown.grace.as_secs().max(1))
-        .listen(admin_listener)?
+        .listen(admin_listener)
+        .map_err(|source| StartupError::Listen {
+            address: settings.admin_listen.to_string(),
+            source,
+        })?
         .run();
 
         Ok(Self {
@@ -268,7 +282,7 @@ async fn start_key_refreshers(verifier: &Verifier) -> Vec<JoinHandle<()>> {
     let mut first_fetches = tokio::task::JoinSet::new();
     for store in verifier.key_stores().cloned() {
         first_fetches.spawn(async move {
-            let first = store.refresh().await.map_err(|_| ());
+            let first = store.refresh().await;
             (store, first)
         });
     }
@@ -288,6 +302,16 @@ async fn start_key_refreshers(verifier: &Verifier) -> Vec<JoinHandle<()>> {
         }
     }
     refreshers
+}
+
+fn local_port(listener: &TcpListener, address: &str) -> Result<u16, StartupError> {
+    listener
+        .local_addr()
+        .map(|bound| bound.port())
+        .map_err(|source| StartupError::Listen {
+            address: address.to_owned(),
+            source,
+        })
 }
 
 fn bind(address: &str) -> Result<TcpListener, StartupError> {

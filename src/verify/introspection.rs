@@ -40,7 +40,7 @@ use super::json;
 use super::jwks::KeyStore;
 use super::jwt::{check_validity_window, names_audience};
 use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IssuerSettings, Settings};
-use crate::error::{AuthError, Reason};
+use crate::error::{AuthError, CauseChain, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::{IntrospectionResult, Metrics};
 
@@ -466,21 +466,6 @@ fn is_b64token(token: &str) -> bool {
         })
 }
 
-/// An error with its causes, `outer: inner: innermost`, for one log field.
-struct ErrorChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
 /// Every issuer's introspection client (each with its own call slots) and the shared
 /// answer cache.
 pub struct Introspector {
@@ -672,7 +657,7 @@ impl Introspector {
             // are counted into the next line, so a flood of timeouts is a line per interval.
             tracing::error!(
                 issuer = %client.name,
-                error = %ErrorChain(&error),
+                error = %CauseChain(&error),
                 failures,
                 interval_s = LOG_INTERVAL.as_secs(),
                 "token introspection failed; answering 503 (fail closed)"

@@ -25,7 +25,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::config::{IssuerSettings, KeyRefreshSettings};
-use crate::error::Reason;
+use crate::error::{CauseChain, Reason};
 use crate::metrics::Metrics;
 
 /// Largest discovery document or JWKS we accept: real ones are a few KiB.
@@ -539,7 +539,7 @@ impl KeyStore {
             }
             Err(error) => {
                 self.metrics.jwks_fetch(self.index, false);
-                tracing::warn!(issuer = %self.name, error = %error, cause = ?std::error::Error::source(error).map(ToString::to_string), "JWKS refresh failed; keeping the last good keys");
+                tracing::warn!(issuer = %self.name, error = %CauseChain(error), "JWKS refresh failed; keeping the last good keys");
             }
         }
         result
@@ -686,8 +686,8 @@ impl KeyStore {
     }
 
     /// Refreshes forever: on success after the response's `max-age` clamped to the
-    /// configured bounds, on failure with exponential backoff.
-    pub async fn run_refresher(self: Arc<Self>, first: Result<Refreshed, ()>) {
+    /// configured bounds, on failure (already logged) with exponential backoff.
+    pub async fn run_refresher(self: Arc<Self>, first: Result<Refreshed, FetchError>) {
         let mut last = first;
         let mut retry = FIRST_RETRY;
         loop {
@@ -696,14 +696,14 @@ impl KeyStore {
                     retry = FIRST_RETRY;
                     self.next_refresh(refreshed.max_age)
                 }
-                Err(()) => {
+                Err(_) => {
                     let wait = retry;
                     retry = (retry * 2).min(self.timing.refresh_interval);
                     wait
                 }
             };
             tokio::time::sleep(wait).await;
-            last = self.refresh().await.map_err(|_| ());
+            last = self.refresh().await;
         }
     }
 
