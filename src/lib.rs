@@ -7,6 +7,7 @@
 //!
 //! - [`config`]: settings file + `TOKENGATE__…` overrides, validated at start-up;
 //! - [`startup`]: [`startup::Application`] binds both listeners and runs them;
+//! - [`shutdown`]: the signal every background task watches to end by itself;
 //! - [`telemetry`]: the tracing subscriber;
 //! - [`error`]: the one denial type → status, `WWW-Authenticate`, reason label;
 //! - [`metrics`]: typed Prometheus handles in a registry passed in;
@@ -27,6 +28,7 @@ pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod request;
+pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 pub mod verify;

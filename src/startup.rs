@@ -17,6 +17,7 @@ use crate::http::{admin, auth, ext_authz, AppState};
 use crate::metrics::Metrics;
 use crate::policy::RouteRules;
 use crate::request::ProxyHeaders;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::verify::Verifier;
 
 /// Why the application could not start.
@@ -53,6 +54,9 @@ pub struct Application {
     admin_port: u16,
     state: web::Data<AppState>,
     refreshers: Vec<JoinHandle<()>>,
+    /// Ends the background tasks: triggered when serving stops, or dropped with an
+    /// application that never ran.
+    background: ShutdownTrigger,
 }
 
 impl Application {
@@ -75,7 +79,8 @@ impl Application {
             .collect();
         let metrics = Arc::new(Metrics::new(&registry, &issuer_names)?);
         let verifier = Verifier::new(&settings, client, metrics.clone())?;
-        let refreshers = start_key_refreshers(&verifier).await;
+        let (background, shutdown) = ShutdownTrigger::new();
+        let refreshers = start_key_refreshers(&verifier, &shutdown).await;
 
         let listener = bind(&settings.listen.to_string())?;
         let admin_listener = bind(&settings.admin_listen.to_string())?;
@@ -163,6 +168,7 @@ impl Application {
             admin_port,
             state,
             refreshers,
+            background,
         })
     }
 
@@ -231,8 +237,11 @@ impl Application {
             }
         };
         self.state.shutting_down.store(true, Ordering::Release);
-        for refresher in &self.refreshers {
-            refresher.abort();
+        self.background.trigger();
+        for refresher in self.refreshers {
+            // Each ends at its next await point; a refresh in flight is bounded by the
+            // HTTP client's timeout.
+            let _ = refresher.await;
         }
         result
     }
@@ -278,7 +287,7 @@ async fn shutdown_signal() {
 /// Fetches every issuer's keys once, concurrently, then leaves one refresher per issuer
 /// running. Start-up waits for the first attempt (bounded by the client's timeouts) so
 /// that a healthy deployment is ready as soon as it listens.
-async fn start_key_refreshers(verifier: &Verifier) -> Vec<JoinHandle<()>> {
+async fn start_key_refreshers(verifier: &Verifier, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
     let mut first_fetches = tokio::task::JoinSet::new();
     for store in verifier.key_stores().cloned() {
         first_fetches.spawn(async move {
@@ -289,7 +298,7 @@ async fn start_key_refreshers(verifier: &Verifier) -> Vec<JoinHandle<()>> {
     let mut refreshers = Vec::new();
     while let Some(joined) = first_fetches.join_next().await {
         if let Ok((store, first)) = joined {
-            refreshers.push(tokio::spawn(store.run_refresher(first)));
+            refreshers.push(tokio::spawn(store.run_refresher(first, shutdown.clone())));
         }
     }
     for (index, keys) in verifier.key_stores().enumerate() {

@@ -27,6 +27,7 @@ use url::Url;
 use crate::config::{IssuerSettings, KeyRefreshSettings};
 use crate::error::{CauseChain, Reason};
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// Largest discovery document or JWKS we accept: real ones are a few KiB.
 const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
@@ -687,7 +688,11 @@ impl KeyStore {
 
     /// Refreshes forever: on success after the response's `max-age` clamped to the
     /// configured bounds, on failure (already logged) with exponential backoff.
-    pub async fn run_refresher(self: Arc<Self>, first: Result<Refreshed, FetchError>) {
+    pub async fn run_refresher(
+        self: Arc<Self>,
+        first: Result<Refreshed, FetchError>,
+        mut shutdown: Shutdown,
+    ) {
         let mut last = first;
         let mut retry = FIRST_RETRY;
         loop {
@@ -702,8 +707,14 @@ impl KeyStore {
                     wait
                 }
             };
-            tokio::time::sleep(wait).await;
-            last = self.refresh().await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.started() => return,
+            }
+            last = tokio::select! {
+                refreshed = self.refresh() => refreshed,
+                () = shutdown.started() => return,
+            };
         }
     }
 
