@@ -11,7 +11,8 @@
 //! - [`telemetry`]: the tracing subscriber;
 //! - [`error`]: the one denial type → status, `WWW-Authenticate`, reason label;
 //! - [`metrics`]: typed Prometheus handles in a registry passed in;
-//! - [`http`]: thin handlers for `/auth` and the admin listener;
+//! - [`gate`]: the one decision path: an [`gate::AuthQuery`] in, a [`gate::Decision`] out;
+//! - [`http`]: thin adapters for `/auth`, `/ext-authz` and the admin listener;
 //! - [`request`]: where the token is, and the original request, in the proxy's call;
 //! - [`identity`]: claims → sanitised identity headers (or Kubernetes impersonation);
 //! - [`policy`]: per-route requirements and route rules;
@@ -23,6 +24,7 @@
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod identity;
 pub mod metrics;

@@ -78,7 +78,7 @@ impl Outcome {
     pub fn of(result: Result<(), Reason>) -> Self {
         match result {
             Ok(()) => Outcome::Allow,
-            Err(reason) if reason.status().is_server_error() => Outcome::Error,
+            Err(reason) if reason.is_no_verdict() => Outcome::Error,
             Err(_) => Outcome::Deny,
         }
     }

@@ -13,6 +13,7 @@ use prometheus::Registry;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, HttpClientSettings, IdentityOutput, Settings, ShutdownSettings};
+use crate::gate::Gate;
 use crate::http::{admin, auth, ext_authz, AppState};
 use crate::metrics::Metrics;
 use crate::policy::RouteRules;
@@ -91,16 +92,15 @@ impl Application {
             .map_err(|_| ConfigError::new("success_status", "not an HTTP status"))?;
         let rules = RouteRules::new(&settings.rules)?;
         let state = web::Data::new(AppState {
-            verifier,
-            rules_are_conditional: rules.are_conditional(),
-            rules,
+            gate: Gate::new(verifier, rules, settings.cache.proxy_cache_route_verdicts),
+            token_sources: settings.token_sources()?,
+            max_token_length: settings.token.max_length,
             // Unset means no rule depends on the original request (validated): it is
             // then read for the audit line only.
             proxy_headers: settings.proxy_headers.unwrap_or(ProxyHeaders::Auto),
             path_parameters: settings.path_parameters,
             refuse_impersonation_headers: settings.identity.output
                 == IdentityOutput::KubernetesImpersonation,
-            proxy_cache_route_verdicts: settings.cache.proxy_cache_route_verdicts,
             max_header_bytes: settings.server.max_header_bytes,
             max_headers: settings.server.max_headers,
             allow_log_level: settings.log.allow_level,
