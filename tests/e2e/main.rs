@@ -29,3 +29,4 @@ mod provider;
 mod scenarios;
 mod support;
 mod traefik;
+mod upstream;
