@@ -4,7 +4,8 @@
 //! Tokens come from its token endpoint (client-credentials grant): RS256 `at+jwt` access
 //! tokens for the resource `https://api.local`, opaque ones for `https://opaque.local`.
 //! The clients `alice` and `bob` carry a user's claims (`preferred_username`, `email`,
-//! `groups`), `client` carries none. Node.js and the pinned npm packages are installed by
+//! `groups`), `client` carries none; `tabbed`, `sysuser`, `unverified`, `twoat`, `comma`
+//! and `spaced` carry crafted ones (op.mjs lists them). Node.js and the pinned npm packages are installed by
 //! `scripts/test.sh`; when they are missing the test fails with that instruction.
 
 use std::net::SocketAddr;
