@@ -15,6 +15,8 @@
 //!   deploy/ingress-nginx/tokengate-ingress.conf, with a policy in the auth URL;
 //! - [`traefik`]: Traefik `forwardAuth` with deploy/traefik/;
 //! - [`envoy`]: Envoy's HTTP `ext_authz` filter with deploy/envoy/envoy.yaml;
+//! - [`auth_cache`]: ingress-nginx's auth cache (nginx `proxy_cache`) with
+//!   deploy/ingress-nginx/tokengate-ingress-auth-cache.conf;
 //! - [`key_rotation`]: the provider restarted with a new signing key, under a new `kid`
 //!   or the same one;
 //! - [`introspection`]: opaque tokens introspected by tokengate, then revoked;
@@ -28,6 +30,7 @@
 //! real behaviour in its own column.
 
 mod attacks;
+mod auth_cache;
 mod envoy;
 mod identity;
 mod ingress_nginx;
