@@ -325,15 +325,17 @@ pub fn host_tricks() -> Vec<Row> {
                 AMBIGUOUS_REQUEST,
             ],
         ),
-        // No host at all: `http:///status.example.com` must not make one up. Envoy
-        // refuses HTTP/1.0; Traefik and nginx put their own name in.
+        // No host at all: `http:///status.example.com` must not make one up. The host
+        // is unknown, which no host grant matches and every host restriction does (the
+        // `internal` deny rule). Plain nginx puts its server name in; Traefik sends an
+        // empty X-Forwarded-Host, which is no valid host; Envoy refuses HTTP/1.0.
         row(
             Nobody,
             get("/status.example.com").http10().without_host(),
             [
                 Refused("missing_token"),
-                Refused("missing_token"),
-                Refused("missing_token"),
+                Refused("route_denied"),
+                AMBIGUOUS_REQUEST,
                 ProxyRefuses(426),
             ],
         ),

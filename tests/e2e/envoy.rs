@@ -126,7 +126,7 @@ async fn start() -> Stack {
 
 /// What /auth reads of the original request behind Envoy alone: nothing, since Envoy
 /// calls /ext-authz/<path> with the client's method and `Host`.
-pub const PROXY_HEADERS: &str = "auto";
+pub const PROXY_HEADERS: &str = "none";
 
 /// The stack with tokengate set up by `options` (`proxy_headers` for Envoy alone) and
 /// Envoy running the shipped envoy.yaml as `edit` changes it.

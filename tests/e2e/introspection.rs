@@ -28,6 +28,8 @@ issuers:
     name: oidc-provider
     audiences: ["{OPAQUE_RESOURCE}"]
     algorithms: [RS256]
+    # `scope` is one space-separated string (RFC 7662 section 2.2).
+    space_separated_groups: true
     introspection:
       client_id: rs
       client_secret_file: "{secret}"

@@ -349,10 +349,7 @@ rules:
 #[tokio::test]
 async fn two_token_cookies_are_401() {
     let options = TokengateOptions {
-        extra: "
-token:
-  sources: [\"cookie:session\"]
-",
+        token: r#"  sources: ["cookie:session"]"#,
         ..TokengateOptions::default()
     };
     let stack = start_with(options, |site| site).await;

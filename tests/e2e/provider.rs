@@ -274,6 +274,7 @@ issuers:
 {issuer_extra}
 token:
   opaque_issuer: oidc-provider
+{token}
 shutdown:
   drain_delay: 0s
   grace: 1s
@@ -285,6 +286,7 @@ shutdown:
             secret = secret.display(),
             ttl = POSITIVE_TTL.as_secs(),
             issuer_extra = options.issuer,
+            token = options.token,
             extra = options.extra,
         );
         Tokengate::start(&yaml, dir).await
@@ -299,6 +301,9 @@ pub struct TokengateOptions<'a> {
     /// YAML lines added to the provider's issuer entry, indented by four spaces
     /// (`    require_email_verified: true`).
     pub issuer: &'a str,
+    /// YAML lines added to the `token:` block, indented by two spaces
+    /// (`  sources: ["cookie:session"]`).
+    pub token: &'a str,
     /// The issuer's `keys.refresh_interval` and `min_refresh_interval`: by default
     /// longer than any test, so that keys are only refetched for an unknown `kid`.
     pub key_refresh: &'a str,
@@ -311,6 +316,7 @@ impl Default for TokengateOptions<'_> {
         TokengateOptions {
             proxy_headers: "nginx",
             issuer: "",
+            token: "",
             key_refresh: "10m",
             extra: "",
         }
