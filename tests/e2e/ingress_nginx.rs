@@ -267,3 +267,29 @@ async fn string_groups_claim_is_one_group() {
     assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", stack.logs());
     assert_eq!(stack.upstream.requests(), 0);
 }
+
+/// A parameter repeated in the auth URL: any one of the groups will do (as oauth2-proxy
+/// reads `allowed_groups`), so alice (`ops`) passes and bob (`guests`) does not.
+#[tokio::test]
+async fn repeated_groups_in_the_auth_url_are_any_of() {
+    let stack = start_with("", |conf| {
+        replace_once(
+            &conf,
+            "proxy_pass http://tokengate/auth?allowed_groups=ops;",
+            "proxy_pass http://tokengate/auth?allowed_groups=admins&allowed_groups=ops;",
+        )
+    })
+    .await;
+    let alice = stack.provider.jwt("alice", "read").await;
+    let bob = stack.provider.jwt("bob", "read").await;
+
+    let member = stack
+        .send(client().get(stack.url("/orders")).bearer_auth(&alice))
+        .await;
+    assert_eq!(member.status, StatusCode::OK, "{}", stack.logs());
+    let outsider = stack
+        .send(client().get(stack.url("/orders")).bearer_auth(&bob))
+        .await;
+    assert_eq!(outsider.status, StatusCode::FORBIDDEN, "{}", stack.logs());
+    assert_eq!(stack.upstream.requests(), 1);
+}
