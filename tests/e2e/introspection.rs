@@ -23,6 +23,8 @@ async fn start_tokengate(provider: &OidcProvider) -> Tokengate {
 listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
 workers: 1
+# Called directly, with no proxy in front.
+proxy_headers: none
 issuers:
   - issuer: "{issuer}"
     name: oidc-provider
