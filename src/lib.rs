@@ -9,15 +9,19 @@
 //! - [`startup`]: [`startup::Application`] binds both listeners and runs them;
 //! - [`shutdown`]: the signal every background task watches to end by itself;
 //! - [`telemetry`]: the tracing subscriber;
-//! - [`error`]: the one denial type → status, `WWW-Authenticate`, reason label;
+//! - [`error`]: the one denial type (reason → status and label) and the cause-chain printer;
 //! - [`metrics`]: typed Prometheus handles in a registry passed in;
 //! - [`gate`]: the one decision path: an [`gate::AuthQuery`] in, a [`gate::Decision`] out;
-//! - [`http`]: thin adapters for `/auth`, `/ext-authz` and the admin listener;
+//! - [`http`]: thin adapters for `/auth`, `/ext-authz` and the admin listener, and
+//!   [`http::respond`]: reasons and decisions on the wire;
 //! - [`request`]: where the token is, and the original request, in the proxy's call;
 //! - [`identity`]: claims → sanitised identity headers (or Kubernetes impersonation);
-//! - [`policy`]: per-route requirements and route rules;
+//! - [`policy`]: per-route requirements and route rules (grants narrow, restrictions
+//!   broad), pure functions;
 //! - [`verify`]: the verifier: cache, JWT validation, key stores, RFC 7662 introspection;
 //! - [`demo`]: the embedded demo issuer behind `tokengate demo`.
+//!
+//! docs/architecture.md walks one request through these.
 
 #![forbid(unsafe_code)]
 
