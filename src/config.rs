@@ -285,6 +285,19 @@ pub struct IntrospectionSettings {
     /// without this, a token the issuer gave to another of its services passes too.
     #[serde(default)]
     pub require_audience: bool,
+    /// Most calls to this issuer's endpoint in flight at once. A request that needs one
+    /// more waits for a free slot (first come, first served) instead of being refused.
+    #[serde(default = "defaults::introspection_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Most requests waiting for a free slot; beyond it a request is refused at once (503).
+    /// Size it above the number of concurrent requests a flood can reach: a queued real
+    /// token waits its turn behind the garbage, a refused one gets 503. `0`: no waiting.
+    #[serde(default = "defaults::introspection_max_waiting")]
+    pub max_waiting: usize,
+    /// Longest wait for a free slot; then 503. The answer takes up to `max_wait + timeout`:
+    /// keep that below the proxy's timeout for the auth subrequest.
+    #[serde(default = "defaults::introspection_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
 }
 
 /// A client secret read at start-up. `Debug` never shows it, so it cannot leak through a
@@ -525,8 +538,8 @@ pub struct CacheSettings {
     #[serde(default = "defaults::cache_max_entries")]
     pub max_entries: u64,
     /// Longest time a verified token is trusted without re-checking its signature (it
-    /// never outlives the token's `exp` either). Bounds how long a token signed by a key
-    /// that the issuer withdrew keeps passing.
+    /// never outlives the token's `exp` either). A key refresh that withdraws a key (by
+    /// `kid` or by material) drops the issuer's cached verdicts at once, whatever this says.
     #[serde(default = "defaults::cache_max_ttl", with = "humantime_serde")]
     pub max_ttl: Duration,
     /// Most introspection answers kept (positive and negative); bounds memory under a
@@ -567,11 +580,10 @@ pub struct HttpClientSettings {
     /// PEM bundle of extra CA certificates, for issuers behind an internal CA.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Most introspection calls in flight at once, over all issuers. Beyond it a request
-    /// that needs a new introspection gets 503 at once instead of queueing: a flood of
-    /// distinct opaque tokens must neither pile up requests nor be relayed to the issuer.
-    #[serde(default = "defaults::introspection_max_in_flight")]
-    pub introspection_max_in_flight: usize,
+    /// Replaced by per-issuer limits (`issuers[].introspection.max_in_flight`,
+    /// `max_waiting`, `max_wait`): setting it is a configuration error that says so.
+    #[serde(default)]
+    pub introspection_max_in_flight: Option<usize>,
 }
 
 impl HttpClientSettings {
@@ -599,7 +611,7 @@ impl Default for HttpClientSettings {
             connect_timeout: defaults::connect_timeout(),
             timeout: defaults::request_timeout(),
             ca_file: None,
-            introspection_max_in_flight: defaults::introspection_max_in_flight(),
+            introspection_max_in_flight: None,
         }
     }
 }
@@ -737,6 +749,12 @@ mod defaults {
     pub fn max_headers() -> usize {
         64
     }
+    pub fn introspection_max_waiting() -> usize {
+        1024
+    }
+    pub fn introspection_max_wait() -> Duration {
+        Duration::from_secs(1)
+    }
     pub fn drain_delay() -> Duration {
         Duration::from_secs(5)
     }
@@ -762,6 +780,9 @@ const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(300);
 /// Longest wait on one outbound call; proxies give up on the auth subrequest long before.
 const MAX_OUTBOUND_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_INTROSPECTIONS_IN_FLIGHT: usize = 10_000;
+const MAX_INTROSPECTIONS_WAITING: usize = 100_000;
+/// Longest wait for an introspection slot: past it the proxy has long given up.
+const MAX_INTROSPECTION_WAIT: Duration = Duration::from_secs(10);
 
 impl Settings {
     /// Reads `path` (YAML or TOML by extension), applies `TOKENGATE__…` overrides from
@@ -890,12 +911,10 @@ impl Settings {
                 format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
             ));
         }
-        if !(1..=MAX_INTROSPECTIONS_IN_FLIGHT)
-            .contains(&self.http_client.introspection_max_in_flight)
-        {
+        if self.http_client.introspection_max_in_flight.is_some() {
             return Err(ConfigError::new(
                 "http_client.introspection_max_in_flight",
-                format!("must be between 1 and {MAX_INTROSPECTIONS_IN_FLIGHT}"),
+                "was replaced by per-issuer limits: set issuers[].introspection.max_in_flight (and max_waiting, max_wait) instead",
             ));
         }
         let opaque_issuer = self.opaque_issuer()?;
@@ -1183,6 +1202,27 @@ impl IntrospectionSettings {
             return Err(ConfigError::new(
                 format!("{key}.negative_ttl"),
                 format!("must be at most {}s", MAX_NEGATIVE_TTL.as_secs()),
+            ));
+        }
+        if !(1..=MAX_INTROSPECTIONS_IN_FLIGHT).contains(&self.max_in_flight) {
+            return Err(ConfigError::new(
+                format!("{key}.max_in_flight"),
+                format!("must be between 1 and {MAX_INTROSPECTIONS_IN_FLIGHT}"),
+            ));
+        }
+        if self.max_waiting > MAX_INTROSPECTIONS_WAITING {
+            return Err(ConfigError::new(
+                format!("{key}.max_waiting"),
+                format!("must be at most {MAX_INTROSPECTIONS_WAITING}"),
+            ));
+        }
+        if self.max_wait > MAX_INTROSPECTION_WAIT {
+            return Err(ConfigError::new(
+                format!("{key}.max_wait"),
+                format!(
+                    "must be at most {}s: the proxy gives up on the request long before",
+                    MAX_INTROSPECTION_WAIT.as_secs()
+                ),
             ));
         }
         Ok(())

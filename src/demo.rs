@@ -386,7 +386,12 @@ fn demo_secret_file() -> std::io::Result<std::path::PathBuf> {
 
 /// `tokengate demo`: issuer + verifier on loopback, and instructions on stdout.
 pub async fn run(listen: &str, admin_listen: &str) -> Result<(), StartupError> {
-    let (issuer, issuer_server) = start_issuer("127.0.0.1:0")?;
+    let (issuer, issuer_server) =
+        start_issuer("127.0.0.1:0").map_err(|source| StartupError::Listen {
+            address: "127.0.0.1:0 (demo issuer)".to_owned(),
+            source,
+        })?;
+    let issuer_handle = issuer_server.handle();
     let issuer_task = tokio::spawn(issuer_server);
     let settings = demo_settings(&issuer.url, listen, admin_listen)?;
     let application = Application::build(settings).await?;
@@ -433,6 +438,8 @@ Ctrl-C stops it."#,
         minutes = DEMO_TOKEN_TTL_SECS / 60,
     );
     let result = application.run_until_stopped().await;
-    issuer_task.abort();
-    result.map_err(StartupError::from)
+    // The issuer goes after the verifier, which may still be asking it during its drain.
+    issuer_handle.stop(true).await;
+    let _ = issuer_task.await;
+    result.map_err(StartupError::Serve)
 }

@@ -1,16 +1,10 @@
-//! One denial type for every way a request can fail. It decides the status, the
-//! `WWW-Authenticate` header, the fixed response body and the reason label used in logs
-//! and metrics. The label comes from a closed enum, never from client input, so metric
-//! cardinality stays bounded and logs cannot be forged.
+//! One denial type for every way a request can fail, and the one cause-chain printer.
+//! A denial's reason decides its status and the label used in logs and metrics; how it
+//! is written on the wire (`WWW-Authenticate`, body) is the HTTP layer's
+//! ([`crate::http::respond`]). The label comes from a closed enum, never from client
+//! input, so metric cardinality stays bounded and logs cannot be forged.
 
 use std::error::Error as StdError;
-
-use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
-
-/// How long nginx may cache an auth answer (`auth_request` with `proxy_cache`).
-pub const X_ACCEL_EXPIRES: HeaderName = HeaderName::from_static("x-accel-expires");
 
 /// Why a request was not allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,7 +41,8 @@ pub enum Reason {
     /// The introspection endpoint could not give an answer (unreachable, timeout, 5xx,
     /// refused our client credentials, unreadable answer): no verdict.
     IntrospectionUnavailable,
-    /// Too many introspection calls in flight: refused at once rather than queued.
+    /// The issuer's introspection slots stayed taken: its wait queue was full, or the
+    /// wait for a slot ran past `introspection.max_wait`.
     IntrospectionOverloaded,
     /// The proxies' original-request headers contradict each other (see
     /// [`crate::request::ProxyHeaders::Auto`]), or the original URL or `Host` is not a
@@ -151,19 +146,19 @@ impl Reason {
         self as usize
     }
 
-    /// HTTP status for this reason.
-    pub fn status(self) -> StatusCode {
+    /// The HTTP status of this denial, in every protocol tokengate answers (the gRPC
+    /// contract carries the same status in its denied response).
+    pub fn status(self) -> u16 {
         match self {
             // No verdict is possible: 503, which nginx turns into a 500, so the request
             // fails closed instead of being let through.
             Reason::KeysUnavailable
             | Reason::IntrospectionUnavailable
-            | Reason::IntrospectionOverloaded => StatusCode::SERVICE_UNAVAILABLE,
-            // A broken request from the proxy: nginx turns 400 into 500 (fail closed).
-            Reason::AmbiguousRequest | Reason::AmbiguousPath | Reason::BadPolicy => {
-                StatusCode::BAD_REQUEST
-            }
-            Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            | Reason::IntrospectionOverloaded => 503,
+            // A request that can be read two ways, or a broken call from the proxy: nginx
+            // turns 400 into 500 (fail closed).
+            Reason::AmbiguousRequest | Reason::AmbiguousPath | Reason::BadPolicy => 400,
+            Reason::HeadersTooLarge => 431,
             // A valid token that the policy does not let through (RFC 6750 §3.1).
             Reason::RouteDenied
             | Reason::NotInGroup
@@ -171,55 +166,37 @@ impl Reason {
             | Reason::InsufficientScope
             | Reason::IdentityTooLarge
             | Reason::UnusableIdentity
-            | Reason::ForgedImpersonation => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNAUTHORIZED,
+            | Reason::ForgedImpersonation => 403,
+            _ => 401,
         }
     }
 
-    /// RFC 6750 §3.1 error code: none when no token was sent ("the resource server SHOULD
-    /// NOT include an error code" then), `invalid_token` for any bad token,
-    /// `insufficient_scope` for a missing scope, none for other denials.
-    fn bearer_error(self) -> Option<&'static str> {
-        match self.status() {
-            StatusCode::UNAUTHORIZED if self != Reason::MissingToken => Some("invalid_token"),
-            StatusCode::FORBIDDEN if self == Reason::InsufficientScope => {
-                Some("insufficient_scope")
-            }
-            _ => None,
-        }
-    }
-
-    /// `WWW-Authenticate` value, if any.
-    fn challenge(self) -> Option<&'static str> {
-        match (self.status(), self.bearer_error()) {
-            (_, Some("invalid_token")) => Some(r#"Bearer error="invalid_token""#),
-            (_, Some(_)) => Some(r#"Bearer error="insufficient_scope""#),
-            (StatusCode::UNAUTHORIZED, None) => Some("Bearer"),
-            _ => None,
-        }
-    }
-
-    /// Fixed, tiny JSON body with an RFC 6750 / RFC 6749 error name: never the token,
-    /// never a library message. Traefik hands it to the client as it is.
-    fn body(self) -> &'static str {
-        match self.status() {
-            StatusCode::SERVICE_UNAVAILABLE => r#"{"error":"temporarily_unavailable"}"#,
-            StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
-                r#"{"error":"invalid_request"}"#
-            }
-            StatusCode::FORBIDDEN if self == Reason::InsufficientScope => {
-                r#"{"error":"insufficient_scope"}"#
-            }
-            StatusCode::FORBIDDEN => r#"{"error":"access_denied"}"#,
-            _ if self == Reason::MissingToken => r#"{"error":"unauthorized"}"#,
-            _ => r#"{"error":"invalid_token"}"#,
-        }
+    /// True when no verdict was possible (the issuer's keys or introspection failed):
+    /// an error of ours or the issuer's, not a judgement of the request.
+    pub fn is_no_verdict(self) -> bool {
+        self.status() == 503
     }
 }
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// An error with its causes, `outer: inner: innermost`: the one way tokengate prints an
+/// error chain, in log fields and on stderr.
+pub struct CauseChain<'a>(pub &'a dyn StdError);
+
+impl std::fmt::Display for CauseChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }
 
@@ -251,30 +228,6 @@ impl AuthError {
 impl From<Reason> for AuthError {
     fn from(reason: Reason) -> Self {
         AuthError::new(reason)
-    }
-}
-
-impl ResponseError for AuthError {
-    fn status_code(&self) -> StatusCode {
-        self.reason.status()
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
-        response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-        response.insert_header((
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        ));
-        // Tell a caching proxy (ingress-nginx `auth-cache-key`) never to keep a denial.
-        response.insert_header((X_ACCEL_EXPIRES, HeaderValue::from_static("0")));
-        if let Some(challenge) = self.reason.challenge() {
-            response.insert_header((
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            ));
-        }
-        response.body(self.reason.body())
     }
 }
 
@@ -322,19 +275,5 @@ mod tests {
         for (index, reason) in Reason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), index);
         }
-    }
-
-    #[test]
-    fn no_verdict_is_503_without_a_token_error() {
-        for reason in [
-            Reason::KeysUnavailable,
-            Reason::IntrospectionUnavailable,
-            Reason::IntrospectionOverloaded,
-        ] {
-            assert_eq!(reason.status(), StatusCode::SERVICE_UNAVAILABLE);
-            assert_eq!(reason.bearer_error(), None);
-        }
-        assert_eq!(Reason::InactiveToken.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(Reason::InactiveToken.bearer_error(), Some("invalid_token"));
     }
 }

@@ -7,26 +7,34 @@
 //!
 //! - [`config`]: settings file + `TOKENGATE__…` overrides, validated at start-up;
 //! - [`startup`]: [`startup::Application`] binds both listeners and runs them;
+//! - [`shutdown`]: the signal every background task watches to end by itself;
 //! - [`telemetry`]: the tracing subscriber;
-//! - [`error`]: the one denial type → status, `WWW-Authenticate`, reason label;
+//! - [`error`]: the one denial type (reason → status and label) and the cause-chain printer;
 //! - [`metrics`]: typed Prometheus handles in a registry passed in;
-//! - [`http`]: thin handlers for `/auth` and the admin listener;
+//! - [`gate`]: the one decision path: an [`gate::AuthQuery`] in, a [`gate::Decision`] out;
+//! - [`http`]: thin adapters for `/auth`, `/ext-authz` and the admin listener, and
+//!   [`http::respond`]: reasons and decisions on the wire;
 //! - [`request`]: where the token is, and the original request, in the proxy's call;
 //! - [`identity`]: claims → sanitised identity headers (or Kubernetes impersonation);
-//! - [`policy`]: per-route requirements and route rules;
+//! - [`policy`]: per-route requirements and route rules (grants narrow, restrictions
+//!   broad), pure functions;
 //! - [`verify`]: the verifier: cache, JWT validation, key stores, RFC 7662 introspection;
 //! - [`demo`]: the embedded demo issuer behind `tokengate demo`.
+//!
+//! docs/architecture.md walks one request through these.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod request;
+pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 pub mod verify;

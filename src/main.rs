@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokengate::config::{LogSettings, Settings};
+use tokengate::error::CauseChain;
 use tokengate::startup::{Application, StartupError};
 use tokengate::{demo, telemetry};
 
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
             .await?
             .run_until_stopped()
             .await
-            .map_err(StartupError::from)
+            .map_err(StartupError::Serve)
     })
 }
 
@@ -84,9 +85,8 @@ fn run(future: impl std::future::Future<Output = Result<(), StartupError>>) -> E
             ExitCode::from(EXIT_CONFIG)
         }
         Err(error) => {
-            let error = anyhow::Error::from(error);
-            eprintln!("tokengate: {error:#}");
-            tracing::error!(error = format!("{error:#}"), "exiting");
+            eprintln!("tokengate: {}", CauseChain(&error));
+            tracing::error!(error = %CauseChain(&error), "exiting");
             ExitCode::FAILURE
         }
     }

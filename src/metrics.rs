@@ -59,6 +59,7 @@ pub struct Metrics {
     key_age: Vec<Gauge>,
     verified_token_entries: IntGauge,
     verified_token_bytes: IntGauge,
+    introspection_waiting: Vec<IntGauge>,
 }
 
 /// From 10 µs (a cache hit) to a second (a slow introspection call).
@@ -79,7 +80,7 @@ impl Outcome {
     pub fn of(result: Result<(), Reason>) -> Self {
         match result {
             Ok(()) => Outcome::Allow,
-            Err(reason) if reason.status().is_server_error() => Outcome::Error,
+            Err(reason) if reason.is_no_verdict() => Outcome::Error,
             Err(_) => Outcome::Deny,
         }
     }
@@ -184,6 +185,14 @@ impl Metrics {
             &["cache"],
         )?;
         registry.register(Box::new(cache_bytes.clone()))?;
+        let introspection_waiting = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_introspection_waiting",
+                "Requests waiting for a free introspection call slot, by issuer",
+            ),
+            &["issuer"],
+        )?;
+        registry.register(Box::new(introspection_waiting.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -233,6 +242,10 @@ impl Metrics {
                 .collect(),
             verified_token_entries: cache_entries.with_label_values(&["verified_token"]),
             verified_token_bytes: cache_bytes.with_label_values(&["verified_token"]),
+            introspection_waiting: issuer_names
+                .iter()
+                .map(|name| introspection_waiting.with_label_values(&[name.as_str()]))
+                .collect(),
         })
     }
 
@@ -257,6 +270,18 @@ impl Metrics {
         if let Some(histogram) = self.introspection_duration.get(issuer) {
             histogram.observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// The gauge of requests waiting for an introspection slot at issuer `issuer` (a
+    /// detached one for an index without a series).
+    pub fn introspection_waiting(&self, issuer: usize) -> IntGauge {
+        self.introspection_waiting
+            .get(issuer)
+            .cloned()
+            .unwrap_or_else(|| {
+                IntGauge::new("tokengate_introspection_waiting", "detached")
+                    .expect("a valid metric name")
+            })
     }
 
     /// Sets the key-age gauge of issuer `issuer` (called when metrics are scraped).

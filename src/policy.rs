@@ -2,101 +2,12 @@
 //! oauth2-proxy users write them) and route rules from the config, matched on the
 //! original request. Plain functions, so tests can call them without HTTP.
 
-use std::sync::Arc;
-
-use actix_web::http::header::{HeaderMap, HeaderName};
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::config::{ConfigError, RuleSettings};
 use crate::error::{AuthError, Reason};
 use crate::identity::Identity;
 use crate::request::OriginalRequest;
-use crate::verify::cache::VerifiedToken;
-use crate::verify::Verifier;
-
-/// How a request was let through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// A rule let it through without a token (public path or CORS preflight).
-    Anonymous,
-    /// A valid token that met every requirement.
-    Authenticated,
-}
-
-/// A decision with what it was based on, for the answer and the log line.
-pub struct Decision<'r> {
-    pub outcome: Result<Verdict, AuthError>,
-    /// The verified token, when one was verified (also on a policy denial).
-    pub token: Option<Arc<VerifiedToken>>,
-    pub cache_hit: bool,
-    /// The matching rule's name.
-    pub rule: Option<&'r str>,
-}
-
-/// Decides one request: the first matching rule may deny it or let it through without a
-/// token; otherwise the token is verified and must meet the rule's requirements and the
-/// auth URL's.
-pub async fn authorize<'r>(
-    verifier: &Verifier,
-    rules: &'r RouteRules,
-    original: &OriginalRequest,
-    headers: &HeaderMap,
-    query: &Requirements,
-) -> Decision<'r> {
-    let preflight = is_cors_preflight(original, headers);
-    // Requirements in the auth URL are the operator's word for this location: an
-    // anonymous rule, written for the whole site, does not lift them.
-    let rule = rules.first_match(original, query.is_empty());
-    let mut decision = Decision {
-        outcome: Ok(Verdict::Authenticated),
-        token: None,
-        cache_hit: false,
-        rule: rule.map(|rule| rule.name.as_str()),
-    };
-    if let Some(rule) = rule {
-        let early = match rule.access {
-            Access::Deny => Some(Err(Reason::RouteDenied.into())),
-            Access::Anonymous => Some(Ok(Verdict::Anonymous)),
-            Access::Authenticated if preflight && rule.lets_preflight_through(original) => {
-                Some(Ok(Verdict::Anonymous))
-            }
-            Access::Authenticated => None,
-        };
-        if let Some(outcome) = early {
-            decision.outcome = outcome;
-            return decision;
-        }
-    }
-    let allowed = match verifier.verify_request(headers).await {
-        Ok(allowed) => allowed,
-        Err(error) => {
-            decision.outcome = Err(error);
-            return decision;
-        }
-    };
-    let identity = &allowed.token.identity;
-    decision.outcome = rule
-        .map_or(Ok(()), |rule| rule.requirements.check(identity))
-        .and_then(|()| query.check(identity))
-        .and_then(|()| {
-            identity
-                .problem
-                .map_or(Ok(()), |problem| Err(problem.into()))
-        })
-        .map(|()| Verdict::Authenticated);
-    decision.cache_hit = allowed.cache_hit;
-    decision.token = Some(allowed.token);
-    decision
-}
-
-/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
-fn is_cors_preflight(original: &OriginalRequest, headers: &HeaderMap) -> bool {
-    const ORIGIN: HeaderName = HeaderName::from_static("origin");
-    const REQUEST_METHOD: HeaderName = HeaderName::from_static("access-control-request-method");
-    original.method.as_deref() == Some("OPTIONS")
-        && headers.contains_key(ORIGIN)
-        && headers.contains_key(REQUEST_METHOD)
-}
 
 /// Requirements on a verified identity. Every non-empty list must be satisfied; within a
 /// list, any value matches.

@@ -137,45 +137,6 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str
     Ok(found)
 }
 
-/// True when the token has the shape of a JWS compact serialisation: three non-empty
-/// base64url segments. Checked before any decoding or crypto.
-pub fn looks_like_jwt(token: &str) -> bool {
-    // One pass over the bytes: this runs on every cache miss, over tokens of up to
-    // `token.max_length` bytes.
-    let (mut dots, mut segment) = (0, 0);
-    for &byte in token.as_bytes() {
-        if byte == b'.' {
-            if segment == 0 || dots == 2 {
-                return false;
-            }
-            dots += 1;
-            segment = 0;
-        } else if is_base64url(byte) {
-            segment += 1;
-        } else {
-            return false;
-        }
-    }
-    dots == 2 && segment > 0
-}
-
-fn is_base64url(byte: u8) -> bool {
-    BASE64URL[usize::from(byte)]
-}
-
-/// The base64url alphabet as a lookup table: one load per byte of a token that can be
-/// several KiB long, instead of a chain of range comparisons.
-const BASE64URL: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let b = byte as u8;
-        table[byte] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-        byte += 1;
-    }
-    table
-};
-
 /// Which proxy's original-request headers to trust on `/auth`.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -557,16 +518,6 @@ mod tests {
         let map = headers(&[("authorization", &long)]);
         let err = extract_token(&map, &[TokenSource::Authorization], 100).unwrap_err();
         assert_eq!(err.reason, Reason::TokenTooLarge);
-    }
-
-    #[test]
-    fn jwt_shape() {
-        assert!(looks_like_jwt("eyJh.eyJi.c2ln"));
-        assert!(!looks_like_jwt("eyJh.eyJi"));
-        assert!(!looks_like_jwt("eyJh.eyJi.c2ln.d"));
-        assert!(!looks_like_jwt("eyJh..c2ln"));
-        assert!(!looks_like_jwt("eyJh.eyJi.c2l="));
-        assert!(!looks_like_jwt("opaque-token"));
     }
 
     fn path(target: &str) -> Result<String, Reason> {

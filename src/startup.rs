@@ -13,10 +13,12 @@ use prometheus::Registry;
 use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, HttpClientSettings, IdentityOutput, Settings, ShutdownSettings};
+use crate::gate::Gate;
 use crate::http::{admin, auth, ext_authz, AppState};
 use crate::metrics::Metrics;
 use crate::policy::RouteRules;
 use crate::request::ProxyHeaders;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::verify::Verifier;
 
 /// Why the application could not start.
@@ -34,8 +36,14 @@ pub enum StartupError {
     HttpClient(#[source] reqwest::Error),
     #[error("metrics registration failed")]
     Metrics(#[from] prometheus::Error),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
+    #[error("cannot serve on {address}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a listener failed while serving")]
+    Serve(#[source] std::io::Error),
 }
 
 /// A built, bound, not yet running application.
@@ -47,6 +55,9 @@ pub struct Application {
     admin_port: u16,
     state: web::Data<AppState>,
     refreshers: Vec<JoinHandle<()>>,
+    /// Ends the background tasks: triggered when serving stops, or dropped with an
+    /// application that never ran.
+    background: ShutdownTrigger,
 }
 
 impl Application {
@@ -69,27 +80,27 @@ impl Application {
             .collect();
         let metrics = Arc::new(Metrics::new(&registry, &issuer_names)?);
         let verifier = Verifier::new(&settings, client, metrics.clone())?;
-        let refreshers = start_key_refreshers(&verifier).await;
+        let (background, shutdown) = ShutdownTrigger::new();
+        let refreshers = start_key_refreshers(&verifier, &shutdown).await;
 
         let listener = bind(&settings.listen.to_string())?;
         let admin_listener = bind(&settings.admin_listen.to_string())?;
-        let port = listener.local_addr()?.port();
-        let admin_port = admin_listener.local_addr()?.port();
+        let port = local_port(&listener, &settings.listen.to_string())?;
+        let admin_port = local_port(&admin_listener, &settings.admin_listen.to_string())?;
 
         let success_status = StatusCode::from_u16(settings.success_status)
             .map_err(|_| ConfigError::new("success_status", "not an HTTP status"))?;
         let rules = RouteRules::new(&settings.rules)?;
         let state = web::Data::new(AppState {
-            verifier,
-            rules_are_conditional: rules.are_conditional(),
-            rules,
+            gate: Gate::new(verifier, rules, settings.cache.proxy_cache_route_verdicts),
+            token_sources: settings.token_sources()?,
+            max_token_length: settings.token.max_length,
             // Unset means no rule depends on the original request (validated): it is
             // then read for the audit line only.
             proxy_headers: settings.proxy_headers.unwrap_or(ProxyHeaders::Auto),
             path_parameters: settings.path_parameters,
             refuse_impersonation_headers: settings.identity.output
                 == IdentityOutput::KubernetesImpersonation,
-            proxy_cache_route_verdicts: settings.cache.proxy_cache_route_verdicts,
             max_header_bytes: settings.server.max_header_bytes,
             max_headers: settings.server.max_headers,
             allow_log_level: settings.log.allow_level,
@@ -122,7 +133,11 @@ impl Application {
         // Signals are handled in `run_until_stopped`: readiness must flip first.
         .disable_signals()
         .shutdown_timeout(settings.shutdown.grace.as_secs().max(1))
-        .listen(listener)?
+        .listen(listener)
+        .map_err(|source| StartupError::Listen {
+            address: settings.listen.to_string(),
+            source,
+        })?
         .run();
         let admin_state = state.clone();
         let admin_server = HttpServer::new(move || {
@@ -138,7 +153,11 @@ impl Application {
         .client_request_timeout(settings.server.client_request_timeout)
         .disable_signals()
         .shutdown_timeout(settings.shutdown.grace.as_secs().max(1))
-        .listen(admin_listener)?
+        .listen(admin_listener)
+        .map_err(|source| StartupError::Listen {
+            address: settings.admin_listen.to_string(),
+            source,
+        })?
         .run();
 
         Ok(Self {
@@ -149,6 +168,7 @@ impl Application {
             admin_port,
             state,
             refreshers,
+            background,
         })
     }
 
@@ -217,8 +237,11 @@ impl Application {
             }
         };
         self.state.shutting_down.store(true, Ordering::Release);
-        for refresher in &self.refreshers {
-            refresher.abort();
+        self.background.trigger();
+        for refresher in self.refreshers {
+            // Each ends at its next await point; a refresh in flight is bounded by the
+            // HTTP client's timeout.
+            let _ = refresher.await;
         }
         result
     }
@@ -264,18 +287,18 @@ async fn shutdown_signal() {
 /// Fetches every issuer's keys once, concurrently, then leaves one refresher per issuer
 /// running. Start-up waits for the first attempt (bounded by the client's timeouts) so
 /// that a healthy deployment is ready as soon as it listens.
-async fn start_key_refreshers(verifier: &Verifier) -> Vec<JoinHandle<()>> {
+async fn start_key_refreshers(verifier: &Verifier, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
     let mut first_fetches = tokio::task::JoinSet::new();
     for store in verifier.key_stores().cloned() {
         first_fetches.spawn(async move {
-            let first = store.refresh().await.map_err(|_| ());
+            let first = store.refresh().await;
             (store, first)
         });
     }
     let mut refreshers = Vec::new();
     while let Some(joined) = first_fetches.join_next().await {
         if let Ok((store, first)) = joined {
-            refreshers.push(tokio::spawn(store.run_refresher(first)));
+            refreshers.push(tokio::spawn(store.run_refresher(first, shutdown.clone())));
         }
     }
     for (index, keys) in verifier.key_stores().enumerate() {
@@ -288,6 +311,16 @@ async fn start_key_refreshers(verifier: &Verifier) -> Vec<JoinHandle<()>> {
         }
     }
     refreshers
+}
+
+fn local_port(listener: &TcpListener, address: &str) -> Result<u16, StartupError> {
+    listener
+        .local_addr()
+        .map(|bound| bound.port())
+        .map_err(|source| StartupError::Listen {
+            address: address.to_owned(),
+            source,
+        })
 }
 
 fn bind(address: &str) -> Result<TcpListener, StartupError> {

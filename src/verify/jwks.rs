@@ -4,6 +4,10 @@
 //! Requests read the current key set through an atomically swapped `Arc` and never wait
 //! on a refresh, except the one request that carries a `kid` we have not seen, which waits
 //! for (at most) one coalesced fetch.
+//!
+//! Every key is known by its material (its RFC 7638 thumbprint) as well as its `kid`, so
+//! a refresh notices a withdrawn key even when it had no `kid` or when its `kid` now
+//! names other material, and the issuer's cached verdicts are dropped.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -21,8 +25,9 @@ use serde_json::Value;
 use url::Url;
 
 use crate::config::{IssuerSettings, KeyRefreshSettings};
-use crate::error::Reason;
+use crate::error::{CauseChain, Reason};
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// Largest discovery document or JWKS we accept: real ones are a few KiB.
 const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
@@ -62,9 +67,16 @@ pub enum FetchError {
     NoUsableKeys,
 }
 
+/// RFC 7638 JWK thumbprint: the SHA-256 of a key's required members. It names the key
+/// material itself, whatever `kid` (if any) the JWKS gives it.
+pub type Thumbprint = [u8; 32];
+
 /// A public key from the JWKS, ready to verify, with the algorithms it may verify.
 pub struct VerifyingKey {
     pub kid: Option<String>,
+    /// What the key is, independent of its `kid`: a key published without a `kid`, or a
+    /// `kid` reused for new material, is still recognised when it is withdrawn.
+    pub thumbprint: Thumbprint,
     /// One parsed public key per algorithm this key may verify: its own `alg` if it names
     /// one, else every allowed algorithm of its `kty`/`crv`, never outside the issuer's
     /// allow-list. Parsed when the JWKS is loaded, so a verification does no key parsing
@@ -79,6 +91,23 @@ impl VerifyingKey {
 
     pub fn algorithms(&self) -> impl Iterator<Item = Algorithm> + '_ {
         self.verifiers.iter().map(|(alg, _)| *alg)
+    }
+
+    /// True when `self` (from a new JWKS) still vouches for every token `previous` did:
+    /// the same material under the same `kid`, for at least the same algorithms.
+    fn succeeds(&self, previous: &VerifyingKey) -> bool {
+        self.thumbprint == previous.thumbprint
+            && self.kid == previous.kid
+            && previous.algorithms().all(|alg| self.allows(alg))
+    }
+
+    /// `kid=… thumbprint=…` for log lines (both are public).
+    fn describe(&self) -> String {
+        format!(
+            "kid={} thumbprint={}",
+            self.kid.as_deref().unwrap_or("(none)"),
+            URL_SAFE_NO_PAD.encode(self.thumbprint)
+        )
     }
 
     /// Checks `signature` over `message` with this key, for `alg` only: a key verifies
@@ -109,7 +138,9 @@ impl KeySet {
         struct RawSet {
             keys: Vec<Value>,
         }
-        let raw: RawSet = serde_json::from_slice(body)?;
+        // Duplicate member names are refused here too: a JWKS read two ways could hold
+        // two keys under one `kid`.
+        let raw: RawSet = super::json::from_slice(body).and_then(serde_json::from_value)?;
         let mut set = KeySet {
             by_kid: HashMap::new(),
             all: Vec::new(),
@@ -151,8 +182,12 @@ impl KeySet {
         self.all.iter().filter(move |key| key.allows(alg))
     }
 
-    fn kids(&self) -> impl Iterator<Item = &String> {
-        self.by_kid.keys()
+    /// The keys of `self` that `next` no longer holds (see [`VerifyingKey::succeeds`]).
+    fn withdrawn_in<'a>(&'a self, next: &'a KeySet) -> impl Iterator<Item = &'a VerifyingKey> {
+        self.all
+            .iter()
+            .filter(|old| !next.all.iter().any(|new| new.succeeds(old)))
+            .map(|old| old.as_ref())
     }
 }
 
@@ -215,6 +250,7 @@ fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'stat
     if algorithms.is_empty() {
         return Err("no allowed algorithm");
     }
+    let thumbprint;
     let verifiers = match kty {
         "RSA" => {
             let modulus = base64_member(raw, "n").ok_or("bad modulus")?;
@@ -223,9 +259,15 @@ fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'stat
                 return Err("RSA key shorter than 2048 bits");
             }
             let exponent = base64_member(raw, "e").ok_or("bad exponent")?;
+            let exponent = strip_leading_zeros(&exponent);
+            thumbprint = jwk_thumbprint(&[
+                ("e", &URL_SAFE_NO_PAD.encode(exponent)),
+                ("kty", "RSA"),
+                ("n", &URL_SAFE_NO_PAD.encode(modulus)),
+            ]);
             let components = RsaPublicKeyComponents {
                 n: modulus,
-                e: strip_leading_zeros(&exponent),
+                e: exponent,
             };
             algorithms
                 .iter()
@@ -249,6 +291,12 @@ fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'stat
             if x.len() != length || y.len() != length {
                 return Err("EC coordinates of the wrong length");
             }
+            thumbprint = jwk_thumbprint(&[
+                ("crv", crv),
+                ("kty", "EC"),
+                ("x", &URL_SAFE_NO_PAD.encode(&x)),
+                ("y", &URL_SAFE_NO_PAD.encode(&y)),
+            ]);
             let point = [&[0x04][..], &x, &y].concat();
             let parsed =
                 ParsedPublicKey::new(verification, point).map_err(|_| "unusable key material")?;
@@ -256,6 +304,12 @@ fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'stat
         }
         _ => {
             let x = base64_member(raw, "x").ok_or("bad x coordinate")?;
+            // RFC 8037 §2: the required members of an OKP key are crv, kty and x.
+            thumbprint = jwk_thumbprint(&[
+                ("crv", crv),
+                ("kty", "OKP"),
+                ("x", &URL_SAFE_NO_PAD.encode(&x)),
+            ]);
             let parsed =
                 ParsedPublicKey::new(&lc::ED25519, x).map_err(|_| "unusable key material")?;
             vec![(algorithms[0], parsed)]
@@ -263,8 +317,35 @@ fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'stat
     };
     Ok(VerifyingKey {
         kid: raw.get("kid").and_then(Value::as_str).map(str::to_owned),
+        thumbprint,
         verifiers,
     })
+}
+
+/// RFC 7638 §3: SHA-256 over the JSON object of the required members, sorted by name,
+/// with no whitespace. The members are given sorted, with values re-encoded from the
+/// decoded bytes: an RSA integer without leading zero octets (the form RFC 7518 §6.3.1
+/// requires), so that `n` with and without a sign byte is the same key. For keys in
+/// that canonical form this is exactly the thumbprint other tools compute. No value
+/// needs JSON escaping: they are base64url or fixed names.
+fn jwk_thumbprint(members: &[(&str, &str)]) -> Thumbprint {
+    let mut canonical = String::with_capacity(512);
+    canonical.push('{');
+    for (index, (name, value)) in members.iter().enumerate() {
+        if index > 0 {
+            canonical.push(',');
+        }
+        canonical.push('"');
+        canonical.push_str(name);
+        canonical.push_str("\":\"");
+        canonical.push_str(value);
+        canonical.push('"');
+    }
+    canonical.push('}');
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    let mut thumbprint = [0u8; 32];
+    thumbprint.copy_from_slice(digest.as_ref());
+    thumbprint
 }
 
 /// A base64url JWK member, decoded.
@@ -295,6 +376,59 @@ fn rsa_parameters(alg: Algorithm) -> &'static lc::RsaParameters {
     }
 }
 
+/// What tokengate takes from an issuer's discovery document (OpenID Connect Discovery
+/// 1.0, RFC 8414).
+#[derive(Debug)]
+pub struct ProviderMetadata {
+    pub jwks_uri: Url,
+    /// The `introspection_endpoint`, when present and an http(s) URL.
+    pub introspection_endpoint: Option<Url>,
+    /// The document named an introspection endpoint that is not an http(s) URL.
+    pub invalid_introspection_endpoint: bool,
+}
+
+impl ProviderMetadata {
+    /// Parses a discovery document for `issuer`. Its `issuer` must be identical to the
+    /// configured one (Discovery §4), or an attacker-controlled document could substitute
+    /// its own keys; duplicate member names are refused, so no other reader of the same
+    /// document sees another issuer or key location.
+    pub fn parse(body: &[u8], issuer: &str) -> Result<ProviderMetadata, FetchError> {
+        #[derive(Deserialize)]
+        struct Discovery {
+            issuer: String,
+            jwks_uri: String,
+            #[serde(default)]
+            introspection_endpoint: Option<String>,
+        }
+        let json_error = |source| FetchError::Json {
+            url: "discovery document".to_owned(),
+            source,
+        };
+        let document: Discovery = super::json::from_slice(body)
+            .and_then(serde_json::from_value)
+            .map_err(json_error)?;
+        if document.issuer != issuer {
+            return Err(FetchError::IssuerMismatch {
+                found: document.issuer,
+            });
+        }
+        let http_url = |text: &str| {
+            Url::parse(text)
+                .ok()
+                .filter(|url| matches!(url.scheme(), "https" | "http"))
+        };
+        let jwks_uri = http_url(&document.jwks_uri).ok_or(FetchError::BadJwksUri)?;
+        // Only trusted because the document's `issuer` matched above: the endpoint
+        // receives our client secret.
+        let introspection_endpoint = document.introspection_endpoint.as_deref().map(http_url);
+        Ok(ProviderMetadata {
+            jwks_uri,
+            invalid_introspection_endpoint: matches!(introspection_endpoint, Some(None)),
+            introspection_endpoint: introspection_endpoint.flatten(),
+        })
+    }
+}
+
 /// Where the JWKS lives: configured, or learned once from discovery.
 enum JwksLocation {
     Configured(Url),
@@ -320,8 +454,9 @@ pub struct KeyStore {
     /// `introspection_endpoint` of the discovery document (RFC 8414 §2), learned by the
     /// same fetch that finds the JWKS, for the issuer's introspection client.
     introspection_endpoint: ArcSwapOption<Url>,
-    /// Bumped whenever a refresh withdraws a key: cached verdicts made with an older
-    /// generation are dropped, so a withdrawn key stops vouching for tokens at once.
+    /// Bumped whenever a refresh withdraws a key, recognised by its material (its RFC 7638
+    /// thumbprint) and `kid`: cached verdicts made with an older generation are dropped,
+    /// so a withdrawn key stops vouching for tokens at once.
     withdrawal_generation: AtomicU64,
     /// Serialises fetches (one at a time per issuer) and holds the discovered JWKS URL.
     fetch_lock: tokio::sync::Mutex<JwksLocation>,
@@ -405,7 +540,7 @@ impl KeyStore {
             }
             Err(error) => {
                 self.metrics.jwks_fetch(self.index, false);
-                tracing::warn!(issuer = %self.name, error = %error, cause = ?std::error::Error::source(error).map(ToString::to_string), "JWKS refresh failed; keeping the last good keys");
+                tracing::warn!(issuer = %self.name, error = %CauseChain(error), "JWKS refresh failed; keeping the last good keys");
             }
         }
         result
@@ -439,60 +574,49 @@ impl KeyStore {
         let current = Arc::new(set);
         let previous = self.current.swap(Some(current.clone()));
         if let Some(previous) = previous {
-            let withdrawn = previous.kids().any(|kid| current.get(kid).is_none());
-            if withdrawn {
+            // By material, not by `kid` alone: a key published without a `kid`, or a `kid`
+            // that now names other material, is withdrawn just the same. The generation is
+            // bumped after the swap, so a verdict reached with the old keys is always
+            // stamped with the old generation.
+            let withdrawn: Vec<String> = previous
+                .withdrawn_in(&current)
+                .map(VerifyingKey::describe)
+                .collect();
+            if !withdrawn.is_empty() {
                 self.withdrawal_generation.fetch_add(1, Ordering::AcqRel);
-                tracing::info!(issuer = %self.name, "a signing key was withdrawn; cached verdicts of this issuer dropped");
+                tracing::info!(
+                    issuer = %self.name,
+                    withdrawn = withdrawn.join(", "),
+                    "signing keys withdrawn; every cached verdict of this issuer dropped"
+                );
             }
         }
         Ok(count)
     }
 
-    /// OpenID Connect Discovery 1.0 §4: the document's `issuer` must be identical to the
-    /// configured one, or an attacker-controlled document could substitute its own keys.
+    /// Learns the JWKS location (and the introspection endpoint) from the issuer's
+    /// discovery document.
     async fn discover(&self) -> Result<Url, FetchError> {
-        #[derive(Deserialize)]
-        struct Discovery {
-            issuer: String,
-            jwks_uri: String,
-            #[serde(default)]
-            introspection_endpoint: Option<String>,
-        }
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
         );
         let url = Url::parse(&url).map_err(|_| FetchError::BadJwksUri)?;
         let (body, _) = self.get_bounded(&url).await?;
-        let document: Discovery =
-            serde_json::from_slice(&body).map_err(|source| FetchError::Json {
-                url: url.to_string(),
-                source,
+        let metadata =
+            ProviderMetadata::parse(&body, &self.issuer).map_err(|error| match error {
+                FetchError::Json { source, .. } => FetchError::Json {
+                    url: url.to_string(),
+                    source,
+                },
+                other => other,
             })?;
-        if document.issuer != self.issuer {
-            return Err(FetchError::IssuerMismatch {
-                found: document.issuer,
-            });
+        if metadata.invalid_introspection_endpoint {
+            tracing::warn!(issuer = %self.name, "discovery document has an invalid introspection_endpoint; ignored");
         }
-        let jwks_uri = Url::parse(&document.jwks_uri).map_err(|_| FetchError::BadJwksUri)?;
-        if !matches!(jwks_uri.scheme(), "https" | "http") {
-            return Err(FetchError::BadJwksUri);
-        }
-        // Only trusted because the document's `issuer` matched above: the endpoint
-        // receives our client secret.
-        let introspection_endpoint = document
-            .introspection_endpoint
-            .as_deref()
-            .and_then(|endpoint| match Url::parse(endpoint) {
-                Ok(url) if matches!(url.scheme(), "https" | "http") => Some(url),
-                _ => {
-                    tracing::warn!(issuer = %self.name, "discovery document has an invalid introspection_endpoint; ignored");
-                    None
-                }
-            });
         self.introspection_endpoint
-            .store(introspection_endpoint.map(Arc::new));
-        Ok(jwks_uri)
+            .store(metadata.introspection_endpoint.map(Arc::new));
+        Ok(metadata.jwks_uri)
     }
 
     /// GET with a size cap, returning the body and the response's `max-age`.
@@ -563,8 +687,12 @@ impl KeyStore {
     }
 
     /// Refreshes forever: on success after the response's `max-age` clamped to the
-    /// configured bounds, on failure with exponential backoff.
-    pub async fn run_refresher(self: Arc<Self>, first: Result<Refreshed, ()>) {
+    /// configured bounds, on failure (already logged) with exponential backoff.
+    pub async fn run_refresher(
+        self: Arc<Self>,
+        first: Result<Refreshed, FetchError>,
+        mut shutdown: Shutdown,
+    ) {
         let mut last = first;
         let mut retry = FIRST_RETRY;
         loop {
@@ -573,14 +701,20 @@ impl KeyStore {
                     retry = FIRST_RETRY;
                     self.next_refresh(refreshed.max_age)
                 }
-                Err(()) => {
+                Err(_) => {
                     let wait = retry;
                     retry = (retry * 2).min(self.timing.refresh_interval);
                     wait
                 }
             };
-            tokio::time::sleep(wait).await;
-            last = self.refresh().await.map_err(|_| ());
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.started() => return,
+            }
+            last = tokio::select! {
+                refreshed = self.refresh() => refreshed,
+                () = shutdown.started() => return,
+            };
         }
     }
 
@@ -685,6 +819,152 @@ mod tests {
         let set = KeySet::parse(body.as_bytes(), ALL).unwrap();
         assert_eq!(set.len(), 1);
         assert!(set.get("r").is_some());
+    }
+
+    /// RFC 7638 §3.1's example key, whose thumbprint the RFC gives.
+    fn rfc7638_key() -> Value {
+        json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29"
+        })
+    }
+
+    fn thumbprint_of(jwk: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(usable_key(jwk, ALL).unwrap().thumbprint)
+    }
+
+    #[test]
+    fn thumbprint_is_rfc_7638s() {
+        assert_eq!(
+            thumbprint_of(&rfc7638_key()),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn thumbprint_names_the_material_only() {
+        let expected = thumbprint_of(&rfc7638_key());
+        // Optional members do not count.
+        let mut other = rfc7638_key();
+        other["kid"] = json!("renamed");
+        other["use"] = json!("sig");
+        other.as_object_mut().unwrap().remove("alg");
+        assert_eq!(thumbprint_of(&other), expected);
+        // A sign byte in front of the modulus is the same integer.
+        let n = URL_SAFE_NO_PAD
+            .decode(rfc7638_key()["n"].as_str().unwrap())
+            .unwrap();
+        other["n"] = json!(URL_SAFE_NO_PAD.encode([&[0u8][..], &n].concat()));
+        assert_eq!(thumbprint_of(&other), expected);
+        // Other material is another key.
+        assert_ne!(thumbprint_of(&rsa_jwk(2048)), expected);
+    }
+
+    #[test]
+    fn ec_and_okp_thumbprints_hash_their_required_members() {
+        for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
+            let key = crate::demo::SigningKey::generate(alg, "x");
+            let jwk = key.public_jwk();
+            let required: &[&str] = match alg {
+                Algorithm::EdDSA => &["crv", "kty", "x"],
+                _ => &["crv", "kty", "x", "y"],
+            };
+            // serde_json's map is sorted and `to_string` adds no whitespace: the RFC 7638
+            // form, built independently of the code under test.
+            let members: serde_json::Map<String, Value> = required
+                .iter()
+                .map(|name| (name.to_string(), jwk[*name].clone()))
+                .collect();
+            let canonical = Value::Object(members).to_string();
+            let digest =
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+            assert_eq!(
+                thumbprint_of(jwk),
+                URL_SAFE_NO_PAD.encode(digest.as_ref()),
+                "{alg:?}"
+            );
+        }
+    }
+
+    fn key_store() -> KeyStore {
+        let settings: IssuerSettings = serde_json::from_value(json!({
+            "issuer": "https://sso.example.com",
+            "audiences": ["orders-api"],
+        }))
+        .unwrap();
+        let metrics = Arc::new(Metrics::new(&prometheus::Registry::new(), &[]).unwrap());
+        KeyStore::new(
+            0,
+            &settings,
+            None,
+            ALL.to_vec(),
+            reqwest::Client::new(),
+            metrics,
+        )
+    }
+
+    fn without_kid(jwk: &Value) -> Value {
+        let mut jwk = jwk.clone();
+        jwk.as_object_mut().unwrap().remove("kid");
+        jwk
+    }
+
+    /// Loads each JWKS in turn; returns the generation after each.
+    fn generations(documents: &[Vec<Value>]) -> Vec<u64> {
+        let store = key_store();
+        documents
+            .iter()
+            .map(|keys| {
+                let body = json!({ "keys": keys }).to_string();
+                store.load_jwks(body.as_bytes()).unwrap();
+                store.withdrawal_generation()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_key_is_withdrawn_when_its_material_goes_whatever_its_kid() {
+        let new = |kid: &str| {
+            crate::demo::SigningKey::generate(Algorithm::ES256, kid)
+                .public_jwk()
+                .clone()
+        };
+        let (a, b) = (new("a"), new("b"));
+        // Unchanged, reordered, or grown: nothing withdrawn.
+        assert_eq!(
+            generations(&[vec![a.clone()], vec![a.clone()], vec![b.clone(), a.clone()]]),
+            [0, 0, 0]
+        );
+        // The `kid` goes: withdrawn (as before).
+        assert_eq!(
+            generations(&[vec![a.clone(), b.clone()], vec![b.clone()]]),
+            [0, 1]
+        );
+        // A key without `kid` goes: withdrawn.
+        let a_anonymous = without_kid(&a);
+        assert_eq!(
+            generations(&[vec![a_anonymous.clone(), b.clone()], vec![b.clone()]]),
+            [0, 1]
+        );
+        // A `kid` now names other material: the old material is withdrawn.
+        let a_reused = new("a");
+        assert_eq!(
+            generations(&[vec![a.clone()], vec![a_reused.clone()]]),
+            [0, 1]
+        );
+        // The same material under another `kid` no longer matches the tokens that name
+        // the old one: counted as withdrawn too (dropping verdicts is the safe side).
+        let mut a_renamed = a.clone();
+        a_renamed["kid"] = json!("a2");
+        assert_eq!(generations(&[vec![a.clone()], vec![a_renamed]]), [0, 1]);
+        // A key without `kid` published again without `kid`: kept.
+        assert_eq!(
+            generations(&[vec![a_anonymous.clone()], vec![b, a_anonymous]]),
+            [0, 0]
+        );
     }
 
     #[test]

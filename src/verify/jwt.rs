@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::cache::unix_now;
+use super::json;
 use super::jwks::{KeyStore, VerifyingKey};
 use crate::config::IssuerSettings;
 use crate::error::{AuthError, Reason};
@@ -43,16 +44,19 @@ pub struct DecodedJwt<'a> {
 
 impl<'a> DecodedJwt<'a> {
     /// Splits `header.payload.signature` and decodes each part. Anything that is not
-    /// three base64url parts with a JSON header and a JSON object payload is malformed.
+    /// three base64url parts with a JSON header and a JSON object payload, each without
+    /// a duplicate member name, is malformed.
     pub fn parse(token: &'a str) -> Result<Self, AuthError> {
         let (signing_input, signature) = token.rsplit_once('.').ok_or(Reason::MalformedToken)?;
         let (header, payload) = signing_input
             .split_once('.')
             .ok_or(Reason::MalformedToken)?;
-        let header: JoseHeader = serde_json::from_slice(&base64url(header)?)
-            .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))?;
-        let claims: Value = serde_json::from_slice(&base64url(payload)?)
-            .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))?;
+        // Both parts go through the strict parser: a member named twice (`alg`, `kid`,
+        // `sub`, a nested `roles`…) would let another JWT library read another token.
+        let malformed = |e| AuthError::with_source(Reason::MalformedToken, e);
+        let header = json::from_slice(&base64url(header)?).map_err(malformed)?;
+        let header = JoseHeader::deserialize(&header).map_err(malformed)?;
+        let claims = json::from_slice(&base64url(payload)?).map_err(malformed)?;
         if !claims.is_object() {
             return Err(Reason::MalformedToken.into());
         }
@@ -259,9 +263,58 @@ fn normalize_typ(typ: &str) -> Cow<'_, str> {
     }
 }
 
+/// True when the token has the shape of a JWS compact serialisation: three non-empty
+/// base64url segments. Checked before any decoding or crypto.
+pub fn looks_like_jwt(token: &str) -> bool {
+    // One pass over the bytes: this runs on every cache miss, over tokens of up to
+    // `token.max_length` bytes.
+    let (mut dots, mut segment) = (0, 0);
+    for &byte in token.as_bytes() {
+        if byte == b'.' {
+            if segment == 0 || dots == 2 {
+                return false;
+            }
+            dots += 1;
+            segment = 0;
+        } else if is_base64url(byte) {
+            segment += 1;
+        } else {
+            return false;
+        }
+    }
+    dots == 2 && segment > 0
+}
+
+fn is_base64url(byte: u8) -> bool {
+    BASE64URL[usize::from(byte)]
+}
+
+/// The base64url alphabet as a lookup table: one load per byte of a token that can be
+/// several KiB long, instead of a chain of range comparisons.
+const BASE64URL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        byte += 1;
+    }
+    table
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jwt_shape() {
+        assert!(looks_like_jwt("eyJh.eyJi.c2ln"));
+        assert!(!looks_like_jwt("eyJh.eyJi"));
+        assert!(!looks_like_jwt("eyJh.eyJi.c2ln.d"));
+        assert!(!looks_like_jwt("eyJh..c2ln"));
+        assert!(!looks_like_jwt("eyJh.eyJi.c2l="));
+        assert!(!looks_like_jwt("opaque-token"));
+    }
 
     #[test]
     fn typ_normalisation() {
@@ -310,6 +363,37 @@ mod tests {
         let extra_part = format!("{}.c2ln", token(RS256, r#"{"iss":"a"}"#));
         assert!(DecodedJwt::parse(&extra_part).is_err());
         assert!(DecodedJwt::parse("no-dots-at-all").is_err());
+    }
+
+    #[test]
+    fn duplicate_member_names_are_malformed() {
+        for (header, payload) in [
+            (r#"{"alg":"RS256","alg":"none"}"#, r#"{"iss":"a"}"#),
+            (
+                r#"{"alg":"RS256","kid":"k","kid":"other"}"#,
+                r#"{"iss":"a"}"#,
+            ),
+            (r#"{"alg":"RS256","x5u":"a","x5u":"b"}"#, r#"{"iss":"a"}"#),
+            (RS256, r#"{"iss":"a","sub":"alice","sub":"admin"}"#),
+            (RS256, r#"{"iss":"a","iss":"b"}"#),
+            (
+                RS256,
+                r#"{"iss":"a","realm_access":{"roles":[],"roles":["admin"]}}"#,
+            ),
+            (RS256, r#"{"iss":"a","groups":[{"id":1,"id":2}]}"#),
+            (RS256, r#"{"iss":"a","email":"a@x","em\u0061il":"b@x"}"#),
+        ] {
+            assert_eq!(
+                issuer_of(header, payload),
+                Err(Reason::MalformedToken),
+                "{header} {payload}"
+            );
+        }
+        // The same name in sibling objects is not a duplicate.
+        assert_eq!(
+            issuer_of(RS256, r#"{"iss":"a","x":{"id":1},"y":{"id":1}}"#),
+            Ok("a".to_owned())
+        );
     }
 
     #[test]

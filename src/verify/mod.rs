@@ -4,28 +4,30 @@
 //! - [`jwt`]: header checks, key choice, signature and claims for one issuer;
 //! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown;
 //! - [`introspection`]: RFC 7662 introspection of opaque tokens (and, per issuer, of
-//!   JWTs) with its cache of answers.
+//!   JWTs) with its cache of answers;
+//! - [`admission`]: each issuer's bound on introspection calls, with a short fair wait;
+//! - [`json`]: the JSON parser for tokens and answers, which refuses duplicate names.
 
+pub mod admission;
 pub mod cache;
 pub mod introspection;
+pub mod json;
 pub mod jwks;
 pub mod jwt;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use actix_web::http::header::HeaderMap;
 use url::Url;
 
 use crate::config::{ConfigError, Settings};
 use crate::error::{AuthError, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::Metrics;
-use crate::request::{extract_token, looks_like_jwt, TokenSource};
 use cache::{token_hash, unix_now, Budget, TokenCache, TokenHash, VerifiedToken};
 use introspection::Introspector;
 use jwks::KeyStore;
-use jwt::{DecodedJwt, Issuer};
+use jwt::{looks_like_jwt, DecodedJwt, Issuer};
 
 /// A verdict to allow, with what it was based on.
 pub struct Allowed {
@@ -41,7 +43,6 @@ pub struct Verifier {
     cache: TokenCache,
     introspector: Introspector,
     identity: IdentityMapping,
-    sources: Vec<TokenSource>,
     max_token_length: usize,
     /// Per issuer, the longest `X-Accel-Expires` an allow may carry, in seconds.
     proxy_cache_caps: Vec<u64>,
@@ -106,7 +107,6 @@ impl Verifier {
                 .collect(),
             introspector,
             identity: IdentityMapping::new(&settings.identity)?.with_issuers(&settings.issuers),
-            sources: settings.token_sources()?,
             max_token_length: settings.token.max_length,
             metrics,
         })
@@ -145,12 +145,6 @@ impl Verifier {
 
     pub fn introspector(&self) -> &Introspector {
         &self.introspector
-    }
-
-    /// Finds the token in the request and verifies it.
-    pub async fn verify_request(&self, headers: &HeaderMap) -> Result<Allowed, AuthError> {
-        let token = extract_token(headers, &self.sources, self.max_token_length)?;
-        self.verify_token(token).await
     }
 
     /// Verifies one token: cache first, then the full check. A JWT is verified locally; a

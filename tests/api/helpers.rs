@@ -52,6 +52,9 @@ pub struct IssuerState {
     pub url: String,
     /// Keys published in the JWKS.
     pub keys: Mutex<Vec<Arc<SigningKey>>>,
+    /// When set, the JWKS served instead of `keys`' (for odd documents: keys without a
+    /// `kid`, a `kid` reused for other material, keys of a [`RawSigner`]).
+    pub jwks_override: Mutex<Option<Value>>,
     /// `issuer` in the discovery document (normally `url`).
     pub discovery_issuer: Mutex<Option<String>>,
     /// When false, every endpoint answers 503.
@@ -62,6 +65,8 @@ pub struct IssuerState {
     pub discovery_fetches: AtomicUsize,
     /// Introspection answers by token.
     pub introspection_answers: Mutex<HashMap<String, Value>>,
+    /// Introspection answers by token, as raw bodies (for JSON a `Value` cannot hold).
+    pub raw_introspection_answers: Mutex<HashMap<String, String>>,
     pub introspection_mode: Mutex<IntrospectionMode>,
     /// Calls to the introspection endpoint, whatever they were answered.
     pub introspection_calls: AtomicUsize,
@@ -85,12 +90,14 @@ impl TestIssuer {
         let state = Arc::new(IssuerState {
             url,
             keys: Mutex::new(keys),
+            jwks_override: Mutex::new(None),
             discovery_issuer: Mutex::new(None),
             up: AtomicBool::new(true),
             advertise_introspection: AtomicBool::new(true),
             jwks_fetches: AtomicUsize::new(0),
             discovery_fetches: AtomicUsize::new(0),
             introspection_answers: Mutex::new(HashMap::new()),
+            raw_introspection_answers: Mutex::new(HashMap::new()),
             introspection_mode: Mutex::new(IntrospectionMode::Answer),
             introspection_calls: AtomicUsize::new(0),
             last_client_auth: Mutex::new(None),
@@ -134,6 +141,12 @@ impl TestIssuer {
 
     pub fn publish(&self, keys: Vec<Arc<SigningKey>>) {
         *self.state.keys.lock().unwrap() = keys;
+        *self.state.jwks_override.lock().unwrap() = None;
+    }
+
+    /// Serves a JWKS of exactly these JWKs from now on (until the next `publish`).
+    pub fn publish_jwks(&self, jwks: Vec<Value>) {
+        *self.state.jwks_override.lock().unwrap() = Some(json!({ "keys": jwks }));
     }
 
     /// Standard claims for this issuer, valid for ten minutes.
@@ -207,6 +220,15 @@ impl TestIssuer {
             .insert(token.to_owned(), answer);
     }
 
+    /// What introspection answers for `token` from now on, as a raw JSON body.
+    pub fn set_raw_answer(&self, token: &str, body: &str) {
+        self.state
+            .raw_introspection_answers
+            .lock()
+            .unwrap()
+            .insert(token.to_owned(), body.to_owned());
+    }
+
     /// Revokes `token`: introspection answers `active: false` from now on.
     pub fn revoke(&self, token: &str) {
         self.set_answer(token, json!({"active": false}));
@@ -270,6 +292,19 @@ async fn introspect(
     if form.get("token_type_hint").map(String::as_str) != Some("access_token") {
         return HttpResponse::BadRequest().json(json!({"error": "invalid_request"}));
     }
+    let raw = form.get("token").and_then(|token| {
+        state
+            .raw_introspection_answers
+            .lock()
+            .unwrap()
+            .get(token)
+            .cloned()
+    });
+    if let Some(body) = raw {
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body);
+    }
     let answer = form
         .get("token")
         .and_then(|token| {
@@ -313,8 +348,58 @@ async fn jwks(state: web::Data<IssuerState>) -> HttpResponse {
     if !state.up.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable().finish();
     }
+    if let Some(document) = state.jwks_override.lock().unwrap().clone() {
+        return HttpResponse::Ok().json(document);
+    }
     let keys = state.keys.lock().unwrap().clone();
     HttpResponse::Ok().json(jwks_document(keys.iter().map(|key| key.as_ref())))
+}
+
+/// The public JWK of `key` without its `kid`, as some issuers publish keys.
+pub fn jwk_without_kid(key: &SigningKey) -> Value {
+    let mut jwk = key.public_jwk().clone();
+    jwk.as_object_mut().unwrap().remove("kid");
+    jwk
+}
+
+/// Signs `header.payload` given as JSON text, byte for byte: for tokens that a JWT
+/// library would never produce, such as a member named twice. An Ed25519 key.
+pub struct RawSigner {
+    pair: aws_lc_rs::signature::Ed25519KeyPair,
+    pub kid: String,
+}
+
+impl RawSigner {
+    pub fn generate(kid: &str) -> Self {
+        Self {
+            pair: aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap(),
+            kid: kid.to_owned(),
+        }
+    }
+
+    /// The public JWK, for [`TestIssuer::publish_jwks`].
+    pub fn jwk(&self) -> Value {
+        use aws_lc_rs::signature::KeyPair;
+        json!({
+            "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": self.kid,
+            "x": URL_SAFE_NO_PAD.encode(self.pair.public_key().as_ref()),
+        })
+    }
+
+    /// `{"alg":"EdDSA","kid":…}`: the header for this key.
+    pub fn header(&self) -> String {
+        json!({"alg": "EdDSA", "typ": "at+jwt", "kid": self.kid}).to_string()
+    }
+
+    pub fn sign(&self, header: &str, payload: &str) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let signature = self.pair.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref()))
+    }
 }
 
 /// A running application and a client for it.

@@ -1,6 +1,7 @@
 //! RFC 7662 introspection: opaque tokens, the answer cache and its revocation window,
-//! single flight, the in-flight cap, and failing closed when the issuer cannot answer.
-//! The test issuer's introspection endpoint counts its calls.
+//! single flight, the per-issuer call slots and their queue, strict answers, and failing
+//! closed when the issuer cannot answer. The test issuer's introspection endpoint counts
+//! its calls.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ fn secret_file() -> PathBuf {
     .clone()
 }
 
-fn introspection_settings() -> IntrospectionSettings {
+pub(crate) fn introspection_settings() -> IntrospectionSettings {
     IntrospectionSettings {
         endpoint: None,
         client_id: INTROSPECTION_CLIENT_ID.to_owned(),
@@ -40,11 +41,14 @@ fn introspection_settings() -> IntrospectionSettings {
         negative_ttl: Duration::from_secs(5),
         introspect_jwts: false,
         require_audience: false,
+        max_in_flight: 64,
+        max_waiting: 1024,
+        max_wait: Duration::from_secs(1),
     }
 }
 
 /// The application with opaque tokens introspected at `issuer`, after `customize`.
-async fn spawn_opaque_app(
+pub(crate) async fn spawn_opaque_app(
     issuer: &TestIssuer,
     customize: impl FnOnce(&mut IntrospectionSettings, &mut Settings),
 ) -> TestApp {
@@ -77,7 +81,7 @@ async fn first_refusal(app: &TestApp, token: &str, limit: Duration) -> reqwest::
 }
 
 /// Asserts a 503 with the fixed "temporarily unavailable" body and no token error.
-async fn assert_unavailable(response: reqwest::Response) {
+pub(crate) async fn assert_unavailable(response: reqwest::Response) {
     assert_eq!(response.status(), 503);
     assert!(response.headers().get("www-authenticate").is_none());
     assert_eq!(
@@ -436,33 +440,143 @@ async fn configured_endpoint_needs_no_discovery() {
     );
 }
 
-#[tokio::test]
-async fn too_many_calls_in_flight_get_503_at_once() {
-    let issuer = TestIssuer::start().await;
-    issuer.set_introspection_mode(IntrospectionMode::Slow(Duration::from_secs(1)));
-    let app = spawn_opaque_app(&issuer, |introspection, settings| {
-        introspection.timeout = Duration::from_secs(5);
-        settings.http_client.introspection_max_in_flight = 1;
-    })
-    .await;
-    let app = Arc::new(app);
-    let first = issuer.opaque_token();
-    let waiting = {
+/// Starts a call for a fresh token in the background and waits until the issuer has it,
+/// so that it holds a call slot.
+async fn hold_a_slot(app: &Arc<TestApp>, issuer: &TestIssuer) -> tokio::task::JoinHandle<u16> {
+    let calls = issuer.introspection_calls();
+    let token = issuer.opaque_token();
+    let held = {
         let app = app.clone();
-        tokio::spawn(async move { app.auth_with_token(&first).await.status() })
+        tokio::spawn(async move { app.auth_with_token(&token).await.status().as_u16() })
     };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while issuer.introspection_calls() == 0 {
+    while issuer.introspection_calls() == calls {
         assert!(Instant::now() < deadline, "the first call never arrived");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    held
+}
 
-    // A second, different token while the only permit is taken: refused, not queued.
+#[tokio::test]
+async fn a_request_waits_its_turn_for_a_call_slot() {
+    let issuer = TestIssuer::start().await;
+    issuer.set_introspection_mode(IntrospectionMode::Slow(Duration::from_millis(300)));
+    let app = Arc::new(
+        spawn_opaque_app(&issuer, |introspection, _| {
+            introspection.max_in_flight = 1;
+            introspection.max_wait = Duration::from_secs(5);
+        })
+        .await,
+    );
+    let held = hold_a_slot(&app, &issuer).await;
+
+    // A second, different token while the only slot is taken: it waits, then is asked.
+    assert_eq!(
+        app.auth_with_token(&issuer.opaque_token()).await.status(),
+        202
+    );
+
+    assert_eq!(held.await.unwrap(), 202);
+    assert_eq!(issuer.introspection_calls(), 2);
+    assert_eq!(app.decisions_with_reason("introspection_overloaded"), 0.0);
+}
+
+#[tokio::test]
+async fn a_full_queue_gets_503_at_once() {
+    let issuer = TestIssuer::start().await;
+    issuer.set_introspection_mode(IntrospectionMode::Slow(Duration::from_secs(1)));
+    let app = Arc::new(
+        spawn_opaque_app(&issuer, |introspection, _| {
+            introspection.timeout = Duration::from_secs(5);
+            introspection.max_in_flight = 1;
+            introspection.max_waiting = 0;
+        })
+        .await,
+    );
+    let held = hold_a_slot(&app, &issuer).await;
+
+    // No place to wait: refused without asking.
     assert_unavailable(app.auth_with_token(&issuer.opaque_token()).await).await;
 
-    assert_eq!(waiting.await.unwrap(), 202);
+    assert_eq!(held.await.unwrap(), 202);
     assert_eq!(app.decisions_with_reason("introspection_overloaded"), 1.0);
     assert_eq!(issuer.introspection_calls(), 1);
+}
+
+#[tokio::test]
+async fn waiting_longer_than_max_wait_gets_503() {
+    let issuer = TestIssuer::start().await;
+    issuer.set_introspection_mode(IntrospectionMode::Slow(Duration::from_secs(2)));
+    let app = Arc::new(
+        spawn_opaque_app(&issuer, |introspection, _| {
+            introspection.timeout = Duration::from_secs(5);
+            introspection.max_in_flight = 1;
+            introspection.max_wait = Duration::from_millis(200);
+        })
+        .await,
+    );
+    let held = hold_a_slot(&app, &issuer).await;
+
+    assert_unavailable(app.auth_with_token(&issuer.opaque_token()).await).await;
+
+    assert_eq!(app.decisions_with_reason("introspection_overloaded"), 1.0);
+    assert_eq!(held.await.unwrap(), 202);
+    assert_eq!(issuer.introspection_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_token_that_is_no_b64token_is_refused_without_asking() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_opaque_app(&issuer, |_, _| {}).await;
+
+    for token in ["opaque,with,commas", "opaque\"quoted\"", "tök", "a=b"] {
+        let value = format!("Bearer {token}");
+        let response = app
+            .client
+            .get(format!("{}/auth", app.address))
+            .header(
+                "authorization",
+                reqwest::header::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_invalid_token(response).await;
+    }
+
+    assert_eq!(app.decisions_with_reason("malformed_token"), 4.0);
+    assert_eq!(issuer.introspection_calls(), 0);
+}
+
+#[tokio::test]
+async fn an_answer_with_a_member_named_twice_is_no_answer() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_opaque_app(&issuer, |_, _| {}).await;
+    let active = issuer.active_answer().to_string();
+    let bodies = [
+        // Read last-wins this would be active, read first-wins inactive.
+        active.replacen('{', r#"{"active":false,"#, 1),
+        active.replacen('{', r#"{"sub":"admin","#, 1),
+        active.replacen('{', r#"{"groups":["system:masters"],"#, 1),
+        active.replacen('{', r#"{"ext":{"role":"a","role":"b"},"#, 1),
+    ];
+    for (index, body) in bodies.iter().enumerate() {
+        let token = issuer.opaque_token();
+        issuer.set_raw_answer(&token, body);
+        // No verdict (503), never an allow; and nothing cached: the next request asks again.
+        assert_unavailable(app.auth_with_token(&token).await).await;
+        assert_unavailable(app.auth_with_token(&token).await).await;
+        assert_eq!(issuer.introspection_calls(), 2 * (index + 1), "{body}");
+    }
+    assert_eq!(
+        app.decisions_with_reason("introspection_unavailable"),
+        2.0 * bodies.len() as f64
+    );
+
+    // The same answer with each member once is fine.
+    let token = issuer.opaque_token();
+    issuer.set_raw_answer(&token, &active);
+    assert_eq!(app.auth_with_token(&token).await.status(), 202);
 }
 
 #[tokio::test]
@@ -586,8 +700,20 @@ fn introspection_settings_are_validated_naming_the_key() {
             "cache.introspection_max_entries",
         ),
         (
-            format!("{}http_client:\n  introspection_max_in_flight: 0\n", with_introspection("")),
+            format!("{}http_client:\n  introspection_max_in_flight: 64\n", with_introspection("")),
             "http_client.introspection_max_in_flight",
+        ),
+        (
+            with_introspection("      max_in_flight: 0\n"),
+            "issuers[0].introspection.max_in_flight",
+        ),
+        (
+            with_introspection("      max_waiting: 1000000\n"),
+            "issuers[0].introspection.max_waiting",
+        ),
+        (
+            with_introspection("      max_wait: 1m\n"),
+            "issuers[0].introspection.max_wait",
         ),
         (
             with_introspection("      auth_method: private_key_jwt\n"),
@@ -620,6 +746,9 @@ fn the_secret_is_read_without_its_trailing_newline_and_never_shown() {
     assert_eq!(introspection.positive_ttl, Duration::from_secs(60));
     assert_eq!(introspection.negative_ttl, Duration::from_secs(5));
     assert_eq!(introspection.timeout, Duration::from_secs(2));
+    assert_eq!(introspection.max_in_flight, 64);
+    assert_eq!(introspection.max_waiting, 1024);
+    assert_eq!(introspection.max_wait, Duration::from_secs(1));
 }
 
 #[test]
@@ -661,10 +790,10 @@ fn missing_or_empty_secret_exits_64_and_the_env_variable_works() {
 /// Everything the application logs in this test binary, at debug level: the tests that
 /// read it look for their own issuer's URL, and check that no line holds a secret.
 #[derive(Clone)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
 
 impl CapturedLogs {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
@@ -680,7 +809,7 @@ impl Write for CapturedLogs {
     }
 }
 
-fn capture_logs() -> CapturedLogs {
+pub(crate) fn capture_logs() -> CapturedLogs {
     static LOGS: OnceLock<CapturedLogs> = OnceLock::new();
     LOGS.get_or_init(|| {
         let logs = CapturedLogs(Arc::new(Mutex::new(Vec::new())));

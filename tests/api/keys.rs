@@ -1,9 +1,12 @@
-//! Key store behaviour: rotation, the unknown-`kid` cooldown, outages, withdrawal.
+//! Key store behaviour: rotation, the unknown-`kid` cooldown, outages, withdrawal (by
+//! `kid` and by key material).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use jsonwebtoken::Algorithm;
+use serde_json::Value;
 use tokengate::demo::SigningKey;
 
 use crate::helpers::*;
@@ -119,6 +122,120 @@ async fn withdrawn_key_stops_vouching_for_cached_tokens() {
     assert_eq!(app.auth_with_token(&new_token).await.status(), 202);
 
     assert_eq!(app.auth_with_token(&old_token).await.status(), 401);
+}
+
+/// A token signed by `key` with no `kid` in its header.
+fn token_without_kid(key: &SigningKey, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(key.alg);
+    header.typ = Some("at+jwt".to_owned());
+    key.sign_with_header(&header, claims)
+}
+
+fn verified_token_cache_hits(app: &TestApp) -> f64 {
+    counter(
+        &app.registry,
+        "tokengate_cache_requests_total",
+        &[("cache", "verified_token"), ("result", "hit")],
+    )
+}
+
+/// Makes the application refetch the JWKS at once: a token with a `kid` it has not seen,
+/// signed by a key the issuer now publishes.
+async fn refetch_with(app: &TestApp, issuer: &TestIssuer, new_key: &SigningKey) {
+    let fetches = issuer.jwks_fetches();
+    let response = app.auth_with_token(&new_key.sign(&issuer.claims())).await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(issuer.jwks_fetches(), fetches + 1);
+}
+
+#[tokio::test]
+async fn withdrawn_key_without_kid_stops_vouching_for_cached_tokens() {
+    let issuer = TestIssuer::start().await;
+    let anonymous = SigningKey::generate(Algorithm::ES256, "unpublished");
+    issuer.publish_jwks(vec![
+        rsa_key("k1").public_jwk().clone(),
+        jwk_without_kid(&anonymous),
+    ]);
+    let app = spawn_app(&issuer).await;
+    let old_token = token_without_kid(&anonymous, &issuer.claims());
+    assert_eq!(app.auth_with_token(&old_token).await.status(), 202);
+    assert_eq!(app.auth_with_token(&old_token).await.status(), 202);
+    assert_eq!(
+        verified_token_cache_hits(&app),
+        1.0,
+        "the verdict is cached"
+    );
+
+    // The issuer withdraws the key that had no `kid`: no `kid` disappears from the JWKS.
+    let next = SigningKey::generate(Algorithm::ES256, "next");
+    issuer.publish_jwks(vec![
+        rsa_key("k1").public_jwk().clone(),
+        next.public_jwk().clone(),
+    ]);
+    refetch_with(&app, &issuer, &next).await;
+
+    // Verified again, with the keys that fit the algorithm: none is the old one.
+    assert_invalid_token(app.auth_with_token(&old_token).await).await;
+    assert_eq!(app.decisions_with_reason("bad_signature"), 1.0);
+}
+
+#[tokio::test]
+async fn kid_reused_for_new_material_stops_vouching_for_the_old_keys_tokens() {
+    let issuer = TestIssuer::start().await;
+    let old_key = Arc::new(SigningKey::generate(Algorithm::ES256, "signing"));
+    issuer.publish(vec![rsa_key("k1"), old_key.clone()]);
+    let app = spawn_app(&issuer).await;
+    let old_token = old_key.sign(&issuer.claims());
+    assert_eq!(app.auth_with_token(&old_token).await.status(), 202);
+
+    // Same `kid`, new material: the `kid` never disappears from the JWKS.
+    let new_key = Arc::new(SigningKey::generate(Algorithm::ES256, "signing"));
+    let next = Arc::new(SigningKey::generate(Algorithm::ES256, "next"));
+    issuer.publish(vec![rsa_key("k1"), new_key.clone(), next.clone()]);
+    refetch_with(&app, &issuer, &next).await;
+
+    assert_invalid_token(app.auth_with_token(&old_token).await).await;
+    assert_eq!(app.decisions_with_reason("bad_signature"), 1.0);
+    // The new material under that `kid` is trusted.
+    assert_eq!(
+        app.auth_with_token(&new_key.sign(&issuer.claims()))
+            .await
+            .status(),
+        202
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_that_keeps_the_material_keeps_the_cached_verdicts() {
+    let issuer = TestIssuer::start().await;
+    let anonymous = SigningKey::generate(Algorithm::ES256, "unpublished");
+    issuer.publish_jwks(vec![
+        rsa_key("k1").public_jwk().clone(),
+        jwk_without_kid(&anonymous),
+    ]);
+    let app = spawn_app(&issuer).await;
+    let tokens = [
+        token_without_kid(&anonymous, &issuer.claims()),
+        issuer.token(),
+    ];
+    for token in &tokens {
+        assert_eq!(app.auth_with_token(token).await.status(), 202);
+    }
+
+    // A key is added and the order changes; every key that was there still is.
+    let next = SigningKey::generate(Algorithm::ES256, "next");
+    issuer.publish_jwks(vec![
+        next.public_jwk().clone(),
+        jwk_without_kid(&anonymous),
+        rsa_key("k1").public_jwk().clone(),
+    ]);
+    refetch_with(&app, &issuer, &next).await;
+
+    let hits = verified_token_cache_hits(&app);
+    for token in &tokens {
+        assert_eq!(app.auth_with_token(token).await.status(), 202);
+    }
+    assert_eq!(verified_token_cache_hits(&app), hits + 2.0);
 }
 
 #[tokio::test]

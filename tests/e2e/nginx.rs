@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::provider::POSITIVE_TTL;
+use crate::attacks::{self, Front};
+use crate::provider::{TokengateOptions, POSITIVE_TTL};
 use crate::scenarios::{
     self, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_GROUPS_UNDERSCORED, FORGED_USER,
     FORGED_USER_UNDERSCORED,
 };
 use crate::support::{
     client, closed_address, deployed_config, echoed_header, find_executable, start_with_retries,
-    Process, ScratchDir, StartError,
+    Process, RawRequest, ScratchDir, StartError,
 };
 
 /// The shipped snippet with its placeholders replaced: where nginx listens, tokengate's
@@ -129,10 +130,43 @@ impl Proxy for Nginx {
 type Stack = scenarios::Stack<Nginx>;
 
 async fn start() -> Stack {
-    Stack::start("nginx", "", |tokengate, app| {
-        Nginx::start(move |listen| site_config(listen, tokengate, app))
+    start_with(TokengateOptions::default(), |site| site).await
+}
+
+/// The stack with tokengate set up by `options` (`proxy_headers: nginx` unless they say
+/// otherwise) and nginx running the shipped snippet as `edit` changes it.
+pub async fn start_with(options: TokengateOptions<'_>, edit: fn(String) -> String) -> Stack {
+    Stack::start_with(options, |tokengate, app| {
+        Nginx::start(move |listen| edit(site_config(listen, tokengate, app)))
     })
     .await
+}
+
+/// The shipped snippet as the README's Kubernetes impersonation recipe changes it: the
+/// application gets tokengate's `Impersonate-User` and first `Impersonate-Group` (nginx
+/// keeps only the first line of a repeated upstream header).
+pub fn with_impersonation(site: String) -> String {
+    replace_once(
+        &replace_once(
+            &site,
+            r#"proxy_set_header Impersonate-User "";"#,
+            "auth_request_set $imp_user $upstream_http_impersonate_user;\n        \
+             proxy_set_header Impersonate-User $imp_user;",
+        ),
+        r#"proxy_set_header Impersonate-Group "";"#,
+        "auth_request_set $imp_group $upstream_http_impersonate_group;\n        \
+         proxy_set_header Impersonate-Group $imp_group;",
+    )
+}
+
+/// `text` with `from`, which must occur exactly once, replaced by `to`.
+pub fn replace_once(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "the shipped config must contain `{from}` once"
+    );
+    text.replace(from, to)
 }
 
 #[tokio::test]
@@ -223,4 +257,132 @@ async fn opaque_token_is_introspected_then_refused_once_revoked() {
         refused.www_authenticate(),
         [r#"Bearer error="invalid_token""#]
     );
+}
+
+/// tokengate set for the attack tables: route rules behind nginx.
+fn attacked() -> TokengateOptions<'static> {
+    TokengateOptions {
+        extra: attacks::RULES,
+        ..TokengateOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_paths_never_reach_a_protected_handler() {
+    let stack = start_with(attacked(), |site| site).await;
+    attacks::crafted_requests(&stack, Front::Nginx, &attacks::ambiguous_paths()).await;
+}
+
+#[tokio::test]
+async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
+    let stack = start_with(attacked(), |site| site).await;
+    attacks::crafted_requests(&stack, Front::Nginx, &attacks::case_slashes_and_globs()).await;
+}
+
+#[tokio::test]
+async fn host_tricks_meet_nginx_own_host() {
+    let stack = start_with(attacked(), |site| site).await;
+    attacks::crafted_requests(&stack, Front::Nginx, &attacks::host_tricks()).await;
+}
+
+#[tokio::test]
+async fn forged_impersonation_headers_are_refused_or_removed() {
+    let options = TokengateOptions {
+        extra: crate::identity::IMPERSONATION,
+        ..TokengateOptions::default()
+    };
+    let stack = start_with(options, with_impersonation).await;
+    attacks::crafted_requests(&stack, Front::Nginx, &attacks::forged_impersonation()).await;
+}
+
+#[tokio::test]
+async fn every_spelling_of_the_identity_headers_is_removed() {
+    let stack = start().await;
+    // underscores_in_headers off drops every spelling with `_`; proxy_set_header
+    // replaces every case of the others.
+    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "alice").await {
+        crate::support::assert_alice(&echo);
+    }
+    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
+        crate::support::assert_no_identity_filled_in(&echo);
+    }
+}
+
+/// With `proxy_headers: nginx`, tokengate reads the original path from `X-Original-URI`
+/// only. An nginx whose auth location lacks that line sends none, and a client-sent
+/// `X-Forwarded-Uri: /healthz` (Traefik's header) must not make the public rule match.
+#[tokio::test]
+async fn forwarded_uri_from_the_client_never_steers_the_rules() {
+    let options = TokengateOptions {
+        extra: "
+rules:
+  - name: health
+    paths: [/healthz]
+    allow_anonymous: true
+",
+        ..TokengateOptions::default()
+    };
+    let stack = start_with(options, |site| {
+        replace_once(
+            &site,
+            "proxy_set_header X-Original-URI $request_uri;",
+            "# (no X-Original-URI)",
+        )
+    })
+    .await;
+
+    let forged = stack
+        .send(
+            client()
+                .get(stack.url("/orders"))
+                .header("X-Forwarded-Uri", "/healthz")
+                .header("X-Forwarded-Method", "GET"),
+        )
+        .await;
+
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{}", stack.logs());
+    assert_eq!(stack.upstream.requests(), 0);
+}
+
+/// Two cookies of the token's name: frameworks disagree on which one counts (the first,
+/// or the last), so tokengate must not pick one for them.
+#[tokio::test]
+async fn two_token_cookies_are_401() {
+    let options = TokengateOptions {
+        token: r#"  sources: ["cookie:session"]"#,
+        ..TokengateOptions::default()
+    };
+    let stack = start_with(options, |site| site).await;
+    let alice = stack.provider.jwt("alice", "read").await;
+    let bob = stack.provider.jwt("bob", "read").await;
+
+    let one = stack
+        .send_raw(&RawRequest::get("/orders").header("Cookie", format!("session={alice}")))
+        .await
+        .unwrap_or_else(|error| panic!("{error}\n{}", stack.logs()));
+    assert_eq!(one.status, StatusCode::OK, "{}\n{}", one.body, stack.logs());
+
+    for request in [
+        RawRequest::get("/orders").header("Cookie", format!("session={bob}; session={alice}")),
+        RawRequest::get("/orders")
+            .header("Cookie", format!("session={bob}"))
+            .header("Cookie", format!("theme=dark; session={alice}")),
+    ] {
+        let answer = stack
+            .send_raw(&request)
+            .await
+            .unwrap_or_else(|error| panic!("{error}\n{}", stack.logs()));
+        assert_eq!(
+            answer.status,
+            StatusCode::UNAUTHORIZED,
+            "{}\n{}",
+            request.describe(),
+            stack.logs()
+        );
+        assert_eq!(
+            answer.www_authenticate(),
+            [r#"Bearer error="invalid_token""#]
+        );
+    }
+    assert_eq!(stack.upstream.requests(), 1);
 }

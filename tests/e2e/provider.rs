@@ -4,7 +4,8 @@
 //! Tokens come from its token endpoint (client-credentials grant): RS256 `at+jwt` access
 //! tokens for the resource `https://api.local`, opaque ones for `https://opaque.local`.
 //! The clients `alice` and `bob` carry a user's claims (`preferred_username`, `email`,
-//! `groups`), `client` carries none. Node.js and the pinned npm packages are installed by
+//! `groups`), `client` carries none; `tabbed`, `sysuser`, `unverified`, `twoat`, `comma`
+//! and `spaced` carry crafted ones (op.mjs lists them). Node.js and the pinned npm packages are installed by
 //! `scripts/test.sh`; when they are missing the test fails with that instruction.
 
 use std::net::SocketAddr;
@@ -62,19 +63,33 @@ fn node() -> PathBuf {
     node
 }
 
-/// Fails unless every package pinned in tests/e2e/op/package.json is installed at its
-/// version.
+/// The npm packages of the provider and their pins in scripts/versions.env.
+const OP_PACKAGES: [(&str, &str); 2] = [
+    ("oidc-provider", "OIDC_PROVIDER_VERSION"),
+    ("jose", "JOSE_VERSION"),
+];
+
+/// A `NAME=value` pin of scripts/versions.env.
+fn pinned_version(variable: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/versions.env");
+    let pins = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
+    pins.lines()
+        .find_map(|line| line.strip_prefix(variable)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("{} pins no {variable}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// Fails unless every package pinned for the provider in scripts/versions.env is
+/// installed at its version.
 fn assert_op_packages_installed() {
     let read = |path: &Path| -> Option<Value> {
         serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
     };
-    let manifest =
-        read(&Path::new(OP_DIR).join("package.json")).expect("tests/e2e/op/package.json");
-    let wanted = manifest["dependencies"]
-        .as_object()
-        .expect("package.json lists dependencies");
-    for (name, version) in wanted {
-        let version = version.as_str().unwrap_or_default();
+    for (name, variable) in OP_PACKAGES {
+        let version = pinned_version(variable);
+        let version = version.as_str();
         let installed = read(
             &Path::new(OP_DIR)
                 .join("node_modules")
@@ -237,6 +252,16 @@ impl OidcProvider {
     /// fetch the provider sees after start-up is an unknown-`kid` refetch; a stop
     /// ([`Tokengate::stop`]) closes the listener at once.
     pub async fn tokengate(&self, proxy_headers: &str, extra: &str) -> Tokengate {
+        self.tokengate_with(TokengateOptions {
+            proxy_headers,
+            extra,
+            ..TokengateOptions::default()
+        })
+        .await
+    }
+
+    /// [`Self::tokengate`] with more of the settings chosen by the test.
+    pub async fn tokengate_with(&self, options: TokengateOptions<'_>) -> Tokengate {
         let dir = ScratchDir::new("tokengate");
         let secret = dir.write("rs-secret", "rs-secret\n");
         let yaml = format!(
@@ -252,26 +277,63 @@ issuers:
     algorithms: [RS256]
     required_typ: at+jwt
     keys:
-      refresh_interval: 10m
-      min_refresh_interval: 10m
+      refresh_interval: {refresh}
+      min_refresh_interval: {refresh}
       unknown_kid_cooldown: 30s
     introspection:
       client_id: rs
       client_secret_file: "{secret}"
       positive_ttl: {ttl}s
       negative_ttl: 1s
+{issuer_extra}
 token:
   opaque_issuer: oidc-provider
+{token}
 shutdown:
   drain_delay: 0s
   grace: 1s
 {extra}
 "#,
+            proxy_headers = options.proxy_headers,
             issuer = self.issuer,
+            refresh = options.key_refresh,
             secret = secret.display(),
             ttl = POSITIVE_TTL.as_secs(),
+            issuer_extra = options.issuer,
+            token = options.token,
+            extra = options.extra,
         );
         Tokengate::start(&yaml, dir).await
+    }
+}
+
+/// tokengate's settings in a test, beyond the provider's issuer that it always trusts.
+#[derive(Debug, Clone, Copy)]
+pub struct TokengateOptions<'a> {
+    /// `proxy_headers`: the proxy in front.
+    pub proxy_headers: &'a str,
+    /// YAML lines added to the provider's issuer entry, indented by four spaces
+    /// (`    require_email_verified: true`).
+    pub issuer: &'a str,
+    /// YAML lines added to the `token:` block, indented by two spaces
+    /// (`  sources: ["cookie:session"]`).
+    pub token: &'a str,
+    /// The issuer's `keys.refresh_interval` and `min_refresh_interval`: by default
+    /// longer than any test, so that keys are only refetched for an unknown `kid`.
+    pub key_refresh: &'a str,
+    /// YAML appended at the top level (`rules:`, `identity:`, `cache:`, …).
+    pub extra: &'a str,
+}
+
+impl Default for TokengateOptions<'_> {
+    fn default() -> Self {
+        TokengateOptions {
+            proxy_headers: "nginx",
+            issuer: "",
+            token: "",
+            key_refresh: "10m",
+            extra: "",
+        }
     }
 }
 

@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::provider::OidcProvider;
+use crate::provider::{OidcProvider, TokengateOptions};
 use crate::support::{
     assert_alice, assert_no_header_name_with_underscore, assert_no_identity_filled_in, client,
-    echoed_header, send, tampered, Answer, EchoUpstream, Tokengate,
+    echoed_header, send, send_raw, tampered, Answer, EchoUpstream, RawRequest, Tokengate,
 };
 
 /// A running proxy in front of the echo upstream, as the scenarios see it.
@@ -41,8 +41,22 @@ impl<P: Proxy> Stack<P> {
         F: FnOnce(SocketAddr, SocketAddr) -> Fut,
         Fut: Future<Output = P>,
     {
+        let options = TokengateOptions {
+            proxy_headers,
+            extra: rules,
+            ..TokengateOptions::default()
+        };
+        Self::start_with(options, start_proxy).await
+    }
+
+    /// [`Self::start`] with more of tokengate's settings chosen by the test.
+    pub async fn start_with<F, Fut>(options: TokengateOptions<'_>, start_proxy: F) -> Stack<P>
+    where
+        F: FnOnce(SocketAddr, SocketAddr) -> Fut,
+        Fut: Future<Output = P>,
+    {
         let provider = OidcProvider::start().await;
-        let tokengate = provider.tokengate(proxy_headers, rules).await;
+        let tokengate = provider.tokengate_with(options).await;
         let upstream = EchoUpstream::start();
         let proxy = start_proxy(tokengate.address, upstream.address).await;
         Stack {
@@ -61,6 +75,12 @@ impl<P: Proxy> Stack<P> {
     /// Sends `request` through the proxy.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
         send(request, || self.logs()).await
+    }
+
+    /// Sends `request` byte for byte through the proxy; `Err` when the proxy closed the
+    /// connection without an answer.
+    pub async fn send_raw(&self, request: &RawRequest) -> Result<Answer, String> {
+        send_raw(self.proxy.address(), request).await
     }
 
     /// The proxy's and the provider's logs, for failure messages.

@@ -11,10 +11,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use reqwest::header::HeaderMap;
@@ -22,6 +20,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokengate::config::Settings;
 use tokengate::startup::Application;
+
+pub use crate::upstream::{echoed_header, EchoUpstream};
 
 /// The one command that installs every component the end-to-end tests drive.
 pub const TEST_COMMAND: &str = "bash scripts/test.sh";
@@ -37,6 +37,8 @@ pub const VENV_BIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.e2e/venv/bin")
 pub struct Tokengate {
     /// tokengate's auth listener (`/auth`, `/ext-authz/…`).
     pub address: SocketAddr,
+    /// Its admin listener (`/metrics`).
+    pub admin: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// Files the settings name (the introspection client secret).
@@ -54,16 +56,56 @@ impl Tokengate {
             .await
             .expect("tokengate starts");
         let address = SocketAddr::from(([127, 0, 0, 1], application.port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], application.admin_port()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(application.run_until(async move {
             let _ = stopped.await;
         }));
         Tokengate {
             address,
+            admin,
             stop: Some(stop),
             server: Some(server),
             _dir: dir,
         }
+    }
+
+    /// How many decisions tokengate made so far, by reason (`ok` for allows, else the
+    /// denial's label, e.g. `ambiguous_path`), from its `/metrics`: what it decided even
+    /// when the proxy shows the client another status (nginx turns a 400 into a 500).
+    pub async fn decisions(&self) -> BTreeMap<String, u64> {
+        let text = client()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("tokengate's /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        let mut counts = BTreeMap::new();
+        for line in text.lines() {
+            let Some(labels) = line.strip_prefix("tokengate_decisions_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = labels.split_once("} ") else {
+                continue;
+            };
+            let reason = labels
+                .split(',')
+                .find_map(|label| label.strip_prefix("reason=\""))
+                .map(|reason| reason.trim_end_matches('"'))
+                .unwrap_or_default();
+            let value: u64 = value.trim().parse().unwrap_or(0);
+            if value > 0 {
+                *counts.entry(reason.to_owned()).or_default() += value;
+            }
+        }
+        counts
+    }
+
+    /// How many decisions tokengate made so far, whatever the outcome.
+    pub async fn decision_count(&self) -> u64 {
+        self.decisions().await.values().sum()
     }
 
     /// Shuts tokengate down (its `shutdown` settings bound how long that takes) and
@@ -95,68 +137,6 @@ impl Tokengate {
 pub fn closed_address() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address")
-}
-
-/// The protected application: answers 200 with the request it received as JSON,
-/// `{"method", "uri", "headers": {lower-case name: [values…]}}`, and counts requests.
-pub struct EchoUpstream {
-    pub address: SocketAddr,
-    requests: Arc<AtomicUsize>,
-}
-
-impl EchoUpstream {
-    pub fn start() -> EchoUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the echo upstream");
-        let address = listener.local_addr().expect("local address");
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counter = web::Data::from(requests.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(counter.clone())
-                .default_service(web::to(echo))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .expect("echo upstream listens")
-        .run();
-        tokio::spawn(server);
-        EchoUpstream { address, requests }
-    }
-
-    /// How many requests reached the application.
-    pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
-async fn echo(request: HttpRequest, counter: web::Data<AtomicUsize>) -> HttpResponse {
-    counter.fetch_add(1, Ordering::SeqCst);
-    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (name, value) in request.headers() {
-        headers
-            .entry(name.as_str().to_owned())
-            .or_default()
-            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
-    }
-    HttpResponse::Ok().json(json!({
-        "method": request.method().as_str(),
-        "uri": request.uri().to_string(),
-        "headers": headers,
-    }))
-}
-
-/// The values of header `name` (lower-case) in an [`EchoUpstream`] answer.
-pub fn echoed_header(echo: &Value, name: &str) -> Vec<String> {
-    echo["headers"][name]
-        .as_array()
-        .map(|values| {
-            values
-                .iter()
-                .filter_map(|value| value.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The upstream saw alice's identity as her token carries it (client `alice` of the
@@ -599,4 +579,208 @@ where
         }
     }
     panic!("{what} did not start: {}", failures.join("\n"));
+}
+
+/// The `Host` a [`RawRequest`] carries unless told otherwise: the protected server's
+/// name in the shipped configs.
+pub const APP_HOST: &str = "app.example.com";
+
+/// An HTTP/1.x request written byte for byte: the targets and `Host` values of the
+/// attack tests (`/admin/../public`, a raw `\` or NUL, `Host: app:?`, no `Host` at all)
+/// are exactly what an HTTP client library refuses to send or rewrites first.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    method: String,
+    target: Vec<u8>,
+    version: &'static str,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RawRequest {
+    /// `GET target HTTP/1.1` with `Host: app.example.com`.
+    pub fn get(target: impl AsRef<[u8]>) -> RawRequest {
+        RawRequest {
+            method: "GET".to_owned(),
+            target: target.as_ref().to_vec(),
+            version: "HTTP/1.1",
+            headers: vec![(b"Host".to_vec(), APP_HOST.as_bytes().to_vec())],
+        }
+    }
+
+    pub fn method(mut self, method: &str) -> RawRequest {
+        self.method = method.to_owned();
+        self
+    }
+
+    /// HTTP/1.0, where `Host` is optional.
+    pub fn http10(mut self) -> RawRequest {
+        self.version = "HTTP/1.0";
+        self
+    }
+
+    /// Replaces the `Host` header's value.
+    pub fn host(self, host: impl AsRef<[u8]>) -> RawRequest {
+        self.without_host().header("Host", host)
+    }
+
+    /// No `Host` header at all.
+    pub fn without_host(mut self) -> RawRequest {
+        self.headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case(b"host"));
+        self
+    }
+
+    /// Adds a header line, name and value exactly as given (case, underscores).
+    pub fn header(mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> RawRequest {
+        self.headers
+            .push((name.as_ref().to_vec(), value.as_ref().to_vec()));
+        self
+    }
+
+    pub fn bearer(self, token: &str) -> RawRequest {
+        self.header("Authorization", format!("Bearer {token}"))
+    }
+
+    /// The request on the wire; it asks the server to close the connection after the
+    /// answer, so that the answer ends where the stream does.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(self.method.as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(&self.target);
+        bytes.push(b' ');
+        bytes.extend_from_slice(self.version.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        for (name, value) in &self.headers {
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(b": ");
+            bytes.extend_from_slice(value);
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"Connection: close\r\n\r\n");
+        bytes
+    }
+
+    /// The request line and its headers but the token's, escaped, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut headers: Vec<String> = self
+            .headers
+            .iter()
+            .filter(|(name, _)| {
+                !name.eq_ignore_ascii_case(b"authorization")
+                    && !name.eq_ignore_ascii_case(b"cookie")
+            })
+            .map(|(name, value)| format!("{}: {}", name.escape_ascii(), value.escape_ascii()))
+            .collect();
+        if !self
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case(b"host"))
+        {
+            headers.insert(0, "(no Host)".to_owned());
+        }
+        format!(
+            "{} {} {} [{}]",
+            self.method,
+            self.target.escape_ascii(),
+            self.version,
+            headers.join(", ")
+        )
+    }
+}
+
+/// How long a raw exchange may take, connect to the end of the answer.
+const RAW_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends `request` over a new connection to `address` and reads the answer to the end.
+/// `Err` when the server closed the connection without answering (some proxies do that
+/// to a request they cannot parse) or did not answer within 10 s.
+pub async fn send_raw(address: SocketAddr, request: &RawRequest) -> Result<Answer, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream.write_all(&request.bytes()).await?;
+        let mut received = Vec::new();
+        // A reset after a complete answer is still an answer.
+        if let Err(error) = stream.read_to_end(&mut received).await {
+            if received.is_empty() {
+                return Err(error);
+            }
+        }
+        Ok(received)
+    };
+    let received = tokio::time::timeout(RAW_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("no answer within {RAW_TIMEOUT:?}"))?
+        .map_err(|error| format!("connection failed: {error}"))?;
+    parse_answer(&received)
+}
+
+fn parse_answer(received: &[u8]) -> Result<Answer, String> {
+    if received.is_empty() {
+        return Err("connection closed without an answer".to_owned());
+    }
+    let end = received
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or_else(|| format!("no complete answer head: {}", received.escape_ascii()))?;
+    let head = String::from_utf8_lossy(&received[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| format!("not an HTTP status line: {status_line}"))?;
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()),
+            reqwest::header::HeaderValue::from_str(value.trim()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let rest = &received[end + 4..];
+    let chunked = headers
+        .get_all(reqwest::header::TRANSFER_ENCODING)
+        .iter()
+        .any(|value| value.to_str().unwrap_or_default().contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else if let Some(length) = headers
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<usize>().ok())
+    {
+        rest[..length.min(rest.len())].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// The body of a chunked answer (trailers ignored).
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(line_end) = rest.windows(2).position(|window| window == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..line_end])
+            .ok()
+            .and_then(|line| usize::from_str_radix(line.split(';').next()?.trim(), 16).ok())
+            .unwrap_or(0);
+        rest = &rest[line_end + 2..];
+        if size == 0 || size > rest.len() {
+            break;
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[(size + 2).min(rest.len())..];
+    }
+    body
 }

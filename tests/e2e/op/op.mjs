@@ -16,6 +16,16 @@
 //   alice  / alice-secret  : preferred_username alice, email alice@example.com,
 //                            groups [developers, ops]
 //   bob    / bob-secret    : preferred_username bob, email bob@example.org, groups [guests]
+// and identities an attacker could get an IdP to issue (a self-service profile, a group
+// name chosen in a directory), each client with the same kind of secret:
+//   tabbed     : groups that are `system:masters` once whitespace or controls are gone
+//                ("\tsystem:masters", " system:masters", NUL, NEL, "SYSTEM:Masters "),
+//                and developers
+//   sysuser    : preferred_username "\tsystem:admin"
+//   unverified : preferred_username carol, email carol@example.com, email_verified false
+//   twoat      : preferred_username eve, email "eve@evil.example@example.com"
+//   comma      : preferred_username frank, groups [ops, "a,admins"]
+//   spaced     : preferred_username grace, groups "finance ops" (one string)
 //   rs     / rs-secret     : the resource server (tokengate): introspection only
 // The extra claims (extraTokenClaims) go into JWT access tokens and into introspection
 // answers for opaque ones; a client-credentials token stands in for a user's token.
@@ -68,6 +78,17 @@ const RESOURCES = {
 const IDENTITIES = {
   alice: { preferred_username: 'alice', email: 'alice@example.com', groups: ['developers', 'ops'] },
   bob: { preferred_username: 'bob', email: 'bob@example.org', groups: ['guests'] },
+  tabbed: {
+    preferred_username: 'tabbed',
+    groups: ['\tsystem:masters', ' system:masters', 'system:masters\u0000', '\u0085system:masters',
+             'SYSTEM:Masters ', 'developers'],
+  },
+  sysuser: { preferred_username: '\tsystem:admin', groups: ['developers'] },
+  unverified: { preferred_username: 'carol', email: 'carol@example.com', email_verified: false,
+                groups: ['guests'] },
+  twoat: { preferred_username: 'eve', email: 'eve@evil.example@example.com', groups: ['guests'] },
+  comma: { preferred_username: 'frank', groups: ['ops', 'a,admins'] },
+  spaced: { preferred_username: 'grace', groups: 'finance ops' },
 };
 
 const grantClient = (id) => ({
@@ -80,6 +101,7 @@ const provider = new Provider(issuer, {
     grantClient('client'),
     grantClient('alice'),
     grantClient('bob'),
+    ...['tabbed', 'sysuser', 'unverified', 'twoat', 'comma', 'spaced'].map(grantClient),
     { client_id: 'rs', client_secret: 'rs-secret', grant_types: [], redirect_uris: [],
       response_types: [] },
   ],

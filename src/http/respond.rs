@@ -1,0 +1,129 @@
+//! Decisions on the wire: a [`Reason`] becomes a status, an RFC 6750 challenge and a
+//! fixed body; an allow carries the identity headers and one caching statement.
+
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+
+use crate::error::Reason;
+use crate::gate::{Decision, Verdict};
+
+/// How long nginx may cache an auth answer (`auth_request` with `proxy_cache`).
+pub const X_ACCEL_EXPIRES: HeaderName = HeaderName::from_static("x-accel-expires");
+
+/// The status of a denial.
+pub fn status(reason: Reason) -> StatusCode {
+    StatusCode::from_u16(reason.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// RFC 6750 §3.1 error code: none when no token was sent ("the resource server SHOULD
+/// NOT include an error code" then), `invalid_token` for any bad token,
+/// `insufficient_scope` for a missing scope, none for other denials.
+fn bearer_error(reason: Reason) -> Option<&'static str> {
+    match reason.status() {
+        401 if reason != Reason::MissingToken => Some("invalid_token"),
+        403 if reason == Reason::InsufficientScope => Some("insufficient_scope"),
+        _ => None,
+    }
+}
+
+/// The `WWW-Authenticate` value of a denial, if any.
+pub fn challenge(reason: Reason) -> Option<&'static str> {
+    match (reason.status(), bearer_error(reason)) {
+        (_, Some("invalid_token")) => Some(r#"Bearer error="invalid_token""#),
+        (_, Some(_)) => Some(r#"Bearer error="insufficient_scope""#),
+        (401, None) => Some("Bearer"),
+        _ => None,
+    }
+}
+
+/// Fixed, tiny JSON body with an RFC 6750 / RFC 6749 error name: never the token, never
+/// a library message. Traefik and Envoy hand it to the client as it is.
+pub fn body(reason: Reason) -> &'static str {
+    match reason.status() {
+        503 => r#"{"error":"temporarily_unavailable"}"#,
+        400 | 431 => r#"{"error":"invalid_request"}"#,
+        403 if reason == Reason::InsufficientScope => r#"{"error":"insufficient_scope"}"#,
+        403 => r#"{"error":"access_denied"}"#,
+        _ if reason == Reason::MissingToken => r#"{"error":"unauthorized"}"#,
+        _ => r#"{"error":"invalid_token"}"#,
+    }
+}
+
+/// The answer to a decision: `allow_status` with identity headers, or the denial.
+pub fn answer(decision: &Decision<'_>, allow_status: StatusCode) -> HttpResponse {
+    match &decision.outcome {
+        Ok(verdict) => {
+            let mut response = HttpResponse::build(allow_status);
+            if let (Verdict::Authenticated, Some(token)) = (verdict, &decision.token) {
+                for header in token.identity.headers() {
+                    response.append_header(header);
+                }
+            }
+            // One caching statement, said the same way in both headers: nginx reads
+            // `X-Accel-Expires` or `Cache-Control`, whichever its parser meets first.
+            if decision.keep_for > 0 {
+                response.insert_header((
+                    header::CACHE_CONTROL,
+                    format!("max-age={}", decision.keep_for),
+                ));
+                response.insert_header((X_ACCEL_EXPIRES, decision.keep_for));
+            } else {
+                response
+                    .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+                response.insert_header((X_ACCEL_EXPIRES, HeaderValue::from_static("0")));
+            }
+            response.finish()
+        }
+        Err(error) => denial(error.reason),
+    }
+}
+
+/// A denial: its status, challenge and body, never cached by a proxy.
+pub fn denial(reason: Reason) -> HttpResponse {
+    let mut response = HttpResponse::build(status(reason));
+    response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+    response.insert_header((
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    ));
+    response.insert_header((X_ACCEL_EXPIRES, HeaderValue::from_static("0")));
+    if let Some(challenge) = challenge(reason) {
+        response.insert_header((
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        ));
+    }
+    response.body(body(reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_verdict_is_503_without_a_token_error() {
+        for reason in [
+            Reason::KeysUnavailable,
+            Reason::IntrospectionUnavailable,
+            Reason::IntrospectionOverloaded,
+        ] {
+            assert_eq!(status(reason), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(reason.is_no_verdict());
+            assert_eq!(bearer_error(reason), None);
+        }
+        assert_eq!(status(Reason::InactiveToken), StatusCode::UNAUTHORIZED);
+        assert_eq!(bearer_error(Reason::InactiveToken), Some("invalid_token"));
+    }
+
+    #[test]
+    fn every_reason_has_a_valid_status() {
+        for reason in Reason::ALL {
+            assert_ne!(
+                status(reason),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{reason}"
+            );
+        }
+    }
+}
