@@ -542,8 +542,13 @@ pub struct CacheSettings {
     /// `kid` or by material) drops the issuer's cached verdicts at once, whatever this says.
     #[serde(default = "defaults::cache_max_ttl", with = "humantime_serde")]
     pub max_ttl: Duration,
-    /// Most introspection answers kept (positive and negative); bounds memory under a
-    /// flood of distinct opaque tokens.
+    /// Memory the introspection cache may hold, in bytes, counted like `max_bytes`: a
+    /// positive answer weighs its identity like a verified token, a negative one only the
+    /// cache's bookkeeping. With `introspect_jwts`, every JWT also has an answer here.
+    #[serde(default = "defaults::cache_introspection_max_bytes")]
+    pub introspection_max_bytes: u64,
+    /// Most introspection answers kept (positive and negative), a second bound beside
+    /// `introspection_max_bytes`.
     #[serde(default = "defaults::cache_max_entries")]
     pub introspection_max_entries: u64,
     /// Let a caching proxy (nginx `proxy_cache`, ingress-nginx `auth-cache-key`) keep
@@ -561,6 +566,7 @@ impl Default for CacheSettings {
             max_bytes: defaults::cache_max_bytes(),
             max_entries: defaults::cache_max_entries(),
             max_ttl: defaults::cache_max_ttl(),
+            introspection_max_bytes: defaults::cache_introspection_max_bytes(),
             introspection_max_entries: defaults::cache_max_entries(),
             proxy_cache_route_verdicts: false,
         }
@@ -706,6 +712,9 @@ mod defaults {
     }
     pub fn cache_max_bytes() -> u64 {
         32 * 1024 * 1024
+    }
+    pub fn cache_introspection_max_bytes() -> u64 {
+        16 * 1024 * 1024
     }
     pub fn cache_max_entries() -> u64 {
         100_000
@@ -886,11 +895,21 @@ impl Settings {
                 format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
             ));
         }
-        if !(MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&self.cache.max_bytes) {
-            return Err(ConfigError::new(
-                "cache.max_bytes",
-                format!("must be between {MIN_CACHE_BYTES} (1 MiB) and {MAX_CACHE_BYTES} (64 GiB)"),
-            ));
+        for (key, bytes) in [
+            ("cache.max_bytes", self.cache.max_bytes),
+            (
+                "cache.introspection_max_bytes",
+                self.cache.introspection_max_bytes,
+            ),
+        ] {
+            if !(MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&bytes) {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "must be between {MIN_CACHE_BYTES} (1 MiB) and {MAX_CACHE_BYTES} (64 GiB)"
+                    ),
+                ));
+            }
         }
         self.server.validate()?;
         if self.shutdown.grace > Duration::from_secs(120) {

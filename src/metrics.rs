@@ -38,6 +38,24 @@ impl IntrospectionResult {
     }
 }
 
+/// The two caches, as their `cache` label names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheName {
+    VerifiedToken,
+    Introspection,
+}
+
+impl CacheName {
+    const ALL: [CacheName; 2] = [CacheName::VerifiedToken, CacheName::Introspection];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheName::VerifiedToken => "verified_token",
+            CacheName::Introspection => "introspection",
+        }
+    }
+}
+
 pub struct Metrics {
     allowed: IntCounter,
     denied: Vec<IntCounter>,
@@ -57,8 +75,9 @@ pub struct Metrics {
     pub verified_token_evictions: IntCounter,
     pub introspection_evictions: IntCounter,
     key_age: Vec<Gauge>,
-    verified_token_entries: IntGauge,
-    verified_token_bytes: IntGauge,
+    /// Entries and bytes held, by [`CacheName`].
+    cache_entries: [IntGauge; 2],
+    cache_bytes: [IntGauge; 2],
     introspection_waiting: Vec<IntGauge>,
 }
 
@@ -240,8 +259,10 @@ impl Metrics {
                 .iter()
                 .map(|name| key_age.with_label_values(&[name.as_str()]))
                 .collect(),
-            verified_token_entries: cache_entries.with_label_values(&["verified_token"]),
-            verified_token_bytes: cache_bytes.with_label_values(&["verified_token"]),
+            cache_entries: CacheName::ALL
+                .map(|cache| cache_entries.with_label_values(&[cache.as_str()])),
+            cache_bytes: CacheName::ALL
+                .map(|cache| cache_bytes.with_label_values(&[cache.as_str()])),
             introspection_waiting: issuer_names
                 .iter()
                 .map(|name| introspection_waiting.with_label_values(&[name.as_str()]))
@@ -291,12 +312,11 @@ impl Metrics {
         }
     }
 
-    /// Sets the size gauges of the verified-token cache (called when metrics are scraped).
-    pub fn set_cache_size(&self, entries: u64, bytes: u64) {
-        self.verified_token_entries
-            .set(i64::try_from(entries).unwrap_or(i64::MAX));
-        self.verified_token_bytes
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    /// Sets the size gauges of one cache (called when metrics are scraped).
+    pub fn set_cache_size(&self, cache: CacheName, entries: u64, bytes: u64) {
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.cache_entries[cache as usize].set(gauge(entries));
+        self.cache_bytes[cache as usize].set(gauge(bytes));
     }
 
     pub fn cache_lookup(&self, hit: bool) {

@@ -84,6 +84,11 @@ fn bad_config_exits_64_naming_the_key() {
             "cache.max_bytes",
         ),
         (
+            "introspection-bytes.yaml",
+            format!("cache:\n  introspection_max_bytes: 100000000000000\n{VALID}"),
+            "cache.introspection_max_bytes",
+        ),
+        (
             "unknown.yaml",
             format!("cache:\n  max_entrys: 10\n{VALID}"),
             "max_entrys",

@@ -1,8 +1,8 @@
-//! Memory of the real binary, read from `/proc/<pid>/status` (`VmRSS`): a flood of large
-//! valid tokens stays within the verified-token cache's byte budget, and the memory of
-//! 10 000 connections opened and closed does not pile up. The bounds are generous: they
-//! tell a bounded process from an unbounded one, they do not measure (the example
-//! `examples/memory.rs` does).
+//! Memory bounds. Of the real binary, read from `/proc/<pid>/status` (`VmRSS`): a flood of
+//! large valid tokens stays within the verified-token cache's byte budget, and the memory
+//! of 10 000 connections opened and closed does not pile up. In process: fat introspection
+//! answers stay within theirs. The bounds are generous: they tell a bounded process from
+//! an unbounded one, they do not measure (the example `examples/memory.rs` does).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,6 +164,51 @@ async fn a_flood_of_large_valid_tokens_stays_within_the_cache_budget() {
         grown / MIB,
         budget / MIB
     );
+}
+
+#[tokio::test]
+async fn fat_introspection_answers_stay_within_their_budget() {
+    let issuer = TestIssuer::start().await;
+    let budget = MIB;
+    let app = crate::introspection::spawn_opaque_app(&issuer, |_, settings| {
+        settings.cache.introspection_max_bytes = budget;
+    })
+    .await;
+    // 400 opaque tokens whose answers carry 100 groups each: about 2.7 MB of cached
+    // identities if nothing bounded them, 150 or so within the budget.
+    let mut answer = issuer.active_answer();
+    answer["groups"] = (0..100)
+        .map(|group| format!("/tenants/acme/projects/project-{group:04}/developers"))
+        .collect();
+    let tokens: Vec<String> = (0..400)
+        .map(|_| issuer.opaque_token_with(answer.clone()))
+        .collect();
+    let allowed = stream::iter(&tokens)
+        .map(|token| app.auth_with_token(token))
+        .buffer_unordered(8)
+        .filter(|response| std::future::ready(response.status() == 202))
+        .count()
+        .await;
+    assert_eq!(allowed, tokens.len());
+    // moka evicts on its housekeeping: a few more lookups let it run.
+    for token in &tokens[..100] {
+        app.auth_with_token(token).await;
+    }
+    let metrics = app.admin_get("/metrics").await.text().await.unwrap();
+    let series = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+    };
+    let counted = series("tokengate_cache_bytes{cache=\"introspection\"}");
+    let entries = series("tokengate_cache_entries{cache=\"introspection\"}");
+    assert!(
+        (budget as f64 / 2.0..=budget as f64).contains(&counted),
+        "the cache counts {counted} bytes"
+    );
+    assert!(entries < 200.0, "{entries} answers kept");
+    assert!(series("tokengate_cache_evictions_total{cache=\"introspection\"}") > 0.0);
 }
 
 /// Opens a connection, sends one request for `token`, reads the answer's head, keeps the
