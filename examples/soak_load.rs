@@ -96,6 +96,11 @@ struct Args {
     /// New tokens minted (and each sent once) per second during the run.
     #[arg(long, default_value_t = 50.0)]
     new_rate: f64,
+    /// Most connections to tokengate at once, like a proxy's upstream pool (0: as many as
+    /// there are requests in flight). A request waits for a free one, and the wait counts
+    /// in its latency.
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
     /// Multiplies the rate of every other class (see `Class::rate`).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
@@ -643,6 +648,11 @@ struct Minute {
     latencies: Vec<u32>,
     rss_max_kib: u64,
     cpu_ticks: u64,
+    sockets_max: u64,
+    /// Milliseconds tokengate and the load generator waited for their cores.
+    tg_wait_ms: f64,
+    load_wait_ms: f64,
+    lag_max_ms: f64,
 }
 
 struct Stats {
@@ -709,6 +719,43 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// Nanoseconds the threads of a process spent runnable but waiting for a CPU (the second
+/// field of /proc/<pid>/task/<tid>/schedstat), summed: time another process had its core.
+fn run_queue_wait_ns(pid: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split(' ').nth(1)?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// Open sockets of a process: its listeners, the proxies' (here the load's) connections
+/// and its own connections to the issuer.
+fn sockets(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| {
+        fds.filter_map(Result::ok)
+            .filter(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+            })
+            .count() as u64
+    })
+}
+
+/// Steal time of every CPU (the hypervisor ran someone else), in clock ticks.
+fn steal_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+            line.split_whitespace().nth(8)?.parse().ok()
+        })
+        .unwrap_or_default()
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -730,7 +777,12 @@ struct Load {
     timeline: Arc<Timeline>,
     stats: Mutex<Stats>,
     in_flight: AtomicUsize,
+    /// One permit per connection to tokengate, unless unbounded.
+    connections: Option<tokio::sync::Semaphore>,
     unsent: AtomicU64,
+    /// Largest lateness of the schedule's 1 ms tick in the window, in microseconds: the
+    /// load generator's own stalls.
+    lag_max_us: AtomicU64,
     /// Set when tokengate is gone: the schedule stops.
     aborted: AtomicBool,
 }
@@ -746,7 +798,12 @@ impl Load {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let load = self.clone();
         tokio::spawn(async move {
+            // Latency counts from here: time spent waiting for a connection is part of it.
             let started = Instant::now();
+            let _connection = match &load.connections {
+                Some(connections) => connections.acquire().await.ok(),
+                None => None,
+            };
             let sent = load.timeline.now().unwrap_or_default();
             let answer = load
                 .client
@@ -786,7 +843,9 @@ async fn schedule(load: Arc<Load>, tokens: Arc<Tokens>, scale: f64) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let ticks = (load.timeline.duration * 1000.0) as u64 + 1;
     for _ in 0..ticks {
-        tick.tick().await;
+        let due = tick.tick().await;
+        let late = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
+        load.lag_max_us.fetch_max(late, Ordering::Relaxed);
         let Some(t) = load.timeline.now() else { break };
         if t >= load.timeline.duration || load.aborted.load(Ordering::Relaxed) {
             break;
@@ -875,12 +934,15 @@ struct Sampler {
     last_ticks: u64,
     last_jwks: u64,
     last_introspections: u64,
+    last_tg_wait_ns: u64,
+    last_load_wait_ns: u64,
+    last_steal: u64,
 }
 
 impl Sampler {
     fn header(&mut self) -> std::io::Result<()> {
         let mut line = String::from(
-            "time_s,rss_mib,cpu_us_per_req,requests,rps,errors,outage_503,p50_ms,p99_ms,max_ms,unsent,issuer_jwks,issuer_introspections",
+            "time_s,rss_mib,cpu_us_per_req,requests,rps,errors,outage_503,p50_ms,p99_ms,max_ms,unsent,issuer_jwks,issuer_introspections,tg_sockets,tg_runq_wait_ms,load_runq_wait_ms,steal_ms,load_lag_max_ms",
         );
         for class in CLASSES {
             let _ = write!(line, ",{0}_req,{0}_err", class.name());
@@ -902,6 +964,11 @@ impl Sampler {
         let jwks = issuer.jwks_fetches.load(Ordering::Relaxed);
         let introspections = issuer.introspections.load(Ordering::Relaxed);
         let unsent = load.unsent.swap(0, Ordering::Relaxed);
+        let tg_sockets = sockets(self.pid);
+        let tg_wait = run_queue_wait_ns(&self.pid.to_string());
+        let load_wait = run_queue_wait_ns("self");
+        let steal = steal_ticks();
+        let lag_ms = load.lag_max_us.swap(0, Ordering::Relaxed) as f64 / 1000.0;
         let mut stats = load.stats.lock().unwrap_or_else(|e| e.into_inner());
         let mut window = std::mem::take(&mut stats.window);
         window.latencies.sort_unstable();
@@ -920,11 +987,14 @@ impl Sampler {
         );
         let max = percentile(&window.latencies, 1.0);
         let mut line = format!(
-            "{t:.0},{:.1},{cpu_us:.2},{requests},{:.0},{errors},{outage_503},{p50:.3},{p99:.3},{max:.3},{unsent},{},{}",
+            "{t:.0},{:.1},{cpu_us:.2},{requests},{:.0},{errors},{outage_503},{p50:.3},{p99:.3},{max:.3},{unsent},{},{},{tg_sockets},{:.1},{:.1},{:.0},{lag_ms:.1}",
             rss as f64 / 1024.0,
             requests as f64 / (t - window_start).max(1.0),
             jwks - self.last_jwks,
             introspections - self.last_introspections,
+            tg_wait.saturating_sub(self.last_tg_wait_ns) as f64 / 1e6,
+            load_wait.saturating_sub(self.last_load_wait_ns) as f64 / 1e6,
+            steal.saturating_sub(self.last_steal) as f64 * 1000.0 / self.clk_tck as f64,
         );
         for c in 0..CLASSES.len() {
             let _ = write!(line, ",{},{}", window.requests[c], window.errors[c]);
@@ -932,7 +1002,7 @@ impl Sampler {
         writeln!(self.csv, "{line}")?;
         self.csv.flush()?;
         eprintln!(
-            "soak_load: t={t:>4.0}s rss={:.1}MiB cpu={cpu_us:.1}us/req {:.0}req/s p50={p50:.2}ms p99={p99:.2}ms errors={errors} outage503={outage_503}",
+            "soak_load: t={t:>4.0}s rss={:.1}MiB cpu={cpu_us:.1}us/req {:.0}req/s p50={p50:.2}ms p99={p99:.2}ms errors={errors} outage503={outage_503} sockets={tg_sockets} lag={lag_ms:.0}ms",
             rss as f64 / 1024.0,
             requests as f64 / (t - window_start).max(1.0),
         );
@@ -947,10 +1017,17 @@ impl Sampler {
         minute.outage_503 += outage_503;
         minute.rss_max_kib = minute.rss_max_kib.max(rss);
         minute.cpu_ticks += delta_ticks;
+        minute.sockets_max = minute.sockets_max.max(tg_sockets);
+        minute.tg_wait_ms += tg_wait.saturating_sub(self.last_tg_wait_ns) as f64 / 1e6;
+        minute.load_wait_ms += load_wait.saturating_sub(self.last_load_wait_ns) as f64 / 1e6;
+        minute.lag_max_ms = minute.lag_max_ms.max(lag_ms);
         minute.latencies.extend_from_slice(&window.latencies);
         self.last_ticks = ticks;
         self.last_jwks = jwks;
         self.last_introspections = introspections;
+        self.last_tg_wait_ns = tg_wait;
+        self.last_load_wait_ns = load_wait;
+        self.last_steal = steal;
         Ok(true)
     }
 }
@@ -1059,7 +1136,11 @@ async fn run(
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(CLIENT_TIMEOUT)
-        .pool_max_idle_per_host(MAX_IN_FLIGHT)
+        .pool_max_idle_per_host(if args.connections > 0 {
+            args.connections
+        } else {
+            MAX_IN_FLIGHT
+        })
         .tcp_nodelay(true)
         .build()
         .expect("HTTP client");
@@ -1095,7 +1176,9 @@ async fn run(
             first_old_key_refusal: None,
         }),
         in_flight: AtomicUsize::new(0),
+        connections: (args.connections > 0).then(|| tokio::sync::Semaphore::new(args.connections)),
         unsent: AtomicU64::new(0),
+        lag_max_us: AtomicU64::new(0),
         aborted: AtomicBool::new(false),
     });
     std::fs::write(args.out.join("timeline.env"), timeline.events()).expect("timeline.env");
@@ -1108,14 +1191,18 @@ async fn run(
         last_ticks: cpu_ticks(pid).unwrap_or_default(),
         last_jwks: 0,
         last_introspections: 0,
+        last_tg_wait_ns: run_queue_wait_ns(&pid.to_string()),
+        last_load_wait_ns: run_queue_wait_ns("self"),
+        last_steal: steal_ticks(),
     };
     sampler.header().expect("soak.csv");
     let rss_start = rss_kib(pid).unwrap_or_default();
     eprintln!(
-        "soak_load: {}s of load at {:.0} req/s (+{} new tokens/s); rotation {}s/{}s, outage {}s-{}s",
+        "soak_load: {}s of load at {:.0} req/s (+{} new tokens/s) over {} connections; rotation {}s/{}s, outage {}s-{}s",
         args.duration,
         CLASSES.iter().map(|class| class.rate()).sum::<f64>() * args.scale,
         args.new_rate,
+        if args.connections > 0 { args.connections.to_string() } else { "unbounded".to_owned() },
         timeline.rotate_add,
         timeline.withdraw,
         timeline.outage_start,
@@ -1199,9 +1286,9 @@ fn report(
     };
     let _ = writeln!(
         out,
-        "| minute | events | requests | req/s | RSS max MiB | p50 ms | p99 ms | CPU µs/req | errors | outage 503s |"
+        "| minute | events | requests | req/s | RSS max MiB | p50 ms | p99 ms | CPU µs/req | errors | outage 503s | sockets max | tokengate / load waited for CPU ms | load lag max ms |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (i, minute) in stats.minutes.iter().enumerate() {
         let (from, to) = (i as f64 * 60.0, (i as f64 + 1.0) * 60.0);
         let mut events = Vec::new();
@@ -1222,7 +1309,7 @@ fn report(
         let cpu = minute.cpu_ticks as f64 * 1e6 / args.clk_tck.max(1) as f64;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.1} | {:.3} | {:.3} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.3} | {:.3} | {:.2} | {} | {} | {} | {:.0} / {:.0} | {:.0} |",
             i + 1,
             events.join(", "),
             minute.requests,
@@ -1233,6 +1320,10 @@ fn report(
             cpu / minute.requests.max(1) as f64,
             minute.errors,
             minute.outage_503,
+            minute.sockets_max,
+            minute.tg_wait_ms,
+            minute.load_wait_ms,
+            minute.lag_max_ms,
         );
     }
     let _ = writeln!(out);

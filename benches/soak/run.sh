@@ -8,6 +8,8 @@
 # Knobs (environment): DURATION seconds of load (600), OUTAGE seconds the issuer stops
 # answering (30), ROTATING distinct pre-minted tokens (100000), NEW_RATE tokens minted and
 # sent once per second (50), SCALE multiplier of every other class's rate (1.0),
+# CONNECTIONS most connections to tokengate at once, like a proxy's pool (256; 0: one per
+# request in flight),
 # AUTH_CPU (0) and LOAD_CPU (1): the cores of tokengate and of soak_load,
 # WORK (/tmp/tokengate-soak: config, logs), OUT (benches/soak/results: soak.csv, soak.png,
 # summary.md). The exit status is 0 only when every pass criterion holds.
@@ -20,6 +22,7 @@ OUTAGE="${OUTAGE:-30}"
 ROTATING="${ROTATING:-100000}"
 NEW_RATE="${NEW_RATE:-50}"
 SCALE="${SCALE:-1.0}"
+CONNECTIONS="${CONNECTIONS:-256}"
 AUTH_CPU="${AUTH_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 WORK="${WORK:-/tmp/tokengate-soak}"
@@ -99,7 +102,7 @@ log "soak_load: minting $ROTATING rotating tokens (RS256) on every core, then th
 "$LOAD" --work "$WORK" --out "$OUT" \
     --issuer "127.0.0.1:$P_ISSUER" --tokengate "127.0.0.1:$P_TG" --admin "127.0.0.1:$P_TG_ADMIN" \
     --client-secret "$SECRET" --duration "$DURATION" --outage "$OUTAGE" --rotating "$ROTATING" \
-    --new-rate "$NEW_RATE" --scale "$SCALE" --refresh-interval "$REFRESH" --clk-tck "$(getconf CLK_TCK)" \
+    --new-rate "$NEW_RATE" --scale "$SCALE" --connections "$CONNECTIONS" --refresh-interval "$REFRESH" --clk-tck "$(getconf CLK_TCK)" \
     2> >(tee "$WORK/soak_load.log" >&2) &
 LOAD_PID=$!; PIDS+=("$LOAD_PID")
 for _ in $(seq 1 6000); do  # bounded: 10 minutes of minting at most
