@@ -2,7 +2,7 @@
 # Soak: tokengate for 10 minutes under a mixed load, with a JWKS rotation and an IdP
 # outage, sampled every 10 s. See docs/soak.md.
 #
-#   bash benches/soak/run.sh                  # 10 minutes of load (plus ~1 min of minting)
+#   bash benches/soak/run.sh                  # 10 minutes of load (plus 1-2 min of minting)
 #   DURATION=180 ROTATING=20000 bash benches/soak/run.sh   # a quick try
 #
 # Knobs (environment): DURATION seconds of load (600), OUTAGE seconds the issuer stops
