@@ -314,6 +314,35 @@ def parse_duration(text: str) -> float:
     return int(match.group(1)) * units[match.group(2)]
 
 
+def parse_quantity(text: str) -> int:
+    """A Kubernetes memory quantity (`128Mi`, `1Gi`, `134217728`) in bytes."""
+    units = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "k": 10**3, "M": 10**6, "G": 10**9}
+    match = re.fullmatch(r"(\d+)(Ki|Mi|Gi|k|M|G|)", str(text).strip())
+    if not match:
+        raise ValueError(f"unsupported quantity {text!r}")
+    return int(match.group(1)) * units[match.group(2)]
+
+
+# What tokengate's memory is made of, measured on the real binary (README, "Memory"): the
+# process itself, idle; RSS per byte that the caches count against their budgets; one
+# connection once it has served a request. The caches' defaults are those of
+# src/config.rs. The budget must leave a quarter of the limit free for requests in
+# flight and allocator slack.
+MIB = 1 << 20
+PROCESS_BYTES = 14 * MIB
+CACHE_RSS_PER_BYTE = 1.05
+CONNECTION_BYTES = 17 * 1024
+DEFAULTS = {"max_bytes": 32 * MIB, "introspection_max_bytes": 16 * MIB, "max_connections": 1024}
+
+
+def memory_budget(config: dict[str, Any]) -> int:
+    cache = config.get("cache") or {}
+    server = config.get("server") or {}
+    caches = sum(cache.get(key, DEFAULTS[key]) for key in ("max_bytes", "introspection_max_bytes"))
+    connections = server.get("max_connections", DEFAULTS["max_connections"])
+    return int(PROCESS_BYTES + CACHE_RSS_PER_BYTE * caches + CONNECTION_BYTES * connections)
+
+
 def selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
     match_labels = (selector or {}).get("matchLabels") or {}
     return bool(match_labels) and all(labels.get(k) == v for k, v in match_labels.items())
@@ -383,6 +412,13 @@ def check_base(rendered: Path, config_path: Path) -> int:
     resources = container.get("resources", {})
     p.expect({"cpu", "memory"} <= set(resources.get("requests", {})), "resources: cpu and memory requests")
     p.expect("memory" in resources.get("limits", {}), "resources: a memory limit")
+    if "memory" in resources.get("limits", {}):
+        limit = parse_quantity(resources["limits"]["memory"])
+        budget = memory_budget(config)
+        p.expect(budget <= 0.75 * limit,
+                 f"memory: the caches and connections of the config need ~{budget / MIB:.0f} MiB, "
+                 f"more than 3/4 of the {limit / MIB:.0f} MiB limit (cache.max_bytes, "
+                 f"cache.introspection_max_bytes, server.max_connections)")
 
     shutdown = config.get("shutdown") or {}
     grace = parse_duration(shutdown.get("grace", "20s"))

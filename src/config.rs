@@ -109,13 +109,17 @@ pub struct Settings {
 }
 
 /// Connection and request limits. The defaults fit the shipped 128 MiB memory limit: an
-/// idle connection costs about 10 KiB, so 4096 of them stay near 40 MiB.
+/// open connection holds about 10 KiB, and about 17 KiB once it has served a request (the
+/// HTTP layer's read and write buffers), so 1024 of them stay under 18 MiB. glibc keeps
+/// that memory after the connections close and reuses it for the next ones, so the peak
+/// is what counts, and `max_connections` bounds it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Most open connections on the auth listener, over all workers. Beyond it, new
     /// connections wait in the kernel's accept queue until one closes; the open ones
-    /// keep being served. Proxies keep a small pool of keep-alive connections, so a few
+    /// keep being served (past the accept queue's 1024, the kernel drops new SYNs and
+    /// clients retry them). Proxies keep a small pool of keep-alive connections, so a few
     /// hundred is plenty for one replica.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
@@ -525,7 +529,16 @@ impl Default for IdentitySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
-    /// Most tokens kept; bounds memory under a flood of distinct tokens.
+    /// Memory the verified-token cache may hold, in bytes. Each entry counts what it
+    /// really holds: its identity (user, email, groups, scopes and header values), the
+    /// verdict, and the cache's own bookkeeping (measured: about 1.2 KB for a 1 KB token,
+    /// 6.8 KB for a 7 KB token whose bulk is groups). The default, 32 MiB, fits the
+    /// shipped Kubernetes memory limit (128 MiB) with the introspection cache, the
+    /// connection limit and headroom; size them together (the README's memory section).
+    #[serde(default = "defaults::cache_max_bytes")]
+    pub max_bytes: u64,
+    /// Most tokens kept, a second bound beside `max_bytes`: an entry counts for at least
+    /// `max_bytes / max_entries` bytes.
     #[serde(default = "defaults::cache_max_entries")]
     pub max_entries: u64,
     /// Longest time a verified token is trusted without re-checking its signature (it
@@ -533,8 +546,13 @@ pub struct CacheSettings {
     /// `kid` or by material) drops the issuer's cached verdicts at once, whatever this says.
     #[serde(default = "defaults::cache_max_ttl", with = "humantime_serde")]
     pub max_ttl: Duration,
-    /// Most introspection answers kept (positive and negative); bounds memory under a
-    /// flood of distinct opaque tokens.
+    /// Memory the introspection cache may hold, in bytes, counted like `max_bytes`: a
+    /// positive answer weighs its identity like a verified token, a negative one only the
+    /// cache's bookkeeping. With `introspect_jwts`, every JWT also has an answer here.
+    #[serde(default = "defaults::cache_introspection_max_bytes")]
+    pub introspection_max_bytes: u64,
+    /// Most introspection answers kept (positive and negative), a second bound beside
+    /// `introspection_max_bytes`.
     #[serde(default = "defaults::cache_max_entries")]
     pub introspection_max_entries: u64,
     /// Let a caching proxy (nginx `proxy_cache`, ingress-nginx `auth-cache-key`) keep
@@ -549,8 +567,10 @@ pub struct CacheSettings {
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
+            max_bytes: defaults::cache_max_bytes(),
             max_entries: defaults::cache_max_entries(),
             max_ttl: defaults::cache_max_ttl(),
+            introspection_max_bytes: defaults::cache_introspection_max_bytes(),
             introspection_max_entries: defaults::cache_max_entries(),
             proxy_cache_route_verdicts: false,
         }
@@ -694,6 +714,12 @@ mod defaults {
     pub fn max_headers_bytes() -> usize {
         3072
     }
+    pub fn cache_max_bytes() -> u64 {
+        32 * 1024 * 1024
+    }
+    pub fn cache_introspection_max_bytes() -> u64 {
+        16 * 1024 * 1024
+    }
     pub fn cache_max_entries() -> u64 {
         100_000
     }
@@ -719,7 +745,7 @@ mod defaults {
         64
     }
     pub fn max_connections() -> usize {
-        4096
+        1024
     }
     pub fn admin_max_connections() -> usize {
         64
@@ -757,6 +783,9 @@ mod defaults {
 /// tokens live on.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 const MAX_CACHE_ENTRIES: u64 = 10_000_000;
+/// A cache budget below this would hold only a few hundred large entries.
+const MIN_CACHE_BYTES: u64 = 1024 * 1024;
+const MAX_CACHE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 /// Longest trust in an `active: true` introspection answer: it is the revocation window.
 const MAX_POSITIVE_TTL: Duration = Duration::from_secs(3600);
 /// Longest memory of an `active: false` answer: it is meant to absorb retries, not more.
@@ -869,6 +898,22 @@ impl Settings {
                 "cache.max_entries",
                 format!("must be between 1 and {MAX_CACHE_ENTRIES}"),
             ));
+        }
+        for (key, bytes) in [
+            ("cache.max_bytes", self.cache.max_bytes),
+            (
+                "cache.introspection_max_bytes",
+                self.cache.introspection_max_bytes,
+            ),
+        ] {
+            if !(MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&bytes) {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "must be between {MIN_CACHE_BYTES} (1 MiB) and {MAX_CACHE_BYTES} (64 GiB)"
+                    ),
+                ));
+            }
         }
         self.server.validate()?;
         if self.shutdown.grace > Duration::from_secs(120) {

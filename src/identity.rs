@@ -132,7 +132,25 @@ impl Default for Identity {
     }
 }
 
+/// What `bytes` allocates beside a buffer the first time the buffer is shared (the first
+/// header value sliced out of an identity): its reference count, the buffer's pointer and
+/// its capacity.
+const SHARED_BUFFER_HEADER: usize = 3 * std::mem::size_of::<usize>();
+
 impl Identity {
+    /// The heap memory this identity holds, in bytes: its text, the header `bytes` adds to
+    /// it once it is shared, and the index of pieces. The header name table is shared by
+    /// every identity of a mapping and not counted. What the allocator adds per allocation
+    /// is not counted either: the cache's entry weight measures it with moka's own
+    /// bookkeeping.
+    pub fn heap_bytes(&self) -> usize {
+        let text = match self.text.len() {
+            0 => 0,
+            length => length + SHARED_BUFFER_HEADER,
+        };
+        text + std::mem::size_of_val::<[Piece]>(&self.pieces)
+    }
+
     /// `sub`, for logs.
     pub fn subject(&self) -> Option<&str> {
         self.fixed(SUBJECT)
@@ -218,16 +236,18 @@ struct Draft {
 }
 
 impl Draft {
-    /// Packs every string into one buffer. A header value equal to the user or the email
-    /// shares its bytes.
+    /// Packs every string into one buffer, sized exactly. The groups sit side by side with
+    /// the separator between them, so that the groups header (every group, or the first
+    /// ones up to the size limit) is a slice of them; a header value equal to the user, the
+    /// email or one group shares its bytes too. Only other values are copied.
     fn pack(self, names: Arc<[HeaderName]>) -> Identity {
         let fixed = [&self.subject, &self.client_id, &self.user, &self.email];
-        let strings = fixed.iter().filter_map(|field| field.as_deref());
-        let size: usize = strings
+        let size: usize = fixed
+            .iter()
+            .filter_map(|field| field.as_deref())
             .map(str::len)
-            .chain(self.groups.iter().map(String::len))
+            .chain(self.groups.iter().map(|group| group.len() + 1))
             .chain(self.scopes.iter().map(String::len))
-            .chain(self.headers.iter().map(|(_, value)| value.len()))
             .sum();
         let mut text = String::with_capacity(size);
         let push = |text: &mut String, value: &str, name: u16| {
@@ -248,16 +268,32 @@ impl Draft {
                 .map_or(ABSENT, |value| push(&mut text, value, 0));
             pieces.push(piece);
         }
-        for value in self.groups.iter().chain(&self.scopes) {
-            pieces.push(push(&mut text, value, 0));
+        for (index, group) in self.groups.iter().enumerate() {
+            if index > 0 {
+                text.push(GROUP_SEPARATOR);
+            }
+            pieces.push(push(&mut text, group, 0));
         }
-        for (name, value) in &self.headers {
-            let same = [USER, EMAIL].into_iter().find_map(|index| {
-                let piece = pieces[index];
-                (piece != ABSENT && text.get(piece.range()) == Some(value.as_str()))
-                    .then_some(piece)
-            });
-            let piece = match same {
+        for scope in &self.scopes {
+            pieces.push(push(&mut text, scope, 0));
+        }
+        let groups = FIXED_PIECES..FIXED_PIECES + self.groups.len();
+        let mut next_group = groups.start;
+        let shared: Vec<Option<Piece>> = self
+            .headers
+            .iter()
+            .map(|(_, value)| shared_piece(&text, &pieces, groups.clone(), &mut next_group, value))
+            .collect();
+        let copied: usize = self
+            .headers
+            .iter()
+            .zip(&shared)
+            .filter(|(_, shared)| shared.is_none())
+            .map(|((_, value), _)| value.len())
+            .sum();
+        text.reserve_exact(copied);
+        for ((name, value), shared) in self.headers.iter().zip(shared) {
+            let piece = match shared {
                 Some(piece) => Piece {
                     name: *name,
                     ..piece
@@ -275,6 +311,42 @@ impl Draft {
             problem: self.problem,
         }
     }
+}
+
+/// Where the bytes of `value` already are in `text`, if they are: the user or the email,
+/// the start of the groups run (the groups header), or one group. Groups are tried in
+/// order from `next_group`, which a match moves past: `Impersonate-Group` values come in
+/// the groups' order, so matching them all stays linear.
+fn shared_piece(
+    text: &str,
+    pieces: &[Piece],
+    groups: std::ops::Range<usize>,
+    next_group: &mut usize,
+    value: &str,
+) -> Option<Piece> {
+    let slice = |piece: Piece| (piece != ABSENT).then(|| &text[piece.range()]);
+    if let Some(index) = [USER, EMAIL]
+        .into_iter()
+        .find(|index| slice(pieces[*index]) == Some(value))
+    {
+        return Some(pieces[index]);
+    }
+    if !groups.is_empty() {
+        let start = pieces[groups.start].start;
+        let run = &text[start as usize..pieces[groups.end - 1].end as usize];
+        if run.starts_with(value) {
+            return Some(Piece {
+                start,
+                end: start + value.len() as u32,
+                name: 0,
+            });
+        }
+    }
+    let offset = pieces[*next_group..groups.end]
+        .iter()
+        .position(|piece| slice(*piece) == Some(value))?;
+    *next_group += offset + 1;
+    Some(pieces[*next_group - 1])
 }
 
 /// How one issuer's claims are read: the per-issuer `require_email_verified` and
@@ -1374,6 +1446,67 @@ mod tests {
         assert_eq!(empty.user(), None);
         assert_eq!(empty.groups().count(), 0);
         assert_eq!(empty.headers().count(), 0);
+    }
+
+    #[test]
+    fn header_values_share_the_bytes_of_the_user_the_email_and_the_groups() {
+        let groups: Vec<String> = (0..40)
+            .map(|i| format!("/tenants/acme/team-{i:02}"))
+            .collect();
+        let claims = json!({
+            "sub": "u-1", "preferred_username": "alice", "email": "alice@example.com",
+            "groups": groups,
+        });
+        let strings = "u-1alicealice@example.com".len();
+        let groups_run = groups.iter().map(String::len).sum::<usize>() + groups.len() - 1;
+        let text_bytes = |identity: &Identity| {
+            identity.heap_bytes() - std::mem::size_of_val::<[Piece]>(&identity.pieces)
+        };
+        let headers_output = IdentityMapping::new(&IdentitySettings::default()).unwrap();
+        // The whole groups header, a prefix of it (64-byte limit), one line per group:
+        // nothing is copied.
+        for mapping in [
+            headers_output.clone(),
+            mapping("groups"),
+            impersonation(IdentitySettings::default()),
+        ] {
+            let identity = mapping.identity(&claims);
+            assert_eq!(identity.problem, None);
+            assert_eq!(
+                text_bytes(&identity),
+                strings + groups_run + SHARED_BUFFER_HEADER
+            );
+        }
+        let identity = headers_output.identity(&claims);
+        assert_eq!(
+            header_values(&identity, "x-auth-request-groups"),
+            [groups.join(",")]
+        );
+        let identity = mapping("groups").identity(&claims);
+        assert_eq!(
+            header_values(&identity, "x-auth-request-groups"),
+            [groups[..2].join(",")]
+        );
+        let identity = impersonation(IdentitySettings::default()).identity(&claims);
+        assert_eq!(header_values(&identity, "impersonate-group"), groups);
+
+        // A filtered groups header is not a slice of the groups: it is copied.
+        let filtered = IdentityMapping::new(&IdentitySettings {
+            groups_filter: Some(crate::config::GroupsFilterSettings {
+                prefixes: vec![],
+                pattern: Some("team-0[13]".into()),
+            }),
+            ..IdentitySettings::default()
+        })
+        .unwrap();
+        let identity = filtered.identity(&claims);
+        let sent = "/tenants/acme/team-01,/tenants/acme/team-03";
+        assert_eq!(header_values(&identity, "x-auth-request-groups"), [sent]);
+        assert_eq!(
+            text_bytes(&identity),
+            strings + groups_run + sent.len() + SHARED_BUFFER_HEADER
+        );
+        assert_eq!(Identity::default().heap_bytes(), FIXED_PIECES * 12);
     }
 
     #[test]

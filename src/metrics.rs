@@ -38,6 +38,24 @@ impl IntrospectionResult {
     }
 }
 
+/// The two caches, as their `cache` label names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheName {
+    VerifiedToken,
+    Introspection,
+}
+
+impl CacheName {
+    const ALL: [CacheName; 2] = [CacheName::VerifiedToken, CacheName::Introspection];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheName::VerifiedToken => "verified_token",
+            CacheName::Introspection => "introspection",
+        }
+    }
+}
+
 pub struct Metrics {
     allowed: IntCounter,
     denied: Vec<IntCounter>,
@@ -57,6 +75,9 @@ pub struct Metrics {
     pub verified_token_evictions: IntCounter,
     pub introspection_evictions: IntCounter,
     key_age: Vec<Gauge>,
+    /// Entries and bytes held, by [`CacheName`].
+    cache_entries: [IntGauge; 2],
+    cache_bytes: [IntGauge; 2],
     introspection_waiting: Vec<IntGauge>,
 }
 
@@ -167,6 +188,22 @@ impl Metrics {
             &["issuer"],
         )?;
         registry.register(Box::new(key_age.clone()))?;
+        let cache_entries = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_cache_entries",
+                "Entries held, by cache (as of its last housekeeping)",
+            ),
+            &["cache"],
+        )?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        let cache_bytes = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_cache_bytes",
+                "Memory the entries hold as the cache counts it against its max_bytes, by cache",
+            ),
+            &["cache"],
+        )?;
+        registry.register(Box::new(cache_bytes.clone()))?;
         let introspection_waiting = IntGaugeVec::new(
             Opts::new(
                 "tokengate_introspection_waiting",
@@ -222,6 +259,10 @@ impl Metrics {
                 .iter()
                 .map(|name| key_age.with_label_values(&[name.as_str()]))
                 .collect(),
+            cache_entries: CacheName::ALL
+                .map(|cache| cache_entries.with_label_values(&[cache.as_str()])),
+            cache_bytes: CacheName::ALL
+                .map(|cache| cache_bytes.with_label_values(&[cache.as_str()])),
             introspection_waiting: issuer_names
                 .iter()
                 .map(|name| introspection_waiting.with_label_values(&[name.as_str()]))
@@ -269,6 +310,13 @@ impl Metrics {
         if let Some(gauge) = self.key_age.get(issuer) {
             gauge.set(age.map_or(-1.0, |age| age.as_secs_f64()));
         }
+    }
+
+    /// Sets the size gauges of one cache (called when metrics are scraped).
+    pub fn set_cache_size(&self, cache: CacheName, entries: u64, bytes: u64) {
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.cache_entries[cache as usize].set(gauge(entries));
+        self.cache_bytes[cache as usize].set(gauge(bytes));
     }
 
     pub fn cache_lookup(&self, hit: bool) {

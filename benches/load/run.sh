@@ -377,7 +377,7 @@ if [[ "memory" =~ $CELLS ]] || [ "$CELLS" = "." ]; then
         sleep 0.5
         printf 'idle (keys loaded, 1 token verified)\t%s\t%s\n' "$(tree_kib "$SVC_PID" VmRSS)" "$(tree_kib "$SVC_PID" VmHWM)" >> "$MEM"
         sent=$(prime "http://127.0.0.1:$P_TG/auth" "$(tokfile RS256)" "$MEM_TOKENS")
-        cached=$(curl -s "http://127.0.0.1:$P_TG_ADMIN/metrics" | awk '/^tokengate_cache_entries[ {]/ {print $NF; exit}')
+        cached=$(curl -s "http://127.0.0.1:$P_TG_ADMIN/metrics" | awk '/^tokengate_cache_entries\{cache="verified_token"\}/ {print $NF; exit}')
         printf 'after %s distinct tokens (%s requests%s)\t%s\t%s\n' "$MEM_TOKENS" \
             "$sent" \
             "${cached:+, cache entries $cached}" \

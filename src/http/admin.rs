@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 use actix_web::{web, HttpResponse};
 use prometheus::{Encoder, TextEncoder};
 
+use crate::metrics::CacheName;
+
 use super::AppState;
 
 /// Alive while the process serves requests.
@@ -56,6 +58,18 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     for (index, keys) in state.gate.verifier.key_stores().enumerate() {
         state.metrics.set_key_age(index, keys.key_age());
     }
+    let verifier = &state.gate.verifier;
+    let (cache, introspector) = (verifier.cache(), verifier.introspector());
+    state.metrics.set_cache_size(
+        CacheName::VerifiedToken,
+        cache.entry_count(),
+        cache.weighted_size(),
+    );
+    state.metrics.set_cache_size(
+        CacheName::Introspection,
+        introspector.cache_entries(),
+        introspector.cache_bytes(),
+    );
     let mut buffer = Vec::new();
     match TextEncoder::new().encode(&state.registry.gather(), &mut buffer) {
         Ok(()) => HttpResponse::Ok()

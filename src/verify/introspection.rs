@@ -35,7 +35,7 @@ use serde_json::Value;
 use url::{form_urlencoded, Url};
 
 use super::admission::{Admission, LogLimiter, Refusal};
-use super::cache::{unix_now, TokenHash, VerifiedToken};
+use super::cache::{entry_bytes, unix_now, Budget, TokenHash, VerifiedToken, ENTRY_OVERHEAD};
 use super::json;
 use super::jwks::KeyStore;
 use super::jwt::{check_validity_window, names_audience};
@@ -158,6 +158,15 @@ enum Verdict {
 }
 
 impl CachedAnswer {
+    /// The memory this answer holds in the cache, counted like a verified token's; a
+    /// refusal holds nothing beside the cache's own entry.
+    fn bytes(&self) -> usize {
+        match &self.verdict {
+            Verdict::Active(token) => entry_bytes(token),
+            Verdict::Refused(_) => ENTRY_OVERHEAD,
+        }
+    }
+
     /// A positive answer whose `exp` has passed is not used, even if the cache has not
     /// dropped it yet: the cache's timer runs on a monotonic clock and on housekeeping,
     /// `exp` on the wall clock. One compare per hit.
@@ -496,11 +505,18 @@ impl Introspector {
                 IntrospectionClient::new(index, issuer, keys.clone(), &metrics)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Bounded in bytes like the verified-token cache (see `super::cache`): a flood of
+        // opaque tokens with fat answers must not grow memory past the pod's limit.
+        let budget = Budget {
+            max_bytes: settings.cache.introspection_max_bytes,
+            max_entries: settings.cache.introspection_max_entries,
+        };
         Ok(Self {
             clients,
             opaque_issuer: settings.opaque_issuer()?,
             cache: Cache::builder()
-                .max_capacity(settings.cache.introspection_max_entries)
+                .max_capacity(budget.max_bytes)
+                .weigher(move |_, answer: &CachedAnswer| budget.weight(answer.bytes()))
                 .expire_after(AnswerExpiry)
                 .eviction_listener({
                     let evictions = metrics.introspection_evictions.clone();
@@ -515,6 +531,16 @@ impl Introspector {
             identity: IdentityMapping::new(&settings.identity)?.with_issuers(&settings.issuers),
             metrics,
         })
+    }
+
+    /// Answers held, as of the cache's last housekeeping.
+    pub fn cache_entries(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// The weight of the answers held (about their bytes), as of the last housekeeping.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.weighted_size()
     }
 
     /// The issuer asked about opaque tokens, if one is configured.

@@ -1,6 +1,6 @@
 //! The verifier that handlers call: token → verified identity, or a denial.
 //!
-//! - [`cache`]: verified tokens keyed by SHA-256, bounded, never past `exp`;
+//! - [`cache`]: verified tokens keyed by SHA-256, bounded in bytes, never past `exp`;
 //! - [`jwt`]: header checks, key choice, signature and claims for one issuer;
 //! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown;
 //! - [`introspection`]: RFC 7662 introspection of opaque tokens (and, per issuer, of
@@ -24,7 +24,7 @@ use crate::config::{ConfigError, Settings};
 use crate::error::{AuthError, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::Metrics;
-use cache::{token_hash, unix_now, TokenCache, TokenHash, VerifiedToken};
+use cache::{token_hash, unix_now, Budget, TokenCache, TokenHash, VerifiedToken};
 use introspection::Introspector;
 use jwks::KeyStore;
 use jwt::{looks_like_jwt, DecodedJwt, Issuer};
@@ -85,7 +85,10 @@ impl Verifier {
             issuers,
             by_iss,
             cache: TokenCache::new(
-                settings.cache.max_entries,
+                Budget {
+                    max_bytes: settings.cache.max_bytes,
+                    max_entries: settings.cache.max_entries,
+                },
                 settings.cache.max_ttl,
                 metrics.verified_token_evictions.clone(),
             ),

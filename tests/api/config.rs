@@ -79,6 +79,16 @@ fn bad_config_exits_64_naming_the_key() {
             "cache.max_entries",
         ),
         (
+            "cache-bytes.yaml",
+            format!("cache:\n  max_bytes: 4096\n{VALID}"),
+            "cache.max_bytes",
+        ),
+        (
+            "introspection-bytes.yaml",
+            format!("cache:\n  introspection_max_bytes: 100000000000000\n{VALID}"),
+            "cache.introspection_max_bytes",
+        ),
+        (
             "unknown.yaml",
             format!("cache:\n  max_entrys: 10\n{VALID}"),
             "max_entrys",
@@ -154,6 +164,13 @@ fn environment_overrides_file_values() {
     let env = HashMap::from([("TOKENGATE__CACHE__MAX_ENTRIES".to_owned(), "0".to_owned())]);
     let error = Settings::load(&path, Some(env)).unwrap_err();
     assert_eq!(error.key, "cache.max_entries");
+
+    let env = HashMap::from([(
+        "TOKENGATE__CACHE__MAX_BYTES".to_owned(),
+        "67108864".to_owned(),
+    )]);
+    let settings = Settings::load(&path, Some(env)).unwrap();
+    assert_eq!(settings.cache.max_bytes, 64 * 1024 * 1024);
 }
 
 #[test]

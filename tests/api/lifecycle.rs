@@ -9,23 +9,7 @@ use futures_util::future::join_all;
 use serde_json::Value;
 
 use crate::helpers::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::process::{free_port, wait_ready, Child};
 
 #[tokio::test]
 async fn audit_lines_and_graceful_sigterm_during_load() {
@@ -78,20 +62,7 @@ shutdown:
     let client = reqwest::Client::new();
     let auth = format!("http://127.0.0.1:{port}/auth");
     let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
-    let mut ready = false;
-    for _ in 0..100 {
-        if client
-            .get(&readyz)
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "tokengate became ready");
+    assert!(wait_ready(&client, &readyz).await, "tokengate became ready");
 
     // Two decisions with known request ids.
     let token = issuer.token();

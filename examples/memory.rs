@@ -1,0 +1,506 @@
+//! Memory of the real binary: the verified-token cache and idle connections.
+//!
+//! ```sh
+//! cargo build --release --bin tokengate --example memory
+//! target/release/examples/memory cache --tokens 100000 --size 7168 [--max-bytes N] [--max-entries N]
+//! target/release/examples/memory entry --count 200000 --size 1024
+//! target/release/examples/memory connections --count 10000 [--waves 2]
+//! ```
+//!
+//! It serves a JWKS with one Ed25519 key on loopback (Ed25519 signs fast: 100 000 tokens
+//! take seconds), starts `tokengate` (next to this program, or `TOKENGATE_BIN`) with one
+//! worker, and reads `VmRSS` from `/proc/<pid>/status`:
+//! - `cache`: RSS before and after `--tokens` distinct valid tokens of about `--size`
+//!   bytes, each sent once, and what the cache says it holds (`/metrics`). The tokens'
+//!   bulk is a groups claim, which the identity keeps: the costliest kind of large token.
+//! - `entry`: in this process, RSS growth per entry of the cache alone against what the
+//!   cache counts for it (`entry_bytes`): how `ENTRY_OVERHEAD` was measured.
+//! - `connections`: RSS with `--count` idle connections open (first as plain connections,
+//!   then each after one request, as a proxy's keep-alive pool holds them), and after they
+//!   close; `--waves` times, to show whether closed connections' memory is reused.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use clap::{Parser, Subcommand};
+use futures_util::stream::{self, StreamExt};
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use tokengate::demo::{jwks_document, SigningKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const AUDIENCE: &str = "orders-api";
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Fill the verified-token cache.
+    Cache {
+        #[arg(long, default_value_t = 100_000)]
+        tokens: usize,
+        /// Approximate length of each token, in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// `cache.max_bytes` (left out when not given: the default applies).
+        #[arg(long)]
+        max_bytes: Option<u64>,
+        /// `cache.max_entries`.
+        #[arg(long, default_value_t = 100_000)]
+        max_entries: u64,
+    },
+    /// In this process: RSS growth per entry of the cache itself, against what the
+    /// cache counts for it (`entry_bytes`); `--size 0` is the smallest identity.
+    Entry {
+        #[arg(long, default_value_t = 200_000)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        size: usize,
+    },
+    /// Open idle connections, then close them.
+    Connections {
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 2)]
+        waves: usize,
+    },
+}
+
+struct Tokengate {
+    child: Child,
+    auth: String,
+    admin: String,
+}
+
+impl Drop for Tokengate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Tokengate {
+    fn rss_kib(&self) -> u64 {
+        status_kib(self.child.id(), "VmRSS")
+    }
+
+    fn hwm_kib(&self) -> u64 {
+        status_kib(self.child.id(), "VmHWM")
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("field in /proc/<pid>/status")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims of user `index`, with as many groups as make the signed token about `size`
+/// bytes long (a short token has a few).
+fn claims(issuer: &str, index: usize, size: usize) -> Value {
+    let now = unix_now();
+    let user = format!("user-{index:06}");
+    let mut claims = json!({
+        "iss": issuer, "sub": format!("f3b1c2d4-{index:08}-4e5f-9a0b-1c2d3e4f5a6b"),
+        "aud": AUDIENCE, "iat": now, "exp": now + 3600, "jti": format!("jti-{index}"),
+        "azp": "orders-web", "sid": format!("sid-{index:08}"),
+        "scope": "openid profile email orders:read orders:write",
+        "preferred_username": user, "email": format!("{user}@example.com"),
+        "email_verified": true, "name": format!("User {index}"),
+        "groups": [],
+    });
+    // Header and signature of an EdDSA at+jwt: about 150 bytes around the payload, which
+    // base64url makes 4/3 as long.
+    let mut length = 150 + claims.to_string().len() * 4 / 3;
+    let groups = claims["groups"].as_array_mut().unwrap();
+    for group in 0.. {
+        if length >= size {
+            break;
+        }
+        let name = format!("/tenants/acme/projects/project-{group:04}/developers");
+        length += (name.len() + 3) * 4 / 3;
+        groups.push(json!(name));
+    }
+    claims
+}
+
+async fn start(cache: &str, server: &str) -> (Tokengate, SigningKey) {
+    let key = SigningKey::generate(Algorithm::EdDSA, "mem");
+    let jwks = jwks_document([&key]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let jwks_uri = format!("http://{}/jwks", listener.local_addr().unwrap());
+    let server_handle = HttpServer::new(move || {
+        let jwks = jwks.clone();
+        App::new().route(
+            "/jwks",
+            web::get().to(move || {
+                let jwks = jwks.clone();
+                async move { HttpResponse::Ok().json(jwks) }
+            }),
+        )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server_handle);
+
+    let (port, admin_port) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("tokengate-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tokengate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen: 127.0.0.1:{port}
+admin_listen: 127.0.0.1:{admin_port}
+workers: 1
+issuers:
+  - issuer: https://issuer.memory.test
+    audiences: [{AUDIENCE}]
+    algorithms: [EdDSA]
+    jwks_uri: {jwks_uri}
+log:
+  format: json
+  filter: warn
+  allow_level: "off"
+cache:
+{cache}
+server:
+{server}
+"#
+        ),
+    )
+    .unwrap();
+    let binary = std::env::var_os("TOKENGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let me = std::env::current_exe().unwrap();
+            me.parent().unwrap().parent().unwrap().join("tokengate")
+        });
+    let child = Command::new(&binary)
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+    let tokengate = Tokengate {
+        child,
+        auth: format!("http://127.0.0.1:{port}/auth"),
+        admin: format!("http://127.0.0.1:{admin_port}"),
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        let ready = client
+            .get(format!("{}/readyz", tokengate.admin))
+            .send()
+            .await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            return (tokengate, key);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("tokengate did not become ready");
+}
+
+/// Value of the first sample of `name` whose labels contain `labels`.
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if !rest.starts_with(['{', ' ']) || !rest.contains(labels) {
+            return None;
+        }
+        rest.rsplit(' ').next()?.parse().ok()
+    })
+}
+
+async fn cache(tokens: usize, size: usize, max_bytes: Option<u64>, max_entries: u64) {
+    let mut cache = format!("  max_entries: {max_entries}\n");
+    if let Some(max_bytes) = max_bytes {
+        cache.push_str(&format!("  max_bytes: {max_bytes}\n"));
+    }
+    let (tokengate, key) = start(&cache, "  max_connections: 64").await;
+    let issuer = "https://issuer.memory.test";
+    let started = std::time::Instant::now();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let signed: Vec<String> = std::thread::scope(|scope| {
+        let chunk = tokens.div_ceil(threads);
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let key = &key;
+                scope.spawn(move || {
+                    (t * chunk..((t + 1) * chunk).min(tokens))
+                        .map(|i| key.sign(&claims(issuer, i, size)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let average = signed.iter().map(String::len).sum::<usize>() / signed.len().max(1);
+    eprintln!(
+        "signed {tokens} tokens of {average} bytes on average in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let client = reqwest::Client::new();
+    // A few requests first, so that the baseline includes the first request's one-time
+    // allocations (worker buffers, the key's parsed form).
+    for token in signed.iter().take(1) {
+        let status = client.get(&tokengate.auth).bearer_auth(token).send().await;
+        assert_eq!(status.unwrap().status(), 202);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = tokengate.rss_kib();
+    let started = std::time::Instant::now();
+    let allowed = stream::iter(signed.iter().skip(1))
+        .map(|token| {
+            let (client, auth) = (&client, &tokengate.auth);
+            async move {
+                let response = client.get(auth).bearer_auth(token).send().await.unwrap();
+                response.status() == 202
+            }
+        })
+        .buffer_unordered(16)
+        .filter(|allowed| std::future::ready(*allowed))
+        .count()
+        .await;
+    eprintln!(
+        "sent {} tokens in {:.1}s: {allowed} allowed",
+        tokens - 1,
+        started.elapsed().as_secs_f64()
+    );
+    // Lets the cache's housekeeping run (it runs on reads and writes).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for token in signed.iter().take(200) {
+        let _ = client.get(&tokengate.auth).bearer_auth(token).send().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let filled = tokengate.rss_kib();
+    let metrics = client
+        .get(format!("{}/metrics", tokengate.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let evictions = sample(
+        &metrics,
+        "tokengate_cache_evictions_total",
+        "cache=\"verified_token\"",
+    )
+    .unwrap_or(0.0);
+    let entries = sample(
+        &metrics,
+        "tokengate_cache_entries",
+        "cache=\"verified_token\"",
+    );
+    let bytes = sample(
+        &metrics,
+        "tokengate_cache_bytes",
+        "cache=\"verified_token\"",
+    );
+    let growth = filled.saturating_sub(baseline) * 1024;
+    let kept = entries.unwrap_or(tokens as f64 - evictions);
+    println!(
+        "cache: {tokens} tokens of {average} B, max_entries {max_entries}, max_bytes {}",
+        max_bytes.map_or("default".to_owned(), |b| b.to_string())
+    );
+    println!(
+        "  RSS {:.1} MiB -> {:.1} MiB (peak {:.1} MiB): +{:.1} MiB",
+        baseline as f64 / 1024.0,
+        filled as f64 / 1024.0,
+        tokengate.hwm_kib() as f64 / 1024.0,
+        growth as f64 / 1048576.0
+    );
+    println!(
+        "  entries kept {kept:.0} (evictions {evictions:.0}); cache's own count of bytes {}",
+        bytes.map_or("n/a".to_owned(), |b| format!("{:.1} MiB", b / 1048576.0))
+    );
+    println!(
+        "  RSS growth per kept entry: {:.0} B{}",
+        growth as f64 / kept.max(1.0),
+        bytes.map_or(String::new(), |b| format!(
+            "; weight per entry {:.0} B; RSS growth / weight {:.2}",
+            b / kept.max(1.0),
+            growth as f64 / b.max(1.0)
+        ))
+    );
+}
+
+fn entry(count: usize, size: usize) {
+    use std::sync::Arc;
+    use tokengate::config::IdentitySettings;
+    use tokengate::identity::{Identity, IdentityMapping};
+    use tokengate::verify::cache::{entry_bytes, token_hash, Budget, TokenCache, VerifiedToken};
+
+    let mapping = IdentityMapping::new(&IdentitySettings::default()).unwrap();
+    let cache = TokenCache::new(
+        Budget {
+            max_bytes: 1 << 40,
+            max_entries: 10_000_000,
+        },
+        Duration::from_secs(3600),
+        prometheus::IntCounter::new("evictions", "evictions").unwrap(),
+    );
+    let identity = |index: usize| match size {
+        0 => Identity::default(),
+        _ => mapping.jwt_identity(0, &claims("https://issuer.memory.test", index, size)),
+    };
+    // Warm up: the first entries allocate the cache's fixed structures.
+    for index in 0..1000 {
+        let token = Arc::new(VerifiedToken {
+            issuer: 0,
+            expires_at: unix_now() + 3600,
+            key_generation: 0,
+            identity: identity(index),
+        });
+        cache.insert(token_hash(&format!("warm-{index}")), token);
+    }
+    cache.run_pending_tasks();
+    let before = status_kib(std::process::id(), "VmRSS");
+    let mut counted = 0;
+    for index in 0..count {
+        let token = Arc::new(VerifiedToken {
+            issuer: 0,
+            expires_at: unix_now() + 3600,
+            key_generation: 0,
+            identity: identity(index),
+        });
+        // What a cache hit does first: slice a header value, which shares the buffer.
+        let _ = token.identity.headers().next();
+        counted += entry_bytes(&token);
+        cache.insert(token_hash(&index.to_string()), token);
+        if index % 1000 == 0 {
+            cache.run_pending_tasks();
+        }
+    }
+    cache.run_pending_tasks();
+    let after = status_kib(std::process::id(), "VmRSS");
+    let growth = (after.saturating_sub(before) * 1024) as f64 / count as f64;
+    let counted = counted as f64 / count as f64;
+    println!(
+        "entry: {count} entries (identity of a {size}-byte token): RSS +{growth:.0} B per entry; entry_bytes {counted:.0} B; RSS / entry_bytes {:.2}; implied overhead {:.0} B (ENTRY_OVERHEAD is {})",
+        growth / counted,
+        growth - (counted - tokengate::verify::cache::ENTRY_OVERHEAD as f64),
+        tokengate::verify::cache::ENTRY_OVERHEAD
+    );
+    println!("  entries: {}", cache.entry_count());
+}
+
+/// Opens a plain TCP connection; with `token`, sends one keep-alive request on it and
+/// reads the answer's head (answers of `/auth` have empty bodies).
+async fn open(address: &str, token: Option<&str>) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    if let Some(token) = token {
+        let request = format!(
+            "GET /auth HTTP/1.1\r\nHost: tokengate\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 512];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let read = stream.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "connection closed before the answer");
+            head.extend_from_slice(&buffer[..read]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 202"), "not allowed");
+    }
+    stream
+}
+
+async fn connections(count: usize, waves: usize) {
+    let server = format!("  max_connections: {}\n  keep_alive: 10m", count + 100);
+    let (tokengate, key) = start("  max_entries: 1000", &server).await;
+    let token = key.sign(&claims("https://issuer.memory.test", 0, 1024));
+    let address = tokengate
+        .auth
+        .trim_start_matches("http://")
+        .trim_end_matches("/auth");
+    let address = address.to_owned();
+    drop(open(&address, Some(&token)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = tokengate.rss_kib();
+    println!(
+        "connections: {count} at once, {waves} waves; baseline RSS {:.1} MiB",
+        baseline as f64 / 1024.0
+    );
+    for wave in 1..=waves {
+        for with_request in [false, true] {
+            let mut open_ones = Vec::with_capacity(count);
+            // In batches, so that the accept queue never overflows.
+            while open_ones.len() < count {
+                let batch = (count - open_ones.len()).min(256);
+                let token = with_request.then_some(token.as_str());
+                let address = &address;
+                let opened: Vec<TcpStream> = stream::iter(0..batch)
+                    .map(|_| open(address, token))
+                    .buffer_unordered(64)
+                    .collect()
+                    .await;
+                open_ones.extend(opened);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let held = tokengate.rss_kib();
+            drop(open_ones);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = tokengate.rss_kib();
+            let what = if with_request {
+                "after one request"
+            } else {
+                "nothing sent"
+            };
+            println!(
+                "  wave {wave}, {what}: open {:.1} MiB ({:.1} KiB per connection over the baseline); closed {:.1} MiB (+{:.1} MiB over the baseline)",
+                held as f64 / 1024.0,
+                held.saturating_sub(baseline) as f64 / count as f64,
+                after as f64 / 1024.0,
+                after.saturating_sub(baseline) as f64 / 1024.0
+            );
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    match Args::parse().scenario {
+        Scenario::Cache {
+            tokens,
+            size,
+            max_bytes,
+            max_entries,
+        } => cache(tokens, size, max_bytes, max_entries).await,
+        Scenario::Entry { count, size } => entry(count, size),
+        Scenario::Connections { count, waves } => connections(count, waves).await,
+    }
+}
