@@ -266,8 +266,14 @@ impl Rule {
         !self.hosts.is_empty() || !self.paths.is_empty() || !self.methods.is_empty()
     }
 
-    /// True when every condition of the rule holds in `reading`.
-    fn matches(&self, original: &OriginalRequest, reading: Reading) -> bool {
+    /// True when every condition of the rule holds in `reading`. `broad_path` is the
+    /// request's path in [`broad_form`], computed once for all rules.
+    fn matches(
+        &self,
+        original: &OriginalRequest,
+        broad_path: Option<&str>,
+        reading: Reading,
+    ) -> bool {
         let unknown = reading == Reading::Broad;
         let host_ok = self.hosts.is_empty()
             || original.host.as_deref().map_or(unknown, |host| {
@@ -276,19 +282,17 @@ impl Rule {
                     HostPattern::Subdomain(suffix) => host.ends_with(suffix.as_str()),
                 })
             });
+        let path = match reading {
+            Reading::Narrow => original.path.as_deref(),
+            Reading::Broad => broad_path,
+        };
         let path_ok = self.paths.is_empty()
-            || original
-                .path
-                .as_deref()
-                .map_or(unknown, |path| match reading {
-                    Reading::Narrow => self.paths.iter().any(|pattern| pattern.holds(path)),
-                    Reading::Broad => {
-                        let path = broad_form(path);
-                        self.paths
-                            .iter()
-                            .any(|pattern| pattern.holds_broadly(&path))
-                    }
-                });
+            || path.map_or(unknown, |path| {
+                self.paths.iter().any(|pattern| match reading {
+                    Reading::Narrow => pattern.holds(path),
+                    Reading::Broad => pattern.holds_broadly(path),
+                })
+            });
         let method_ok = self.methods.is_empty()
             || original.method.as_deref().map_or(unknown, |method| {
                 self.methods.iter().any(|allowed| match reading {
@@ -311,7 +315,7 @@ impl Rule {
     /// send credentials on a preflight, so requiring one would break every cross-origin
     /// call. It is a grant, so the rule must hold in its exact reading.
     pub fn lets_preflight_through(&self, original: &OriginalRequest) -> bool {
-        self.allow_cors_preflight && self.matches(original, Reading::Narrow)
+        self.allow_cors_preflight && self.matches(original, None, Reading::Narrow)
     }
 }
 
@@ -415,10 +419,14 @@ impl RouteRules {
     /// The first rule whose conditions hold in its reading. Anonymous rules are skipped
     /// unless `grants_apply`.
     pub fn first_match(&self, original: &OriginalRequest, grants_apply: bool) -> Option<&Rule> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let broad_path = original.path.as_deref().map(broad_form);
         self.rules
             .iter()
             .filter(|rule| grants_apply || rule.access != Access::Anonymous)
-            .find(|rule| rule.matches(original, rule.reading()))
+            .find(|rule| rule.matches(original, broad_path.as_deref(), rule.reading()))
     }
 }
 

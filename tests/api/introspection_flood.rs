@@ -164,14 +164,6 @@ async fn real_tokens_get_through_a_flood_of_random_ones() {
     );
 }
 
-/// For comparison only (`cargo test --test api -- --ignored flood`): no queue, the
-/// refuse-at-once behaviour under which garbage starves real tokens.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement of the refuse-at-once configuration, not a behaviour"]
-async fn flood_without_a_queue_for_comparison() {
-    flood_trial(0).await.report("no queue");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_logged_once_per_interval_with_a_count() {
     let logs = capture_logs();
