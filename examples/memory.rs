@@ -384,6 +384,7 @@ fn entry(count: usize, size: usize) {
             expires_at: unix_now() + 3600,
             key_generation: 0,
             identity: identity(index),
+            revocation: Default::default(),
         });
         cache.insert(token_hash(&format!("warm-{index}")), token);
     }
@@ -396,6 +397,7 @@ fn entry(count: usize, size: usize) {
             expires_at: unix_now() + 3600,
             key_generation: 0,
             identity: identity(index),
+            revocation: Default::default(),
         });
         // What a cache hit does first: slice a header value, which shares the buffer.
         let _ = token.identity.headers().next();

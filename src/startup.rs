@@ -14,10 +14,12 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, HttpClientSettings, IdentityOutput, Settings, ShutdownSettings};
 use crate::gate::Gate;
+use crate::http::revocation::{self, AdminToken};
 use crate::http::{admin, auth, ext_authz, AppState};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RevocationMetrics};
 use crate::policy::RouteRules;
 use crate::request::ProxyHeaders;
+use crate::revocation::{feed, Revocations};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::verify::Verifier;
 
@@ -54,6 +56,8 @@ pub struct Application {
     port: u16,
     admin_port: u16,
     state: web::Data<AppState>,
+    /// Held here, outside anything a reload rebuilds: revocations outlive reloads.
+    revocations: Arc<Revocations>,
     refreshers: Vec<JoinHandle<()>>,
     /// Ends the background tasks: triggered when serving stops, or dropped with an
     /// application that never ran.
@@ -79,9 +83,11 @@ impl Application {
             .map(|issuer| issuer.display_name().to_owned())
             .collect();
         let metrics = Arc::new(Metrics::new(&registry, &issuer_names)?);
-        let verifier = Verifier::new(&settings, client, metrics.clone())?;
         let (background, shutdown) = ShutdownTrigger::new();
-        let refreshers = start_key_refreshers(&verifier, &shutdown).await;
+        let (revocations, mut refreshers) = start_revocations(&settings, &registry, &shutdown)?;
+        let verifier = Verifier::new(&settings, client, metrics.clone())?
+            .with_revocations(revocations.clone());
+        refreshers.extend(start_key_refreshers(&verifier, &shutdown).await);
 
         let listener = bind(&settings.listen.to_string())?;
         let admin_listener = bind(&settings.admin_listen.to_string())?;
@@ -104,6 +110,11 @@ impl Application {
             max_header_bytes: settings.server.max_header_bytes,
             max_headers: settings.server.max_headers,
             allow_log_level: settings.log.allow_level,
+            revocation_admin_token: settings
+                .revocation
+                .admin_token()?
+                .as_deref()
+                .map(AdminToken::new),
             metrics,
             registry,
             success_status,
@@ -118,6 +129,13 @@ impl Application {
             App::new()
                 .app_data(auth_state.clone())
                 .route("/auth", web::route().to(auth::auth))
+                // The issuers post logout tokens here (see docs/revocation.md: expose
+                // only this path to them, not the whole listener to the world).
+                .service(
+                    web::resource("/backchannel-logout")
+                        .app_data(web::PayloadConfig::new(revocation::MAX_LOGOUT_BODY))
+                        .route(web::post().to(revocation::backchannel_logout)),
+                )
                 .route(ext_authz::PREFIX, web::route().to(ext_authz::ext_authz))
                 .route(
                     &format!("{}/{{tail:.*}}", ext_authz::PREFIX),
@@ -146,6 +164,11 @@ impl Application {
                 .route("/healthz", web::get().to(admin::healthz))
                 .route("/readyz", web::get().to(admin::readyz))
                 .route("/metrics", web::get().to(admin::metrics))
+                .service(
+                    web::resource("/revocations")
+                        .app_data(web::PayloadConfig::new(revocation::MAX_REVOKE_BODY))
+                        .route(web::post().to(revocation::revoke)),
+                )
         })
         .workers(1)
         .max_connections(settings.server.admin_max_connections)
@@ -167,9 +190,15 @@ impl Application {
             port,
             admin_port,
             state,
+            revocations,
             refreshers,
             background,
         })
+    }
+
+    /// The revocation store, shared with the verifier.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.clone()
     }
 
     /// Port of the auth listener.
@@ -282,6 +311,22 @@ async fn shutdown_signal() {
             }
         }
     }
+}
+
+/// Builds the revocation store, once per process, and starts the Redis feed when one is
+/// configured (its first load happens in the background; readiness waits for it).
+fn start_revocations(
+    settings: &Settings,
+    registry: &Registry,
+    shutdown: &Shutdown,
+) -> Result<(Arc<Revocations>, Vec<JoinHandle<()>>), StartupError> {
+    let (revocations, outbox) =
+        Revocations::new(&settings.revocation, RevocationMetrics::new(registry)?);
+    let tasks = match (&settings.revocation.redis, outbox) {
+        (Some(redis), Some(outbox)) => feed::spawn(redis, revocations.clone(), outbox, shutdown)?,
+        _ => Vec::new(),
+    };
+    Ok((revocations, tasks))
 }
 
 /// Fetches every issuer's keys once, concurrently, then leaves one refresher per issuer

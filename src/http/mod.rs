@@ -4,12 +4,14 @@
 //! - [`auth`]: `/auth` for nginx `auth_request`, ingress-nginx and Traefik `forwardAuth`;
 //! - [`ext_authz`]: `/ext-authz/…` for Envoy's HTTP `ext_authz`;
 //! - [`respond`]: reasons and decisions on the wire;
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the admin listener.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the admin listener;
+//! - [`revocation`]: `/backchannel-logout` (auth listener) and `/revocations` (admin).
 
 pub mod admin;
 pub mod auth;
 pub mod ext_authz;
 pub mod respond;
+pub mod revocation;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,6 +51,8 @@ pub struct AppState {
     pub success_status: StatusCode,
     /// Level of the audit line of an allowed request.
     pub allow_log_level: AllowLogLevel,
+    /// The bearer secret of `POST /revocations`; `None`: the endpoint is off.
+    pub revocation_admin_token: Option<revocation::AdminToken>,
     /// Set on shutdown so that `/readyz` turns not-ready before the listener closes.
     pub shutting_down: AtomicBool,
 }

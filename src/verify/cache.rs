@@ -20,6 +20,7 @@ use moka::Expiry;
 use prometheus::IntCounter;
 
 use crate::identity::Identity;
+use crate::revocation::RevocationKeys;
 
 /// SHA-256 of a token.
 pub type TokenHash = [u8; 32];
@@ -48,6 +49,8 @@ pub struct VerifiedToken {
     /// The issuer's key-withdrawal generation when the token was verified.
     pub key_generation: u64,
     pub identity: Identity,
+    /// What the revocation check looks up, on every request.
+    pub revocation: RevocationKeys,
 }
 
 /// What one entry costs besides its value's own allocations, in bytes: moka's
@@ -172,6 +175,7 @@ mod tests {
             expires_at,
             key_generation: 0,
             identity: Identity::default(),
+            revocation: RevocationKeys::default(),
         })
     }
 
@@ -196,6 +200,7 @@ mod tests {
             expires_at: unix_now() + 600,
             key_generation: 0,
             identity,
+            revocation: RevocationKeys::default(),
         })
     }
 

@@ -43,6 +43,7 @@ use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IssuerSettings,
 use crate::error::{AuthError, CauseChain, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::{IntrospectionResult, Metrics};
+use crate::revocation::RevocationKeys;
 
 /// Largest introspection answer we read: real ones are well under a KiB.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -662,6 +663,8 @@ impl Introspector {
                 key_generation: 0,
                 // Built once per answer: a cache hit only copies ready header values.
                 identity: self.identity.introspection_identity(client.index, &answer),
+                // RFC 7662 §2.2 answers name `sub`, `jti` and `iat` like JWT claims.
+                revocation: RevocationKeys::from_claims(&client.rules.issuer, &answer),
             })),
             Judged::Refused(reason) => Verdict::Refused(reason),
         };

@@ -123,6 +123,11 @@ impl Issuer {
         }
     }
 
+    /// Seconds of clock skew accepted on this issuer's dates.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
     /// Verifies a token whose `iss` named this issuer; returns its `exp`.
     pub async fn verify(&self, jwt: &DecodedJwt<'_>) -> Result<u64, AuthError> {
         let header = &jwt.header;
@@ -141,6 +146,23 @@ impl Issuer {
             if !matches {
                 return Err(Reason::WrongTokenType.into());
             }
+        }
+        if super::logout::is_logout_token(jwt) {
+            // Back-Channel Logout 1.0 §2.4: a logout token must never be usable as
+            // another kind of token, whatever its `aud` and `exp` say.
+            return Err(Reason::WrongTokenType.into());
+        }
+        self.verify_signed(jwt).await?;
+        self.check_claims(&jwt.claims, unix_now())
+    }
+
+    /// The checks every JWT of this issuer passes, whatever it is for (an access token, a
+    /// logout token): `alg` in the allow-list, no `crit`, a key of this issuer's JWKS and
+    /// its signature. The caller checks the type and the claims.
+    pub async fn verify_signed(&self, jwt: &DecodedJwt<'_>) -> Result<(), AuthError> {
+        let header = &jwt.header;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(Reason::AlgorithmNotAllowed.into());
         }
         if header.crit.is_some() {
             // RFC 7515 §4.1.11: we understand no extension, so a token that marks one as
@@ -172,7 +194,7 @@ impl Issuer {
                 verified?;
             }
         }
-        self.check_claims(&jwt.claims, unix_now())
+        Ok(())
     }
 
     /// RFC 7519 §4.1: `exp` required, `nbf` honoured, both with the leeway; `iss` exactly
@@ -250,7 +272,7 @@ pub(crate) fn numeric_date(value: &Value) -> Option<u64> {
 }
 
 /// `at+jwt`, `AT+JWT` and `application/at+jwt` are the same type (RFC 7515 §4.1.9).
-fn normalize_typ(typ: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_typ(typ: &str) -> Cow<'_, str> {
     let typ = typ.trim();
     let typ = match typ.get(..12) {
         Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],

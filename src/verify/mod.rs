@@ -14,20 +14,23 @@ pub mod introspection;
 pub mod json;
 pub mod jwks;
 pub mod jwt;
+pub mod logout;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use url::Url;
 
-use crate::config::{ConfigError, Settings};
+use crate::config::{BackchannelLogoutSettings, ConfigError, Settings};
 use crate::error::{AuthError, Reason};
 use crate::identity::IdentityMapping;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RevocationMetrics};
+use crate::revocation::{RevocationKeys, Revocations};
 use cache::{token_hash, unix_now, Budget, TokenCache, TokenHash, VerifiedToken};
 use introspection::Introspector;
 use jwks::KeyStore;
 use jwt::{looks_like_jwt, DecodedJwt, Issuer};
+use logout::{Logout, LogoutError};
 
 /// A verdict to allow, with what it was based on.
 pub struct Allowed {
@@ -46,6 +49,10 @@ pub struct Verifier {
     max_token_length: usize,
     /// Per issuer, the longest `X-Accel-Expires` an allow may carry, in seconds.
     proxy_cache_caps: Vec<u64>,
+    /// Held by the application, not by the configuration: it outlives reloads.
+    revocations: Arc<Revocations>,
+    /// Per issuer, its back-channel logout settings (`None`: it sends none).
+    logouts: Vec<Option<BackchannelLogoutSettings>>,
     metrics: Arc<Metrics>,
 }
 
@@ -108,8 +115,60 @@ impl Verifier {
             introspector,
             identity: IdentityMapping::new(&settings.identity)?.with_issuers(&settings.issuers),
             max_token_length: settings.token.max_length,
+            revocations: Revocations::new(&Default::default(), RevocationMetrics::detached()).0,
+            logouts: settings
+                .issuers
+                .iter()
+                .map(|issuer| issuer.backchannel_logout.clone())
+                .collect(),
             metrics,
         })
+    }
+
+    /// Checks every verdict against `revocations` (by default, an empty store of its own).
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// True when some issuer sends back-channel logouts.
+    pub fn accepts_logouts(&self) -> bool {
+        self.logouts.iter().any(Option::is_some)
+    }
+
+    /// Validates a back-channel logout token (OpenID Connect Back-Channel Logout 1.0
+    /// §2.6) and records its `jti`: a token is accepted once.
+    pub async fn verify_logout_token(&self, token: &str) -> Result<Logout, LogoutError> {
+        if token.len() > self.max_token_length || !looks_like_jwt(token) {
+            return Err(LogoutError::Malformed);
+        }
+        let jwt = DecodedJwt::parse(token).map_err(|_| LogoutError::Malformed)?;
+        let iss = jwt.issuer().map_err(|_| LogoutError::UnknownIssuer)?;
+        // Exact `iss`, and only issuers the operator configured for logouts: nothing in
+        // the token chooses which keys are trusted.
+        let index = self.by_iss.get(iss).ok_or(LogoutError::UnknownIssuer)?;
+        let settings = self.logouts[*index]
+            .as_ref()
+            .ok_or(LogoutError::UnknownIssuer)?;
+        let logout = logout::verify(&self.issuers[*index], settings, &jwt).await?;
+        // §2.6 step 10: a `jti` seen before is a replay. Recorded last, so that a bad
+        // token cannot spend the `jti` of a good one.
+        if !self
+            .revocations
+            .first_sight_of_logout_token(&logout.issuer, &logout.jti)
+        {
+            return Err(LogoutError::Replayed);
+        }
+        Ok(logout)
+    }
+
+    /// The configured issuer named exactly `iss`, by index.
+    pub fn issuer_index(&self, iss: &str) -> Option<usize> {
+        self.by_iss.get(iss).copied()
     }
 
     /// How long a proxy may cache an allow for a token of `issuer`: never longer than we
@@ -147,9 +206,18 @@ impl Verifier {
         &self.introspector
     }
 
-    /// Verifies one token: cache first, then the full check. A JWT is verified locally; a
-    /// token that is not a JWT is introspected at the configured opaque-token issuer.
+    /// Verifies one token, then checks it against the revocations: on every request,
+    /// whichever cache answered, so that a logout takes effect on the next request.
     pub async fn verify_token(&self, token: &str) -> Result<Allowed, AuthError> {
+        let allowed = self.verify_unrevoked(token).await?;
+        self.revocations
+            .check(&allowed.token.revocation, unix_now())?;
+        Ok(allowed)
+    }
+
+    /// Cache first, then the full check. A JWT is verified locally; a token that is not
+    /// a JWT is introspected at the configured opaque-token issuer.
+    async fn verify_unrevoked(&self, token: &str) -> Result<Allowed, AuthError> {
         if token.len() > self.max_token_length {
             return Err(Reason::TokenTooLarge.into());
         }
@@ -200,6 +268,7 @@ impl Verifier {
             expires_at,
             key_generation,
             identity: self.identity.jwt_identity(issuer.index, &jwt.claims),
+            revocation: RevocationKeys::from_claims(&issuer.issuer, &jwt.claims),
         });
         self.cache.insert(hash, token.clone());
         Ok(Allowed {
