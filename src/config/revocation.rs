@@ -114,7 +114,10 @@ impl RevocationSettings {
         let secret = raw.trim_end_matches(['\r', '\n']);
         if secret.len() < 16 {
             // A short secret on an endpoint that can lock every user out is guessable.
-            return Err(ConfigError::new(key, "the secret must be at least 16 bytes"));
+            return Err(ConfigError::new(
+                key,
+                "the secret must be at least 16 bytes",
+            ));
         }
         Ok(Some(secret.to_owned()))
     }
@@ -134,9 +137,8 @@ impl RevocationSettings {
         }
         self.admin_token()?;
         if let Some(redis) = &self.redis {
-            let url = url::Url::parse(&redis.url).map_err(|e| {
-                ConfigError::new("revocation.redis.url", format!("not a URL: {e}"))
-            })?;
+            let url = url::Url::parse(&redis.url)
+                .map_err(|e| ConfigError::new("revocation.redis.url", format!("not a URL: {e}")))?;
             if !matches!(url.scheme(), "redis" | "rediss") {
                 return Err(ConfigError::new(
                     "revocation.redis.url",

@@ -149,7 +149,9 @@ pub async fn revoke(
             .body(r#"{"error":"unauthorized"}"#);
     }
     let bad = |why: &str| {
-        revocations.metrics.event(Source::Admin, EventResult::Refused);
+        revocations
+            .metrics
+            .event(Source::Admin, EventResult::Refused);
         tracing::info!(target: "tokengate::revocation", source = "admin", refused = why, "revoke refused");
         no_store(HttpResponse::BadRequest())
             .content_type("application/json")

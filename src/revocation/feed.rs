@@ -56,7 +56,11 @@ pub fn spawn(
     shutdown: &Shutdown,
 ) -> Result<Vec<JoinHandle<()>>, ConfigError> {
     let bad_url = |e: RedisError| ConfigError::new("revocation.redis.url", e.to_string());
-    let mut info = settings.url.as_str().into_connection_info().map_err(bad_url)?;
+    let mut info = settings
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(bad_url)?;
     if let Some(password) = settings.password()? {
         info.redis.password = Some(password);
     }
@@ -232,9 +236,8 @@ impl Feed {
                 .set_connection_timeout(TIMEOUT)
                 .set_response_timeout(TIMEOUT)
                 .set_number_of_retries(1);
-            *connection = Some(
-                timeout(self.client.get_connection_manager_with_config(config)).await?,
-            );
+            *connection =
+                Some(timeout(self.client.get_connection_manager_with_config(config)).await?);
         }
         let Some(manager) = connection.as_mut() else {
             return Err(FeedError::Disconnected);
@@ -290,7 +293,10 @@ mod tests {
 
     #[test]
     fn the_prefix_is_matched_literally() {
-        assert_eq!(glob_escape("tokengate:revocation:"), "tokengate:revocation:*");
+        assert_eq!(
+            glob_escape("tokengate:revocation:"),
+            "tokengate:revocation:*"
+        );
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\*");
     }
 }

@@ -228,9 +228,7 @@ impl RevocationKeys {
             sid: fingerprint(Kind::Sid),
             jti: fingerprint(Kind::Jti),
             sub: fingerprint(Kind::Sub),
-            issued_at: claims
-                .get("iat")
-                .and_then(crate::verify::jwt::numeric_date),
+            issued_at: claims.get("iat").and_then(crate::verify::jwt::numeric_date),
         }
     }
 }
@@ -446,7 +444,13 @@ impl Revocations {
         let mut ages: Vec<u64> = self
             .shards
             .iter()
-            .flat_map(|shard| shard.load().values().map(|entry| entry.at).collect::<Vec<_>>())
+            .flat_map(|shard| {
+                shard
+                    .load()
+                    .values()
+                    .map(|entry| entry.at)
+                    .collect::<Vec<_>>()
+            })
             .collect();
         ages.sort_unstable();
         let cutoff = ages[excess.min(ages.len()) - 1];
@@ -513,7 +517,9 @@ impl Revocations {
 pub fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 #[cfg(test)]
@@ -539,7 +545,10 @@ mod tests {
     fn nothing_held_refuses_nothing() {
         let store = store(10);
         let now = unix_millis() / 1000;
-        assert_eq!(store.check(&keys(json!({"sub": "a", "sid": "s"})), now), Ok(()));
+        assert_eq!(
+            store.check(&keys(json!({"sub": "a", "sid": "s"})), now),
+            Ok(())
+        );
     }
 
     #[test]
@@ -555,7 +564,11 @@ mod tests {
         ] {
             assert_eq!(store.check(&keys(claims), now), Err(Reason::Revoked));
         }
-        for claims in [json!({"sid": "s-2"}), json!({"jti": "j-2"}), json!({"sub": "s-1"})] {
+        for claims in [
+            json!({"sid": "s-2"}),
+            json!({"jti": "j-2"}),
+            json!({"sub": "s-1"}),
+        ] {
             assert_eq!(store.check(&keys(claims), now), Ok(()));
         }
     }
@@ -568,8 +581,14 @@ mod tests {
         store.apply(&[event], Source::Backchannel);
         let now = at;
         let check = |claims| store.check(&keys(claims), now);
-        assert_eq!(check(json!({"sub": "alice", "iat": at - 10})), Err(Reason::Revoked));
-        assert_eq!(check(json!({"sub": "alice", "iat": at})), Err(Reason::Revoked));
+        assert_eq!(
+            check(json!({"sub": "alice", "iat": at - 10})),
+            Err(Reason::Revoked)
+        );
+        assert_eq!(
+            check(json!({"sub": "alice", "iat": at})),
+            Err(Reason::Revoked)
+        );
         assert_eq!(check(json!({"sub": "alice"})), Err(Reason::Revoked));
         assert_eq!(check(json!({"sub": "alice", "iat": at + 1})), Ok(()));
         assert_eq!(check(json!({"sub": "bob", "iat": at - 10})), Ok(()));
@@ -584,8 +603,14 @@ mod tests {
         store.apply(&[Event::new(ISS, Kind::Sid, "s")], Source::Admin);
         let now = unix_millis() / 1000;
         let past_retention = now + store.retention().as_secs() + 1;
-        assert_eq!(store.check(&keys(json!({"sid": "s"})), now), Err(Reason::Revoked));
-        assert_eq!(store.check(&keys(json!({"sid": "s"})), past_retention), Ok(()));
+        assert_eq!(
+            store.check(&keys(json!({"sid": "s"})), now),
+            Err(Reason::Revoked)
+        );
+        assert_eq!(
+            store.check(&keys(json!({"sid": "s"})), past_retention),
+            Ok(())
+        );
         let mut old = Event::new(ISS, Kind::Sid, "old");
         old.at_ms -= store.retention().as_millis() as u64 + 1000;
         assert_eq!(store.apply(&[old], Source::Feed), EventResult::Ignored);
@@ -604,7 +629,10 @@ mod tests {
         store.apply(&events, Source::Feed);
         assert_eq!(store.len(), 100);
         let now = now_ms / 1000;
-        assert_eq!(store.check(&keys(json!({"jti": "j-149"})), now), Err(Reason::Revoked));
+        assert_eq!(
+            store.check(&keys(json!({"jti": "j-149"})), now),
+            Err(Reason::Revoked)
+        );
         assert_eq!(store.check(&keys(json!({"jti": "j-0"})), now), Ok(()));
     }
 
@@ -620,7 +648,10 @@ mod tests {
     fn bad_events_are_refused() {
         let store = store(10);
         let long = "x".repeat(MAX_VALUE_BYTES + 1);
-        for event in [Event::new(ISS, Kind::Sub, ""), Event::new(ISS, Kind::Sub, &long)] {
+        for event in [
+            Event::new(ISS, Kind::Sub, ""),
+            Event::new(ISS, Kind::Sub, &long),
+        ] {
             assert_eq!(store.apply(&[event], Source::Feed), EventResult::Refused);
         }
         assert!(store.is_empty());
