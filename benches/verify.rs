@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the request path: token extraction, full verification per
 //! algorithm (cache miss), the verified-token cache hit, the introspection cache hit (an
-//! opaque token whose answer is cached), and identity-header building.
+//! opaque token whose answer is cached), the cache hit with 100 000 revocation entries
+//! held beside the same with none, and identity-header building.
 //!
 //! `cargo bench` runs them; compare numbers within one run only.
 
@@ -15,11 +16,13 @@ use futures_util::FutureExt;
 use jsonwebtoken::Algorithm;
 use prometheus::Registry;
 use serde_json::{json, Value};
+use tokengate::config::RevocationSettings;
 use tokengate::config::Settings;
 use tokengate::demo::{jwks_document, SigningKey};
 use tokengate::identity::IdentityMapping;
-use tokengate::metrics::Metrics;
+use tokengate::metrics::{Metrics, RevocationMetrics};
 use tokengate::request::{extract_token, TokenSource};
+use tokengate::revocation::{Event, Kind, Revocations};
 use tokengate::verify::cache::{token_hash, unix_now};
 use tokengate::verify::Verifier;
 
@@ -173,6 +176,51 @@ fn benches(c: &mut Criterion) {
             allowed
         })
     });
+
+    // The revocation check on a cache hit: nothing held, then 100 000 entries (a third
+    // each of sid, jti and sub, none naming this token; one naming its subject before
+    // it was issued), with a token that carries all three claims.
+    let mut revocable = claims();
+    revocable["sid"] = json!("a5c3e1f0-session-0001");
+    revocable["jti"] = json!("0b7d9e2c-token-0001");
+    let revocable = keys[0].sign(&revocable);
+    let mut group = c.benchmark_group("verify_cache_hit_revocations");
+    for held in [0usize, 100_000] {
+        let store = Revocations::new(
+            &RevocationSettings::default(),
+            RevocationMetrics::detached(),
+        )
+        .0;
+        let kinds = [Kind::Sid, Kind::Jti, Kind::Sub];
+        let mut events: Vec<Event> = (0..held)
+            .map(|index| Event::new(ISSUER, kinds[index % 3], &format!("revoked-{index}")))
+            .collect();
+        if held > 0 {
+            let mut before = Event::new(ISSUER, Kind::Sub, "f3b1c2d4-0000-4000-8000-000000000001");
+            before.at_ms -= 60_000;
+            events.push(before);
+        }
+        store.load(&events);
+        assert!(store.len() >= held);
+        let checked = runtime.block_on(async {
+            crate::verifier(&keys.iter().collect::<Vec<_>>(), &endpoint).with_revocations(store)
+        });
+        checked
+            .verify_token(&revocable)
+            .now_or_never()
+            .expect("no waiting")
+            .expect("valid token");
+        group.bench_function(format!("{held}_entries"), |b| {
+            b.iter(|| {
+                checked
+                    .verify_token(black_box(&revocable))
+                    .now_or_never()
+                    .expect("no waiting on the request path")
+                    .expect("valid token")
+            })
+        });
+    }
+    group.finish();
 
     let mapping = IdentityMapping::new(&Default::default()).expect("mapping");
     let claims = claims();

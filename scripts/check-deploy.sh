@@ -2,7 +2,8 @@
 # Checks the deployment artifacts, offline, without a Docker engine or a cluster:
 #
 #   1. Dockerfile       hadolint (every rule, style included)
-#   2. Kubernetes       renders deploy/kubernetes/base and examples/overlay with
+#   2. Kubernetes       renders deploy/kubernetes/base, examples/overlay and
+#                       examples/revocation-overlay (the Redis component) with
 #                       `kubectl kustomize`; validates every object (rendered and
 #                       example) against the Kubernetes JSON schemas with
 #                       kubernetes-validate, strict; custom resources (Traefik, Envoy
@@ -130,12 +131,16 @@ check_dockerfile() {
 # every file with Kubernetes objects elsewhere under deploy/.
 K8S_CONFIGS=()
 check_kubernetes() {
-    step "kubectl kustomize (base, examples/overlay)"
+    step "kubectl kustomize (base, examples/overlay, examples/revocation-overlay)"
     kubectl kustomize deploy/kubernetes/base >"$WORK/kustomize-base.yaml"
     kubectl kustomize deploy/kubernetes/examples/overlay >"$WORK/kustomize-overlay.yaml"
-    echo "ok    rendered base ($(grep -c '^kind:' "$WORK/kustomize-base.yaml") objects) and overlay ($(grep -c '^kind:' "$WORK/kustomize-overlay.yaml") objects)"
+    # The overlay with the components/revocation-redis component (docs/revocation.md).
+    kubectl kustomize deploy/kubernetes/examples/revocation-overlay \
+        >"$WORK/kustomize-revocation.yaml"
+    echo "ok    rendered base ($(grep -c '^kind:' "$WORK/kustomize-base.yaml") objects), overlay ($(grep -c '^kind:' "$WORK/kustomize-overlay.yaml") objects) and revocation overlay ($(grep -c '^kind:' "$WORK/kustomize-revocation.yaml") objects)"
 
-    local manifests=("$WORK/kustomize-base.yaml" "$WORK/kustomize-overlay.yaml") file
+    local manifests=("$WORK/kustomize-base.yaml" "$WORK/kustomize-overlay.yaml"
+        "$WORK/kustomize-revocation.yaml") file
     while IFS= read -r file; do
         case $(basename "$file") in
             kustomization.yaml) ;;

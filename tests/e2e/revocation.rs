@@ -205,6 +205,24 @@ shutdown:
         assert_eq!(response.status(), 200, "{}", self.process.logs());
     }
 
+    /// The same with the `tokengate revoke` subcommand, as an operator types it.
+    fn revoke_jti_with_cli(&self, issuer: &str, jti: &str) {
+        let secret = self.process.dir.write("cli-secret", &format!("{ADMIN_SECRET}\n"));
+        let output = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["revoke", "--admin", &format!("http://{}", self.admin)])
+            .arg("--token-file")
+            .arg(&secret)
+            .args(["--issuer", issuer, "--jti", jti])
+            .output()
+            .expect("tokengate revoke runs");
+        assert!(
+            output.status.success(),
+            "tokengate revoke: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// A gauge or counter without labels, from `/metrics`.
     async fn metric(&self, name: &str) -> f64 {
         let text = self
@@ -374,7 +392,7 @@ async fn a_replica_started_after_the_event_refuses_too() {
     let witness = Replica::start(&provider, &redis, None).await;
     let revoked = provider.jwt("alice", "read").await;
     let other = provider.jwt("alice", "read").await;
-    first.revoke_jti(&provider.issuer, &jti(&revoked)).await;
+    first.revoke_jti_with_cli(&provider.issuer, &jti(&revoked));
     // The witness hears of it by the message that follows the key's write.
     assert!(witness
         .refused_within(&revoked, Instant::now(), LOST)
