@@ -207,7 +207,10 @@ shutdown:
 
     /// The same with the `tokengate revoke` subcommand, as an operator types it.
     fn revoke_jti_with_cli(&self, issuer: &str, jti: &str) {
-        let secret = self.process.dir.write("cli-secret", &format!("{ADMIN_SECRET}\n"));
+        let secret = self
+            .process
+            .dir
+            .write("cli-secret", &format!("{ADMIN_SECRET}\n"));
         let output = Command::new(env!("CARGO_BIN_EXE_tokengate"))
             .args(["revoke", "--admin", &format!("http://{}", self.admin)])
             .arg("--token-file")
