@@ -16,13 +16,12 @@ use futures_util::FutureExt;
 use jsonwebtoken::Algorithm;
 use prometheus::Registry;
 use serde_json::{json, Value};
-use tokengate::config::RevocationSettings;
 use tokengate::config::Settings;
 use tokengate::demo::{jwks_document, SigningKey};
 use tokengate::identity::IdentityMapping;
-use tokengate::metrics::{Metrics, RevocationMetrics};
+use tokengate::metrics::Metrics;
 use tokengate::request::{extract_token, TokenSource};
-use tokengate::revocation::{Event, Kind, Revocations};
+use tokengate::revocation::{Event, Kind};
 use tokengate::verify::cache::{token_hash, unix_now};
 use tokengate::verify::Verifier;
 
@@ -97,8 +96,8 @@ token:
     let verifier = Verifier::new(&settings, reqwest::Client::new(), metrics).expect("verifier");
     let _ = std::fs::remove_file(&secret);
     let jwks = jwks_document(keys.iter().copied()).to_string();
-    for store in verifier.key_stores() {
-        store.load_jwks(jwks.as_bytes()).expect("keys");
+    for issuer in verifier.issuers() {
+        issuer.keys.load_jwks(jwks.as_bytes()).expect("keys");
     }
     verifier
 }
@@ -186,11 +185,9 @@ fn benches(c: &mut Criterion) {
     let revocable = keys[0].sign(&revocable);
     let mut group = c.benchmark_group("verify_cache_hit_revocations");
     for held in [0usize, 100_000] {
-        let store = Revocations::new(
-            &RevocationSettings::default(),
-            RevocationMetrics::detached(),
-        )
-        .0;
+        // A verifier of its own, with a store of its own.
+        let checked = runtime
+            .block_on(async { crate::verifier(&keys.iter().collect::<Vec<_>>(), &endpoint) });
         let kinds = [Kind::Sid, Kind::Jti, Kind::Sub];
         let mut events: Vec<Event> = (0..held)
             .map(|index| Event::new(ISSUER, kinds[index % 3], &format!("revoked-{index}")))
@@ -200,11 +197,8 @@ fn benches(c: &mut Criterion) {
             before.at_ms -= 60_000;
             events.push(before);
         }
-        store.load(&events);
-        assert!(store.len() >= held);
-        let checked = runtime.block_on(async {
-            crate::verifier(&keys.iter().collect::<Vec<_>>(), &endpoint).with_revocations(store)
-        });
+        checked.revocations().load(&events);
+        assert!(checked.revocations().len() >= held);
         checked
             .verify_token(&revocable)
             .now_or_never()

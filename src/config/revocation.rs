@@ -10,7 +10,7 @@ use super::ConfigError;
 
 /// OpenID Connect Back-Channel Logout 1.0 at one issuer: the issuer posts logout tokens
 /// to `POST /backchannel-logout` on the auth listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackchannelLogoutSettings {
     /// Our client id at this issuer: a logout token's `aud` must contain it.
@@ -21,7 +21,7 @@ pub struct BackchannelLogoutSettings {
 }
 
 /// Revocation: what is kept, who may add to it, and how replicas share it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationSettings {
     /// How long a revocation is kept, locally and in Redis. Keep it at least as long as
@@ -63,7 +63,7 @@ impl Default for RevocationSettings {
 
 /// The Redis revocation feed: every event is a key with a TTL of `retention`, and a
 /// message on `channel`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFeedSettings {
     /// `redis://host:6379/0`, or `rediss://…` for TLS (system roots, plus nothing else).

@@ -48,11 +48,13 @@ pub async fn backchannel_logout(
     request: HttpRequest,
     body: Result<web::Bytes, actix_web::Error>,
 ) -> HttpResponse {
-    let verifier = &state.gate.verifier;
+    // The runtime this request started with: a reload swaps it, not the store.
+    let runtime = state.runtime.load_full();
+    let verifier = &runtime.gate.verifier;
     if !verifier.accepts_logouts() {
         return HttpResponse::NotFound().finish();
     }
-    let revocations = verifier.revocations();
+    let revocations = &state.revocations;
     let refused = |why: &str| {
         revocations
             .metrics
@@ -136,7 +138,7 @@ pub async fn revoke(
     let Some(admin_token) = &state.revocation_admin_token else {
         return HttpResponse::NotFound().finish();
     };
-    let revocations = state.gate.verifier.revocations();
+    let revocations = &state.revocations;
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -169,7 +171,14 @@ pub async fn revoke(
         (None, None, Some(jti)) => (Kind::Jti, jti),
         _ => return bad("not_exactly_one_of_sub_sid_jti"),
     };
-    if state.gate.verifier.issuer_index(&revoke.issuer).is_none() {
+    let configured = state
+        .runtime
+        .load()
+        .gate
+        .verifier
+        .by_issuer(&revoke.issuer)
+        .is_some();
+    if !configured {
         return bad("unknown_issuer");
     }
     let result = revocations.record(Event::new(&revoke.issuer, kind, &value), Source::Admin);

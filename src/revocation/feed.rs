@@ -22,11 +22,10 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{Client, IntoConnectionInfo, RedisError};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::{unix_millis, Event, EventResult, Revocations, Source};
 use crate::config::{ConfigError, RedisFeedSettings};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{BackgroundTasks, Shutdown};
 use crate::verify::admission::LogLimiter;
 
 /// Longest wait between two attempts to reach Redis.
@@ -54,7 +53,8 @@ pub fn spawn(
     store: Arc<Revocations>,
     outbox: mpsc::Receiver<Event>,
     shutdown: &Shutdown,
-) -> Result<Vec<JoinHandle<()>>, ConfigError> {
+    tasks: &BackgroundTasks,
+) -> Result<(), ConfigError> {
     let bad_url = |e: RedisError| ConfigError::new("revocation.redis.url", e.to_string());
     let mut info = settings
         .url
@@ -72,10 +72,9 @@ pub fn spawn(
         store,
         down_log: LogLimiter::new(LOG_INTERVAL),
     });
-    Ok(vec![
-        tokio::spawn(feed.clone().subscribe(shutdown.clone())),
-        tokio::spawn(feed.write(outbox, shutdown.clone())),
-    ])
+    tasks.spawn(feed.clone().subscribe(shutdown.clone()));
+    tasks.spawn(feed.write(outbox, shutdown.clone()));
+    Ok(())
 }
 
 /// `*`, `?`, `[`, `]` and `\` mean something in a `SCAN MATCH` pattern.

@@ -1,7 +1,7 @@
 //! OpenID Connect Back-Channel Logout 1.0: validating a logout token (§2.6).
 //!
 //! The token is verified like any JWT of its issuer, with the same key store and
-//! algorithm allow-list ([`Issuer::verify_signed`]) and the strict JSON parser; what
+//! algorithm allow-list ([`JwtRules::verify_signed`]) and the strict JSON parser; what
 //! differs is the claims: `aud` is our client id at that issuer, `iat` is recent, `jti`
 //! is new, `events` holds the back-channel-logout member, `sid` or `sub` says who, and a
 //! `nonce` is refused (it would let an ID token pass as a logout token, §2.4).
@@ -9,7 +9,8 @@
 use serde_json::Value;
 
 use super::cache::unix_now;
-use super::jwt::{check_validity_window, names_audience, normalize_typ, DecodedJwt, Issuer};
+use super::jwks::KeyStore;
+use super::jwt::{check_validity_window, names_audience, normalize_typ, DecodedJwt, JwtRules};
 use crate::config::BackchannelLogoutSettings;
 use crate::error::AuthError;
 
@@ -94,7 +95,8 @@ pub fn is_logout_token(jwt: &DecodedJwt<'_>) -> bool {
 /// Verifies a logout token of `issuer` (chosen by its exact `iss`) and checks its claims.
 /// The `jti` is not recorded here: see [`check_claims`]' caller.
 pub async fn verify(
-    issuer: &Issuer,
+    issuer: &JwtRules,
+    keys: &KeyStore,
     settings: &BackchannelLogoutSettings,
     jwt: &DecodedJwt<'_>,
 ) -> Result<Logout, LogoutError> {
@@ -109,7 +111,7 @@ pub async fn verify(
     }
     // Step 3: the signature, with this issuer's keys and algorithm allow-list.
     issuer
-        .verify_signed(jwt)
+        .verify_signed(jwt, keys)
         .await
         .map_err(|_: AuthError| LogoutError::Signature)?;
     check_claims(issuer, settings, &jwt.claims, unix_now())
@@ -117,7 +119,7 @@ pub async fn verify(
 
 /// §2.6 steps 4–7 and 9, on verified claims.
 pub fn check_claims(
-    issuer: &Issuer,
+    issuer: &JwtRules,
     settings: &BackchannelLogoutSettings,
     claims: &Value,
     now: u64,
