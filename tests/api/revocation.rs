@@ -417,3 +417,76 @@ async fn a_revocation_refuses_introspection_cache_hits_too() {
     // Refused from the cached answer, without asking the issuer again.
     assert_eq!(issuer.introspection_calls(), calls);
 }
+
+#[tokio::test]
+async fn revocations_outlive_a_reload() {
+    use tokengate::reload::Reloader;
+    use tokengate::shutdown::{BackgroundTasks, ShutdownTrigger};
+
+    let issuer = TestIssuer::start().await;
+    let dir = std::env::temp_dir().join(format!(
+        "tokengate-revocation-reload-{}-{}",
+        std::process::id(),
+        unique_jti()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("admin-secret");
+    std::fs::write(&secret, ADMIN_SECRET).unwrap();
+    let config = dir.join("tokengate.yaml");
+    let yaml = |user_claim: &str| {
+        format!(
+            r#"
+listen: "127.0.0.1:0"
+admin_listen: "127.0.0.1:0"
+workers: 1
+issuers:
+  - issuer: "{}"
+    audiences: ["{}"]
+identity:
+  user_claim: {user_claim}
+revocation:
+  admin_token_file: "{}"
+"#,
+            issuer.url(),
+            crate::helpers::AUDIENCE,
+            secret.display()
+        )
+    };
+    std::fs::write(&config, yaml("preferred_username")).unwrap();
+    let settings = Settings::load(&config, None).unwrap();
+    let registry = prometheus::Registry::new();
+    let application =
+        tokengate::startup::Application::build_with_registry(settings, registry.clone())
+            .await
+            .unwrap();
+    let state = application.state();
+    let app = TestApp {
+        address: format!("http://127.0.0.1:{}", application.port()),
+        admin_address: format!("http://127.0.0.1:{}", application.admin_port()),
+        registry,
+        client: reqwest::Client::new(),
+    };
+    tokio::spawn(application.run_until_stopped());
+
+    let revoked = user_token(&issuer, "user-1", json!({"jti": "before-reload"}));
+    let other = user_token(&issuer, "user-1", json!({"jti": "another"}));
+    let body = json!({"issuer": issuer.url(), "jti": "before-reload"});
+    assert_eq!(
+        post_revoke(&app, Some(ADMIN_SECRET), body).await.status(),
+        200
+    );
+    assert_invalid_token(app.auth_with_token(&revoked).await).await;
+
+    // Another identity mapping: every issuer is compiled anew, every verdict judged again.
+    std::fs::write(&config, yaml("email")).unwrap();
+    let (_stop, background) = ShutdownTrigger::new();
+    let reloader = Reloader::new(config, state, background, BackgroundTasks::default());
+    reloader.reload("test").await.expect("the reload succeeds");
+    assert_invalid_token(app.auth_with_token(&revoked).await).await;
+    let response = app.auth_with_token(&other).await;
+    assert_eq!(response.status(), 202);
+    assert_eq!(
+        response.headers()["x-auth-request-user"],
+        "alice@example.com"
+    );
+}
