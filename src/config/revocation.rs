@@ -29,8 +29,9 @@ pub struct RevocationSettings {
     /// again once the entry is forgotten.
     #[serde(default = "defaults::retention", with = "humantime_serde")]
     pub retention: Duration,
-    /// Most revocation entries held. Beyond it the oldest entries are dropped first (with
-    /// a warning): size it well above the logouts of one retention period.
+    /// Most revocation entries held (about 72 bytes each: the default is about 7 MB of
+    /// the pod's memory). Beyond it the oldest entries are dropped first (with a
+    /// warning): size it well above the logouts of one retention period.
     #[serde(default = "defaults::max_entries")]
     pub max_entries: usize,
     /// File holding the bearer secret of `POST /revocations` on the admin listener (a
@@ -200,7 +201,7 @@ mod defaults {
         Duration::from_secs(24 * 3600)
     }
     pub fn max_entries() -> usize {
-        1_000_000
+        100_000
     }
     pub fn require_feed_for_readiness() -> bool {
         true
