@@ -19,4 +19,5 @@ mod observability;
 mod policy;
 mod process;
 mod readiness;
+mod reload;
 mod tls;
