@@ -22,23 +22,22 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .content_type("text/plain")
             .body("shutting down\n");
     }
-    let pending: Vec<&str> = state
-        .gate
-        .verifier
-        .key_stores()
-        .enumerate()
-        .filter(|(_, keys)| !keys.is_ready())
-        .map(|(index, _)| state.gate.verifier.issuer_name(index))
+    let runtime = state.runtime.load();
+    let issuers = runtime.gate.verifier.issuers();
+    let pending: Vec<&str> = issuers
+        .iter()
+        .filter(|issuer| !issuer.keys.is_ready())
+        .map(|issuer| issuer.name.as_str())
         .collect();
     if !pending.is_empty() {
         return HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body(format!("keys not loaded: {}\n", pending.join(", ")));
     }
-    let introspector = state.gate.verifier.introspector();
-    let no_endpoint: Vec<&str> = (0..state.gate.verifier.key_stores().count())
-        .filter(|index| !introspector.endpoint_known(*index))
-        .map(|index| state.gate.verifier.issuer_name(index))
+    let no_endpoint: Vec<&str> = issuers
+        .iter()
+        .filter(|issuer| !issuer.introspection_endpoint_known())
+        .map(|issuer| issuer.name.as_str())
         .collect();
     if !no_endpoint.is_empty() {
         return HttpResponse::ServiceUnavailable()
@@ -55,10 +54,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// Prometheus text exposition of the registry passed to the application.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    for (index, keys) in state.gate.verifier.key_stores().enumerate() {
-        state.metrics.set_key_age(index, keys.key_age());
+    let runtime = state.runtime.load();
+    let verifier = &runtime.gate.verifier;
+    for issuer in verifier.issuers() {
+        issuer.metrics.set_key_age(issuer.keys.key_age());
     }
-    let verifier = &state.gate.verifier;
     let (cache, introspector) = (verifier.cache(), verifier.introspector());
     state.metrics.set_cache_size(
         CacheName::VerifiedToken,
