@@ -19,5 +19,6 @@ mod observability;
 mod policy;
 mod process;
 mod readiness;
+mod reload;
 mod revocation;
 mod tls;
