@@ -60,9 +60,7 @@ pub async fn backchannel_logout(
             .metrics
             .event(Source::Backchannel, EventResult::Refused);
         tracing::info!(target: "tokengate::revocation", source = "backchannel", refused = why, "logout token refused");
-        no_store(HttpResponse::BadRequest())
-            .content_type("application/json")
-            .body(r#"{"error":"invalid_request"}"#)
+        invalid_request()
     };
     // An oversized or unreadable body is the client's error: 400, never 413 or 5xx.
     let Ok(body) = body else {
@@ -99,7 +97,25 @@ pub async fn backchannel_logout(
         result = result.as_str(),
         "back-channel logout"
     );
+    if result != EventResult::Applied {
+        // Not held (a value over the size bound): the IdP must not believe it worked.
+        return invalid_request();
+    }
     no_store(HttpResponse::Ok()).finish()
+}
+
+/// Back-Channel Logout §2.8 and the revoke endpoint's refusal: 400 `invalid_request`.
+fn invalid_request() -> HttpResponse {
+    no_store(HttpResponse::BadRequest())
+        .content_type("application/json")
+        .body(r#"{"error":"invalid_request"}"#)
+}
+
+/// `Authorization: Bearer <credentials>`, the scheme in any case (RFC 7235 §2.1).
+fn bearer_credentials(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let scheme = value.get(..7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| &value[7..])
 }
 
 fn is_form(headers: &HeaderMap) -> bool {
@@ -139,10 +155,7 @@ pub async fn revoke(
         return HttpResponse::NotFound().finish();
     };
     let revocations = &state.revocations;
-    let bearer = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    let bearer = bearer_credentials(request.headers());
     if !bearer.is_some_and(|given| admin_token.matches(given)) {
         tracing::warn!(target: "tokengate::revocation", source = "admin", "revoke refused: missing or wrong bearer secret");
         return no_store(HttpResponse::Unauthorized())
@@ -155,9 +168,7 @@ pub async fn revoke(
             .metrics
             .event(Source::Admin, EventResult::Refused);
         tracing::info!(target: "tokengate::revocation", source = "admin", refused = why, "revoke refused");
-        no_store(HttpResponse::BadRequest())
-            .content_type("application/json")
-            .body(r#"{"error":"invalid_request"}"#)
+        invalid_request()
     };
     let Ok(body) = body else {
         return bad("body_too_large_or_unreadable");
@@ -191,7 +202,7 @@ pub async fn revoke(
         "revoked"
     );
     if result != EventResult::Applied {
-        return bad(result.as_str());
+        return invalid_request();
     }
     no_store(HttpResponse::Ok())
         .content_type("application/json")

@@ -490,3 +490,70 @@ revocation:
         "alice@example.com"
     );
 }
+
+/// A Redis URL where nothing listens: the feed is down from the start.
+fn with_unreachable_feed(settings: &mut Settings, require: bool) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = closed.local_addr().unwrap();
+    drop(closed);
+    settings.revocation.require_feed_for_readiness = require;
+    settings.revocation.redis = Some(tokengate::config::RedisFeedSettings {
+        url: format!("redis://{address}/"),
+        password_file: None,
+        channel: "tokengate:revocations".to_owned(),
+        key_prefix: "tokengate:revocation:".to_owned(),
+        max_pending: 100,
+    });
+}
+
+#[tokio::test]
+async fn without_its_first_feed_load_a_replica_is_not_ready_but_serves() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |settings| {
+        with_unreachable_feed(settings, true);
+        with_admin_secret(settings);
+    })
+    .await;
+    let response = app.admin_get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "revocation feed not loaded yet\n"
+    );
+    let token = user_token(&issuer, "user-1", json!({"jti": "while-down"}));
+    assert_eq!(app.auth_with_token(&token).await.status(), 202);
+    // Accepted and held here meanwhile, to be written once Redis answers.
+    let body = json!({"issuer": issuer.url(), "jti": "while-down"});
+    assert_eq!(
+        post_revoke(&app, Some(ADMIN_SECRET), body).await.status(),
+        200
+    );
+    assert_invalid_token(app.auth_with_token(&token).await).await;
+    let metrics = app.admin_get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("tokengate_revocation_feed_up 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_can_be_told_not_to_wait_for_the_feed() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn_app_with(&issuer, |settings| with_unreachable_feed(settings, false)).await;
+    assert_eq!(app.admin_get("/readyz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn the_revoke_endpoint_takes_the_bearer_scheme_in_any_case() {
+    let issuer = TestIssuer::start().await;
+    let app = spawn(&issuer).await;
+    let response = app
+        .client
+        .post(format!("{}/revocations", app.admin_address))
+        .header("authorization", format!("bEARER {ADMIN_SECRET}"))
+        .json(&json!({"issuer": issuer.url(), "sub": "user-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
