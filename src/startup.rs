@@ -317,10 +317,6 @@ async fn shutdown_signal() {
     }
 }
 
-/// Fetches each new key store's keys once, concurrently, then leaves its refresher
-/// running. Start-up waits for the first attempts (bounded by the client's timeouts) so
-/// that a healthy deployment is ready as soon as it listens; a reload runs this in the
-/// background.
 /// Builds the revocation store, once per process (reloads keep it), and starts the Redis
 /// feed when one is configured: its first load happens in the background, and readiness
 /// waits for it.
@@ -338,6 +334,10 @@ fn start_revocations(
     Ok(revocations)
 }
 
+/// Fetches each new key store's keys once, concurrently, then leaves its refresher
+/// running. Start-up waits for the first attempts (bounded by the client's timeouts) so
+/// that a healthy deployment is ready as soon as it listens; a reload runs this in the
+/// background.
 pub(crate) async fn start_key_stores(stores: Vec<NewKeyStore>, tasks: &BackgroundTasks) {
     let mut first_fetches = tokio::task::JoinSet::new();
     for NewKeyStore { keys, shutdown } in stores {
