@@ -23,7 +23,7 @@ use tokengate::demo::{jwks_document, SigningKey};
 use tokengate::identity::IdentityMapping;
 use tokengate::metrics::Metrics;
 use tokengate::request::{extract_token, TokenSource};
-use tokengate::revocation::{Event, Kind};
+use tokengate::revocation::{Event, Kind, RevocationKeys};
 use tokengate::verify::cache::{token_hash, unix_now};
 use tokengate::verify::Verifier;
 
@@ -191,7 +191,8 @@ fn benches(c: &mut Criterion) {
         let checked = runtime
             .block_on(async { crate::verifier(&keys.iter().collect::<Vec<_>>(), &endpoint) });
         let kinds = [Kind::Sid, Kind::Jti, Kind::Sub];
-        let mut events: Vec<Event> = (0..held)
+        // `held` entries in all: the default `max_entries` (100 000) holds them.
+        let mut events: Vec<Event> = (1..held)
             .map(|index| Event::new(ISSUER, kinds[index % 3], &format!("revoked-{index}")))
             .collect();
         if held > 0 {
@@ -200,12 +201,23 @@ fn benches(c: &mut Criterion) {
             events.push(before);
         }
         checked.revocations().load(&events);
-        assert!(checked.revocations().len() >= held);
+        assert_eq!(checked.revocations().len(), held);
         checked
             .verify_token(&revocable)
             .now_or_never()
             .expect("no waiting")
             .expect("valid token");
+        // The check alone, on the same token's fingerprints: what it adds to a hit.
+        let keys_of_token = RevocationKeys::from_claims(
+            ISSUER,
+            &json!({"sub": "f3b1c2d4-0000-4000-8000-000000000001",
+                "sid": "a5c3e1f0-session-0001", "jti": "0b7d9e2c-token-0001", "iat": unix_now()}),
+        );
+        let store = checked.revocations().clone();
+        group.bench_function(format!("check_only_{held}_entries"), |b| {
+            let now = unix_now();
+            b.iter(|| store.check(black_box(&keys_of_token), now))
+        });
         group.bench_function(format!("{held}_entries"), |b| {
             b.iter(|| {
                 checked

@@ -295,20 +295,20 @@ impl Verifier {
     /// Verifies one token, then checks it against the revocations: on every request,
     /// whichever cache answered, so that a logout takes effect on the next request.
     pub async fn verify_token(&self, token: &str) -> Result<Allowed, AuthError> {
-        let allowed = self.verify_unrevoked(token).await?;
-        self.revocations
-            .check(&allowed.token.revocation, unix_now())?;
+        // One clock read for both: the cache's `exp` check and the revocations'.
+        let now = unix_now();
+        let allowed = self.verify_unrevoked(token, now).await?;
+        self.revocations.check(&allowed.token.revocation, now)?;
         Ok(allowed)
     }
 
     /// Cache first, then the full check. A JWT is verified locally; a token that is not
     /// a JWT is introspected at the configured opaque-token issuer.
-    async fn verify_unrevoked(&self, token: &str) -> Result<Allowed, AuthError> {
+    async fn verify_unrevoked(&self, token: &str, now: u64) -> Result<Allowed, AuthError> {
         if token.len() > self.max_token_length {
             return Err(Reason::TokenTooLarge.into());
         }
         let hash = token_hash(token);
-        let now = unix_now();
         if let Some(cached) = self.cache.get(&hash, now) {
             // A verdict of an issuer a reload changed or removed is judged again.
             if let Some(issuer) = self.issuer(cached.issuer) {
