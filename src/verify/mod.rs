@@ -5,7 +5,9 @@
 //! - [`alg`]: the closed set of signature algorithms, matched exhaustively everywhere;
 //! - [`cache`]: verified tokens keyed by SHA-256, bounded in bytes, never past `exp`;
 //! - [`jwt`]: header checks, key choice, signature and claims for one issuer;
-//! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown;
+//! - [`jwk`]: JWKs to verifying keys (usable members, algorithms, thumbprints), key sets;
+//! - [`discovery`]: what an issuer's discovery document tells us;
+//! - [`jwks`]: each issuer's key store: fetches, refresh and the unknown-`kid` cooldown;
 //! - [`introspection`]: RFC 7662 introspection of opaque tokens (and, per issuer, of
 //!   JWTs) with its cache of answers;
 //! - [`admission`]: each issuer's bound on introspection calls, with a short fair wait;
@@ -14,9 +16,11 @@
 pub mod admission;
 pub mod alg;
 pub mod cache;
+pub mod discovery;
 pub mod introspection;
 pub mod issuer;
 pub mod json;
+pub mod jwk;
 pub mod jwks;
 pub mod jwt;
 
