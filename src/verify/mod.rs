@@ -47,9 +47,9 @@ pub struct Allowed {
 /// Shared by all workers: the issuers, the verified-token cache, the introspection cache.
 pub struct Verifier {
     issuers: Vec<Arc<Issuer>>,
-    by_iss: HashMap<String, usize>,
-    /// The issuer asked about opaque tokens (`token.opaque_issuer`), by position.
-    opaque_issuer: Option<usize>,
+    by_iss: HashMap<String, Arc<Issuer>>,
+    /// The issuer asked about opaque tokens (`token.opaque_issuer`).
+    opaque_issuer: Option<Arc<Issuer>>,
     cache: TokenCache,
     introspector: Introspector,
     identity: IdentityMapping,
@@ -132,7 +132,7 @@ impl Verifier {
                 before,
                 &mut new_key_stores,
             )?;
-            by_iss.insert(issuer.issuer.clone(), index);
+            by_iss.insert(issuer.issuer.clone(), compiled.clone());
             issuers.push(compiled);
         }
         let token_budget = Budget {
@@ -185,7 +185,9 @@ impl Verifier {
             },
             |previous| previous.introspector.clone(),
         );
-        let opaque_issuer = settings.opaque_issuer()?;
+        let opaque_issuer = settings
+            .opaque_issuer()?
+            .and_then(|position| issuers.get(position).cloned());
         Ok(Compiled {
             verifier: Self {
                 issuers,
@@ -208,7 +210,7 @@ impl Verifier {
 
     /// The issuer whose `iss` is `iss`, exactly.
     pub fn by_issuer(&self, iss: &str) -> Option<&Arc<Issuer>> {
-        self.by_iss.get(iss).map(|index| &self.issuers[*index])
+        self.by_iss.get(iss)
     }
 
     /// The compiled issuer `id`, unless a reload replaced it. A scan: there are few.
@@ -271,7 +273,7 @@ impl Verifier {
             // secret) is sent.
             let issuer = self
                 .opaque_issuer
-                .map(|index| &self.issuers[index])
+                .as_deref()
                 .ok_or(Reason::MalformedToken)?;
             let answer = self
                 .introspector
