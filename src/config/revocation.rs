@@ -22,41 +22,37 @@ pub struct BackchannelLogoutSettings {
 
 /// Revocation: what is kept, who may add to it, and how replicas share it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RevocationSettings {
     /// How long a revocation is kept, locally and in Redis. Keep it at least as long as
     /// the longest token lifetime you accept: a token outliving its revocation passes
     /// again once the entry is forgotten.
-    #[serde(default = "defaults::retention", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub retention: Duration,
     /// Most revocation entries held (about 72 bytes each: the default is about 7 MB of
     /// the pod's memory). Beyond it the oldest entries are dropped first (with a
     /// warning): size it well above the logouts of one retention period.
-    #[serde(default = "defaults::max_entries")]
     pub max_entries: usize,
     /// File holding the bearer secret of `POST /revocations` on the admin listener (a
     /// trailing newline is ignored). Unset: the endpoint is off (404).
-    #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
     /// With `redis`: `/readyz` stays not-ready until the first full load of the feed's
     /// entries, so that a new replica never serves without the revocations the others
     /// know. A later Redis outage does not turn replicas unready (they keep serving with
     /// the entries they hold).
-    #[serde(default = "defaults::require_feed_for_readiness")]
     pub require_feed_for_readiness: bool,
     /// The feed shared by replicas. Without it, each replica knows only the revocations
     /// it received itself.
-    #[serde(default)]
     pub redis: Option<RedisFeedSettings>,
 }
 
 impl Default for RevocationSettings {
     fn default() -> Self {
         Self {
-            retention: defaults::retention(),
-            max_entries: defaults::max_entries(),
+            retention: Duration::from_secs(24 * 3600),
+            max_entries: 100_000,
             admin_token_file: None,
-            require_feed_for_readiness: defaults::require_feed_for_readiness(),
+            require_feed_for_readiness: true,
             redis: None,
         }
     }
@@ -191,20 +187,12 @@ impl BackchannelLogoutSettings {
 const MAX_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_ENTRIES: usize = 10_000_000;
 
+/// Defaults of the keys of structs with required fields (the others have one `Default`).
 mod defaults {
     use std::time::Duration;
 
     pub fn logout_max_age() -> Duration {
         Duration::from_secs(300)
-    }
-    pub fn retention() -> Duration {
-        Duration::from_secs(24 * 3600)
-    }
-    pub fn max_entries() -> usize {
-        100_000
-    }
-    pub fn require_feed_for_readiness() -> bool {
-        true
     }
     pub fn channel() -> String {
         "tokengate:revocations".to_owned()

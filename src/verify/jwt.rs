@@ -9,14 +9,15 @@ use std::borrow::Cow;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::Algorithm;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::alg::{Alg, HeaderAlg};
 use super::cache::unix_now;
 use super::json;
-use super::jwks::{KeyStore, VerifyingKey};
+use super::jwk::VerifyingKey;
+use super::jwks::KeyStore;
 use crate::config::IssuerSettings;
 use crate::error::{AuthError, Reason};
 
@@ -24,7 +25,7 @@ use crate::error::{AuthError, Reason};
 /// so nothing a token names is ever fetched or trusted.
 #[derive(Debug, Deserialize)]
 pub struct JoseHeader {
-    pub alg: Algorithm,
+    pub alg: HeaderAlg,
     pub typ: Option<String>,
     pub kid: Option<String>,
     /// Only its presence matters: we understand no extension.
@@ -89,7 +90,7 @@ fn base64url(part: &str) -> Result<Vec<u8>, AuthError> {
 pub struct JwtRules {
     pub issuer: String,
     /// The allow-list: a token's `alg` must be one of these before any key is looked at.
-    algorithms: Vec<Algorithm>,
+    algorithms: Vec<Alg>,
     audiences: Vec<String>,
     /// Seconds of clock skew accepted on `exp` and `nbf`.
     leeway: u64,
@@ -98,7 +99,7 @@ pub struct JwtRules {
 }
 
 impl JwtRules {
-    pub fn new(settings: &IssuerSettings, algorithms: &[Algorithm]) -> Self {
+    pub fn new(settings: &IssuerSettings, algorithms: &[Alg]) -> Self {
         Self {
             issuer: settings.issuer.clone(),
             algorithms: algorithms.to_vec(),
@@ -119,11 +120,7 @@ impl JwtRules {
     /// Verifies a token whose `iss` named this issuer with its `keys`; returns its `exp`.
     pub async fn verify(&self, jwt: &DecodedJwt<'_>, keys: &KeyStore) -> Result<u64, AuthError> {
         let header = &jwt.header;
-        // The allow-list is checked before any key is looked at: a token cannot choose
-        // `none`, an HMAC algorithm, or anything the operator did not allow.
-        if !self.algorithms.contains(&header.alg) {
-            return Err(Reason::AlgorithmNotAllowed.into());
-        }
+        self.allowed_alg(jwt)?;
         if let Some(required) = &self.required_typ {
             // RFC 9068 §4: access tokens must carry `typ: at+jwt`, which stops an ID
             // token of the same issuer from being replayed as an access token.
@@ -144,6 +141,15 @@ impl JwtRules {
         self.check_claims(&jwt.claims, unix_now())
     }
 
+    /// The allow-list, checked before any key is looked at: a token cannot choose
+    /// `none`, an HMAC algorithm, or anything the operator did not allow.
+    fn allowed_alg(&self, jwt: &DecodedJwt<'_>) -> Result<Alg, AuthError> {
+        match jwt.header.alg {
+            HeaderAlg::Supported(alg) if self.algorithms.contains(&alg) => Ok(alg),
+            _ => Err(Reason::AlgorithmNotAllowed.into()),
+        }
+    }
+
     /// The checks every JWT of this issuer passes, whatever it is for (an access token, a
     /// logout token): `alg` in the allow-list, no `crit`, a key of this issuer's JWKS and
     /// its signature. The caller checks the type and the claims.
@@ -153,9 +159,7 @@ impl JwtRules {
         keys: &KeyStore,
     ) -> Result<(), AuthError> {
         let header = &jwt.header;
-        if !self.algorithms.contains(&header.alg) {
-            return Err(Reason::AlgorithmNotAllowed.into());
-        }
+        let alg = self.allowed_alg(jwt)?;
         if header.crit.is_some() {
             // RFC 7515 §4.1.11: we understand no extension, so a token that marks one as
             // critical must be refused.
@@ -172,13 +176,13 @@ impl JwtRules {
                         .await
                         .ok_or(Reason::UnknownKey)?,
                 };
-                verify_signature(jwt, &key)?;
+                verify_signature(jwt, alg, &key)?;
             }
             None => {
                 // No `kid`: try the keys that fit the algorithm (at most the JWKS size).
                 let mut verified = Err(Reason::UnknownKey);
-                for key in keys.candidates(header.alg) {
-                    verified = verify_signature(jwt, key);
+                for key in keys.candidates(alg) {
+                    verified = verify_signature(jwt, alg, key);
                     if verified.is_ok() {
                         break;
                     }
@@ -211,8 +215,8 @@ impl JwtRules {
     }
 }
 
-fn verify_signature(jwt: &DecodedJwt<'_>, key: &VerifyingKey) -> Result<(), Reason> {
-    key.verify(jwt.header.alg, jwt.signing_input, &jwt.signature)
+fn verify_signature(jwt: &DecodedJwt<'_>, alg: Alg, key: &VerifyingKey) -> Result<(), Reason> {
+    key.verify(alg, jwt.signing_input, &jwt.signature)
 }
 
 /// `exp` and `nbf` (RFC 7519 §4.1.4–5), each checked with `leeway` when present; shared

@@ -2,9 +2,12 @@
 //!
 //! - [`issuer`]: one configured issuer as one compiled value, kept by a reload when
 //!   unchanged;
+//! - [`alg`]: the closed set of signature algorithms, matched exhaustively everywhere;
 //! - [`cache`]: verified tokens keyed by SHA-256, bounded in bytes, never past `exp`;
 //! - [`jwt`]: header checks, key choice, signature and claims for one issuer;
-//! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown;
+//! - [`jwk`]: JWKs to verifying keys (usable members, algorithms, thumbprints), key sets;
+//! - [`discovery`]: what an issuer's discovery document tells us;
+//! - [`jwks`]: each issuer's key store: fetches, refresh and the unknown-`kid` cooldown;
 //! - [`introspection`]: RFC 7662 introspection of opaque tokens (and, per issuer, of
 //!   JWTs) with its cache of answers;
 //! - [`admission`]: each issuer's bound on introspection calls, with a short fair wait;
@@ -13,10 +16,13 @@
 //! - [`json`]: the JSON parser for tokens and answers, which refuses duplicate names.
 
 pub mod admission;
+pub mod alg;
 pub mod cache;
+pub mod discovery;
 pub mod introspection;
 pub mod issuer;
 pub mod json;
+pub mod jwk;
 pub mod jwks;
 pub mod jwt;
 pub mod logout;
@@ -24,7 +30,7 @@ pub mod logout;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{BackchannelLogoutSettings, ConfigError, Settings};
+use crate::config::{ConfigError, Settings};
 use crate::error::{AuthError, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::{Metrics, RevocationMetrics};
@@ -46,17 +52,15 @@ pub struct Allowed {
 /// Shared by all workers: the issuers, the verified-token cache, the introspection cache.
 pub struct Verifier {
     issuers: Vec<Arc<Issuer>>,
-    by_iss: HashMap<String, usize>,
-    /// The issuer asked about opaque tokens (`token.opaque_issuer`), by position.
-    opaque_issuer: Option<usize>,
+    by_iss: HashMap<String, Arc<Issuer>>,
+    /// The issuer asked about opaque tokens (`token.opaque_issuer`).
+    opaque_issuer: Option<Arc<Issuer>>,
     cache: TokenCache,
     introspector: Introspector,
     identity: IdentityMapping,
     max_token_length: usize,
     /// Held by the application, not by the configuration: it outlives reloads.
     revocations: Arc<Revocations>,
-    /// Per issuer (by position), its back-channel logout settings (`None`: it sends none).
-    logouts: Vec<Option<BackchannelLogoutSettings>>,
     metrics: Arc<Metrics>,
 }
 
@@ -139,7 +143,7 @@ impl Verifier {
                 before,
                 &mut new_key_stores,
             )?;
-            by_iss.insert(issuer.issuer.clone(), index);
+            by_iss.insert(issuer.issuer.clone(), compiled.clone());
             issuers.push(compiled);
         }
         let token_budget = Budget {
@@ -192,7 +196,9 @@ impl Verifier {
             },
             |previous| previous.introspector.clone(),
         );
-        let opaque_issuer = settings.opaque_issuer()?;
+        let opaque_issuer = settings
+            .opaque_issuer()?
+            .and_then(|position| issuers.get(position).cloned());
         Ok(Compiled {
             verifier: Self {
                 issuers,
@@ -203,11 +209,6 @@ impl Verifier {
                 identity,
                 max_token_length: settings.token.max_length,
                 revocations: outbound.revocations.clone(),
-                logouts: settings
-                    .issuers
-                    .iter()
-                    .map(|issuer| issuer.backchannel_logout.clone())
-                    .collect(),
                 metrics: outbound.metrics.clone(),
             },
             new_key_stores,
@@ -221,7 +222,7 @@ impl Verifier {
 
     /// The issuer whose `iss` is `iss`, exactly.
     pub fn by_issuer(&self, iss: &str) -> Option<&Arc<Issuer>> {
-        self.by_iss.get(iss).map(|index| &self.issuers[*index])
+        self.by_iss.get(iss)
     }
 
     /// The compiled issuer `id`, unless a reload replaced it. A scan: there are few.
@@ -262,7 +263,9 @@ impl Verifier {
 
     /// True when some issuer sends back-channel logouts.
     pub fn accepts_logouts(&self) -> bool {
-        self.logouts.iter().any(Option::is_some)
+        self.issuers
+            .iter()
+            .any(|issuer| issuer.backchannel_logout.is_some())
     }
 
     /// Validates a back-channel logout token (OpenID Connect Back-Channel Logout 1.0
@@ -275,11 +278,11 @@ impl Verifier {
         let iss = jwt.issuer().map_err(|_| LogoutError::UnknownIssuer)?;
         // Exact `iss`, and only issuers the operator configured for logouts: nothing in
         // the token chooses which keys are trusted.
-        let index = *self.by_iss.get(iss).ok_or(LogoutError::UnknownIssuer)?;
-        let settings = self.logouts[index]
+        let issuer = self.by_issuer(iss).ok_or(LogoutError::UnknownIssuer)?;
+        let settings = issuer
+            .backchannel_logout
             .as_ref()
             .ok_or(LogoutError::UnknownIssuer)?;
-        let issuer = &self.issuers[index];
         let logout = logout::verify(&issuer.jwt, &issuer.keys, settings, &jwt).await?;
         // §2.6 step 10: a `jti` seen before is a replay. Recorded last, so that a bad
         // token cannot spend the `jti` of a good one.
@@ -330,7 +333,7 @@ impl Verifier {
             // secret) is sent.
             let issuer = self
                 .opaque_issuer
-                .map(|index| &self.issuers[index])
+                .as_deref()
                 .ok_or(Reason::MalformedToken)?;
             let answer = self
                 .introspector
