@@ -50,3 +50,23 @@ pub async fn wait_ready(client: &reqwest::Client, readyz: &str) -> bool {
     }
     false
 }
+
+/// The value of one series (name and labels, as exposed) in the `/metrics` text at
+/// `url`; `None` when the series is absent.
+pub async fn scrape(client: &reqwest::Client, url: &str, series: &str) -> Option<f64> {
+    let text = client
+        .get(url)
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("/metrics body");
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
