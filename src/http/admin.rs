@@ -17,40 +17,44 @@ pub async fn healthz() -> HttpResponse {
 /// Ready once every issuer's keys are loaded and every configured introspection has an
 /// endpoint, and not while shutting down.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.shutting_down.load(Ordering::Acquire) {
-        return HttpResponse::ServiceUnavailable()
+    match readiness(&state) {
+        Ok(()) => HttpResponse::Ok()
             .content_type("text/plain")
-            .body("shutting down\n");
+            .body("ready\n"),
+        Err(why) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("{why}\n")),
     }
-    let pending: Vec<&str> = state
-        .gate
-        .verifier
+}
+
+/// Whether tokengate can decide requests right now, and if not, why: what `/readyz`
+/// answers, and what the gRPC health service reports.
+pub fn readiness(state: &AppState) -> Result<(), String> {
+    if state.shutting_down.load(Ordering::Acquire) {
+        return Err("shutting down".to_owned());
+    }
+    let verifier = &state.gate.verifier;
+    let pending: Vec<&str> = verifier
         .key_stores()
         .enumerate()
         .filter(|(_, keys)| !keys.is_ready())
-        .map(|(index, _)| state.gate.verifier.issuer_name(index))
+        .map(|(index, _)| verifier.issuer_name(index))
         .collect();
     if !pending.is_empty() {
-        return HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body(format!("keys not loaded: {}\n", pending.join(", ")));
+        return Err(format!("keys not loaded: {}", pending.join(", ")));
     }
-    let introspector = state.gate.verifier.introspector();
-    let no_endpoint: Vec<&str> = (0..state.gate.verifier.key_stores().count())
+    let introspector = verifier.introspector();
+    let no_endpoint: Vec<&str> = (0..verifier.key_stores().count())
         .filter(|index| !introspector.endpoint_known(*index))
-        .map(|index| state.gate.verifier.issuer_name(index))
+        .map(|index| verifier.issuer_name(index))
         .collect();
     if !no_endpoint.is_empty() {
-        return HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body(format!(
-                "introspection endpoint unknown: {}\n",
-                no_endpoint.join(", ")
-            ));
+        return Err(format!(
+            "introspection endpoint unknown: {}",
+            no_endpoint.join(", ")
+        ));
     }
-    HttpResponse::Ok()
-        .content_type("text/plain")
-        .body("ready\n")
+    Ok(())
 }
 
 /// Prometheus text exposition of the registry passed to the application.

@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{decide, AppState};
+use super::{decide, AppState, Contract};
 use crate::policy::Requirements;
 use crate::request::OriginalRequest;
 
@@ -13,5 +13,13 @@ pub async fn auth(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     let original =
         OriginalRequest::from_auth_headers(headers, state.proxy_headers, state.path_parameters);
     let query = Requirements::from_query(request.query_string());
-    decide(&state, headers, original, query, state.success_status).await
+    decide(
+        &state,
+        Contract::Auth,
+        headers,
+        original,
+        query,
+        state.success_status,
+    )
+    .await
 }

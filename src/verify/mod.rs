@@ -139,6 +139,18 @@ impl Verifier {
             .map_or("", |issuer| issuer.name.as_str())
     }
 
+    /// The `iss` of issuer `index`, exactly as its tokens carry it.
+    pub fn issuer_url(&self, index: usize) -> &str {
+        self.issuers
+            .get(index)
+            .map_or("", |issuer| issuer.issuer.as_str())
+    }
+
+    /// How claims become identity headers.
+    pub fn identity_mapping(&self) -> &IdentityMapping {
+        &self.identity
+    }
+
     pub fn cache(&self) -> &TokenCache {
         &self.cache
     }

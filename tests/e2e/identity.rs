@@ -23,6 +23,15 @@ identity:
     - { email: carol@example.com, user: carol-admin, groups: ["system:masters"] }
 "#;
 
+/// tokengate speaking Kubernetes impersonation, with alice (alice@example.com) mapped to
+/// three groups: what each contract makes of several `Impersonate-Group` lines.
+pub const THREE_GROUPS: &str = r#"
+identity:
+  output: kubernetes_impersonation
+  impersonation_map:
+    - { email: alice@example.com, user: alice, groups: [developers, ops, readers] }
+"#;
+
 /// The name as the Kubernetes API server would compare it: no whitespace or controls
 /// anywhere, lower case.
 fn squeezed(name: &str) -> String {
