@@ -94,8 +94,8 @@ token:
     let verifier = Verifier::new(&settings, reqwest::Client::new(), metrics).expect("verifier");
     let _ = std::fs::remove_file(&secret);
     let jwks = jwks_document(keys.iter().copied()).to_string();
-    for store in verifier.key_stores() {
-        store.load_jwks(jwks.as_bytes()).expect("keys");
+    for issuer in verifier.issuers() {
+        issuer.keys.load_jwks(jwks.as_bytes()).expect("keys");
     }
     verifier
 }

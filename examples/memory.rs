@@ -375,12 +375,15 @@ fn entry(count: usize, size: usize) {
     );
     let identity = |index: usize| match size {
         0 => Identity::default(),
-        _ => mapping.jwt_identity(0, &claims("https://issuer.memory.test", index, size)),
+        _ => mapping.jwt_identity(
+            Default::default(),
+            &claims("https://issuer.memory.test", index, size),
+        ),
     };
     // Warm up: the first entries allocate the cache's fixed structures.
     for index in 0..1000 {
         let token = Arc::new(VerifiedToken {
-            issuer: 0,
+            issuer: tokengate::verify::issuer::IssuerId::next(),
             expires_at: unix_now() + 3600,
             key_generation: 0,
             identity: identity(index),
@@ -392,7 +395,7 @@ fn entry(count: usize, size: usize) {
     let mut counted = 0;
     for index in 0..count {
         let token = Arc::new(VerifiedToken {
-            issuer: 0,
+            issuer: tokengate::verify::issuer::IssuerId::next(),
             expires_at: unix_now() + 3600,
             key_generation: 0,
             identity: identity(index),

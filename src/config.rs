@@ -52,7 +52,7 @@ impl ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Address of the auth listener that the proxies call (`/auth`, `/ext-authz/…`):
@@ -121,7 +121,7 @@ pub struct Settings {
 /// HTTP layer's read and write buffers), so 1024 of them stay under 18 MiB. glibc keeps
 /// that memory after the connections close and reuses it for the next ones, so the peak
 /// is what counts, and `max_connections` bounds it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Most open connections on the auth listener, over all workers. Beyond it, new
@@ -172,7 +172,7 @@ impl Default for ServerSettings {
 }
 
 /// The gRPC contract (`grpc_listen`): Envoy's ext_authz `Check` over HTTP/2.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcSettings {
     /// Most concurrent streams (checks in flight) on one HTTP/2 connection; Envoy opens
@@ -265,7 +265,7 @@ impl std::fmt::Display for ListenAddress {
 }
 
 /// Graceful shutdown: readiness turns off at once, then the listeners drain.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownSettings {
     /// How long to keep serving after `/readyz` turned not-ready, so that load balancers
@@ -299,7 +299,7 @@ pub enum AllowLogLevel {
 }
 
 /// One trusted issuer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSettings {
     /// The issuer identifier: compared byte for byte with the token's `iss`, and the base of
@@ -357,7 +357,7 @@ pub enum ClientAuthMethod {
 }
 
 /// RFC 7662 token introspection at one issuer.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionSettings {
     /// Introspection endpoint; by default the `introspection_endpoint` of the issuer's
@@ -367,7 +367,7 @@ pub struct IntrospectionSettings {
     /// Our client id at the issuer.
     pub client_id: String,
     /// File holding the client secret (a trailing newline is ignored). Set exactly one
-    /// of `client_secret_file` and `client_secret_env`. Read once, at start-up.
+    /// of `client_secret_file` and `client_secret_env`. Read at start-up and on every reload.
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
     /// Environment variable holding the client secret.
@@ -412,8 +412,9 @@ pub struct IntrospectionSettings {
 }
 
 /// A client secret read at start-up. `Debug` never shows it, so it cannot leak through a
-/// `{:?}` in a log line or a panic message; there is no `Display`.
-#[derive(Clone)]
+/// `{:?}` in a log line or a panic message; there is no `Display`. Compared only to tell
+/// whether a reload changed it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientSecret(String);
 
 impl ClientSecret {
@@ -430,7 +431,7 @@ impl std::fmt::Debug for ClientSecret {
 }
 
 /// When and how often the issuer's JWKS is fetched.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRefreshSettings {
     /// Refresh period when the JWKS response carries no `Cache-Control: max-age`, and the
@@ -462,7 +463,7 @@ impl Default for KeyRefreshSettings {
 }
 
 /// Where tokens come from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSettings {
     /// Tried in order: `authorization` (Bearer), `header:<name>`, `cookie:<name>`.
@@ -489,7 +490,7 @@ impl Default for TokenSettings {
 }
 
 /// Claims → identity headers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IdentitySettings {
     /// Claim for `X-Auth-Request-User` (dotted path); falls back to `sub`.
@@ -529,7 +530,7 @@ pub struct IdentitySettings {
 }
 
 /// One extra identity header.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimHeaderSettings {
     /// Response header name.
@@ -540,7 +541,7 @@ pub struct ClaimHeaderSettings {
 
 /// Keeps only matching groups in the groups header: with hundreds of directory groups,
 /// the header would otherwise outgrow the proxy's buffers.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GroupsFilterSettings {
     /// Keep groups starting with one of these.
@@ -561,7 +562,7 @@ pub enum IdentityOutput {
 }
 
 /// One identity-map entry for Kubernetes impersonation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ImpersonationEntry {
     /// Matched case-insensitively against the token's email, only when that email is
@@ -576,7 +577,7 @@ pub struct ImpersonationEntry {
 
 /// One route rule. Conditions left empty match anything; a condition on a part of the
 /// original request the proxy did not send never matches.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSettings {
     /// Name for logs; defaults to `rules[N]`.
@@ -633,7 +634,7 @@ impl Default for IdentitySettings {
 }
 
 /// The verified-token cache.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
     /// Memory the verified-token cache may hold, in bytes. Each entry counts what it
@@ -685,7 +686,7 @@ impl Default for CacheSettings {
 }
 
 /// The outbound HTTP client (discovery, JWKS).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HttpClientSettings {
     /// TCP + TLS connect timeout.
@@ -745,7 +746,7 @@ pub enum LogFormat {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `auto`, `json` or `pretty`.
@@ -952,7 +953,9 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks everything that can be checked without the network.
+    /// Checks what the settings say on their own, without reading any other file: the
+    /// rest (rules, identity mapping, secrets, CA bundle) is checked by compiling them
+    /// (`runtime::compile`), once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(200..=299).contains(&self.success_status) {
             return Err(ConfigError::new(
@@ -1005,14 +1008,6 @@ impl Settings {
             return Err(ConfigError::new(
                 "identity.max_headers_bytes",
                 "must be between 256 and 65536 bytes",
-            ));
-        }
-        crate::identity::IdentityMapping::new(&self.identity)?;
-        let rules = crate::policy::RouteRules::new(&self.rules)?;
-        if rules.are_conditional() && self.proxy_headers.is_none() {
-            return Err(ConfigError::new(
-                "proxy_headers",
-                "must be set when a rule matches on hosts, paths or methods: choose ingress_nginx, nginx, traefik, none (only Envoy on /ext-authz) or auto",
             ));
         }
         if !(1..=MAX_CACHE_ENTRIES).contains(&self.cache.max_entries) {
@@ -1091,7 +1086,6 @@ impl Settings {
                 "must be at most 60s",
             ));
         }
-        http.ca_certificates()?;
         Ok(())
     }
 
@@ -1415,7 +1409,12 @@ impl IntrospectionSettings {
                 "must not be empty",
             ));
         }
-        self.client_secret(key)?;
+        if self.client_secret_file.is_some() == self.client_secret_env.is_some() {
+            return Err(ConfigError::new(
+                key,
+                "set exactly one of client_secret_file and client_secret_env",
+            ));
+        }
         if self.timeout.is_zero() || self.timeout > MAX_OUTBOUND_TIMEOUT {
             return Err(ConfigError::new(
                 format!("{key}.timeout"),

@@ -385,8 +385,6 @@ pub struct IdentityMapping {
     output: IdentityOutput,
     /// Lower-case email → (user, groups), cleaned like every header value.
     impersonation_map: HashMap<String, (String, Vec<String>)>,
-    /// Each issuer's claim rules, by issuer index.
-    rules: Box<[ClaimRules]>,
     /// The built-in header names, then the claim headers' names.
     names: Arc<[HeaderName]>,
 }
@@ -493,15 +491,7 @@ impl IdentityMapping {
             groups_filter,
             output: settings.output,
             impersonation_map,
-            rules: Box::default(),
         })
-    }
-
-    /// Reads each issuer's claims by its own [`ClaimRules`]; `issuers` in configuration
-    /// order, so that the index of an issuer is its index here.
-    pub fn with_issuers(mut self, issuers: &[IssuerSettings]) -> Self {
-        self.rules = issuers.iter().map(ClaimRules::from).collect();
-        self
     }
 
     /// Every header name an identity of this mapping may carry, whichever output is
@@ -518,22 +508,18 @@ impl IdentityMapping {
         self.build(claims, None, ClaimRules::default())
     }
 
-    /// The identity carried by the claims of a JWT from issuer `issuer` (its index): the
+    /// The identity carried by the claims of a JWT, read by its issuer's `rules`: the
     /// configured user claim, else `sub`.
-    pub fn jwt_identity(&self, issuer: usize, claims: &Value) -> Identity {
-        self.build(claims, None, self.rules_of(issuer))
+    pub fn jwt_identity(&self, rules: ClaimRules, claims: &Value) -> Identity {
+        self.build(claims, None, rules)
     }
 
-    /// The identity in an RFC 7662 introspection answer from issuer `issuer`, with the
+    /// The identity in an RFC 7662 introspection answer, read by its issuer's `rules`, with the
     /// same mapping and rules as JWT claims. Introspection names the user `username`
     /// (RFC 7662 §2.2) where JWTs say `preferred_username`, so `username` is tried between
     /// the configured claim and `sub`.
-    pub fn introspection_identity(&self, issuer: usize, answer: &Value) -> Identity {
-        self.build(answer, Some("username"), self.rules_of(issuer))
-    }
-
-    fn rules_of(&self, issuer: usize) -> ClaimRules {
-        self.rules.get(issuer).copied().unwrap_or_default()
+    pub fn introspection_identity(&self, rules: ClaimRules, answer: &Value) -> Identity {
+        self.build(answer, Some("username"), rules)
     }
 
     /// Cleans every value once, here, on the cache miss: the policy then judges exactly
@@ -975,9 +961,21 @@ mod tests {
         .unwrap()
     }
 
-    fn with_rules(mut mapping: IdentityMapping, rules: ClaimRules) -> IdentityMapping {
-        mapping.rules = Box::new([rules]);
-        mapping
+    /// A mapping and the claim rules of the issuer it reads for.
+    struct ForIssuer(IdentityMapping, ClaimRules);
+
+    impl ForIssuer {
+        fn jwt_identity(&self, claims: &Value) -> Identity {
+            self.0.jwt_identity(self.1, claims)
+        }
+
+        fn introspection_identity(&self, answer: &Value) -> Identity {
+            self.0.introspection_identity(self.1, answer)
+        }
+    }
+
+    fn with_rules(mapping: IdentityMapping, rules: ClaimRules) -> ForIssuer {
+        ForIssuer(mapping, rules)
     }
 
     fn impersonation(settings: IdentitySettings) -> IdentityMapping {
@@ -1188,7 +1186,7 @@ mod tests {
         let verified = json!({"sub": "u-1", "email": "alice@example.com", "email_verified": true});
         let lenient = with_rules(mapping("groups"), ClaimRules::default());
         assert_eq!(
-            lenient.jwt_identity(0, &claims).email(),
+            lenient.jwt_identity(&claims).email(),
             Some("alice@example.com")
         );
         let strict = with_rules(
@@ -1198,10 +1196,10 @@ mod tests {
                 ..ClaimRules::default()
             },
         );
-        assert_eq!(strict.jwt_identity(0, &claims).email(), None);
-        assert_eq!(strict.introspection_identity(0, &claims).email(), None);
+        assert_eq!(strict.jwt_identity(&claims).email(), None);
+        assert_eq!(strict.introspection_identity(&claims).email(), None);
         assert_eq!(
-            strict.jwt_identity(0, &verified).email(),
+            strict.jwt_identity(&verified).email(),
             Some("alice@example.com")
         );
     }
@@ -1210,7 +1208,9 @@ mod tests {
     fn introspection_answers_follow_the_email_rule() {
         let answer = json!({"active": true, "sub": "u-2", "email": "bob@example.com", "email_verified": false});
         assert_eq!(
-            mapping("groups").introspection_identity(0, &answer).email(),
+            mapping("groups")
+                .introspection_identity(ClaimRules::default(), &answer)
+                .email(),
             None
         );
     }
@@ -1329,9 +1329,9 @@ mod tests {
                 ..ClaimRules::default()
             },
         );
-        let identity = spaced.jwt_identity(0, &claims);
+        let identity = spaced.jwt_identity(&claims);
         assert_eq!(identity.groups().collect::<Vec<_>>(), ["Finance", "Admins"]);
-        let identity = spaced.jwt_identity(0, &json!({"groups": "a,b c"}));
+        let identity = spaced.jwt_identity(&json!({"groups": "a,b c"}));
         assert_eq!(identity.groups().collect::<Vec<_>>(), ["c"]);
         let identity = mapping("groups").identity(&json!({"groups": " admins\t"}));
         assert_eq!(identity.groups().collect::<Vec<_>>(), ["admins"]);
@@ -1391,17 +1391,23 @@ mod tests {
         let mapping = mapping("groups");
         let answer = json!({"sub": "u-1", "username": "bob"});
         assert_eq!(
-            mapping.introspection_identity(0, &answer).user(),
+            mapping
+                .introspection_identity(ClaimRules::default(), &answer)
+                .user(),
             Some("bob")
         );
         let answer = json!({"sub": "u-1", "username": "bob", "preferred_username": "alice"});
         assert_eq!(
-            mapping.introspection_identity(0, &answer).user(),
+            mapping
+                .introspection_identity(ClaimRules::default(), &answer)
+                .user(),
             Some("alice")
         );
         let answer = json!({"sub": "u-1"});
         assert_eq!(
-            mapping.introspection_identity(0, &answer).user(),
+            mapping
+                .introspection_identity(ClaimRules::default(), &answer)
+                .user(),
             Some("u-1")
         );
         // JWTs keep their mapping: `username` is not a JWT user claim.

@@ -6,7 +6,10 @@
 //! # Layout
 //!
 //! - [`config`]: settings file + `TOKENGATE__…` overrides, validated at start-up;
+//! - [`runtime`]: `compile(Settings) -> Runtime`, once, for start-up, `--check-config`
+//!   and reloads;
 //! - [`startup`]: [`startup::Application`] binds both listeners and runs them;
+//! - [`reload`]: SIGHUP and file changes compile the file again and swap the runtime;
 //! - [`shutdown`]: the signal every background task watches to end by itself;
 //! - [`telemetry`]: the tracing subscriber;
 //! - [`error`]: the one denial type (reason → status and label) and the cause-chain printer;
@@ -35,7 +38,9 @@ pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod request;
+pub mod runtime;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;

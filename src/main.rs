@@ -63,6 +63,10 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        if let Err(error) = tokengate::runtime::check(settings) {
+            eprintln!("{error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         println!("config ok: {}", path.display());
         return ExitCode::SUCCESS;
     }
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     run(async move {
         Application::build(settings)
             .await?
+            .reload_from(path)
             .run_until_stopped()
             .await
             .map_err(StartupError::Serve)

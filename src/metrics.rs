@@ -63,22 +63,63 @@ pub struct Metrics {
     cache_misses: IntCounter,
     introspection_cache_hits: IntCounter,
     introspection_cache_misses: IntCounter,
-    jwks_fetch_ok: Vec<IntCounter>,
-    jwks_fetch_failed: Vec<IntCounter>,
-    /// Per issuer, one counter per [`IntrospectionResult`] (in `ALL` order).
-    introspection_calls: Vec<[IntCounter; 3]>,
-    introspection_duration: Vec<Histogram>,
+    /// The per-issuer families: each issuer resolves its own handles once
+    /// ([`Metrics::issuer`]), when it is compiled (at start-up or on a reload).
+    jwks: IntCounterVec,
+    introspection_calls: IntCounterVec,
+    introspection_duration: HistogramVec,
+    key_age: GaugeVec,
+    introspection_waiting: IntGaugeVec,
     /// Request latency by outcome: allow, deny, error.
     request_duration: [Histogram; 3],
     in_flight: IntGauge,
     /// Entries pushed out of a full cache, by cache.
     pub verified_token_evictions: IntCounter,
     pub introspection_evictions: IntCounter,
-    key_age: Vec<Gauge>,
     /// Entries and bytes held, by [`CacheName`].
     cache_entries: [IntGauge; 2],
     cache_bytes: [IntGauge; 2],
-    introspection_waiting: Vec<IntGauge>,
+    config_reload_ok: IntCounter,
+    config_reload_failed: IntCounter,
+    config_last_reload_success: Gauge,
+}
+
+/// One issuer's series, resolved once so that the request path only increments.
+#[derive(Clone)]
+pub struct IssuerMetrics {
+    jwks_fetch_ok: IntCounter,
+    jwks_fetch_failed: IntCounter,
+    /// One counter per [`IntrospectionResult`] (in `ALL` order).
+    introspection_calls: [IntCounter; 3],
+    introspection_duration: Histogram,
+    key_age: Gauge,
+    pub introspection_waiting: IntGauge,
+}
+
+impl IssuerMetrics {
+    /// Duration of one introspection call.
+    pub fn introspection_duration(&self, elapsed: Duration) {
+        self.introspection_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the key-age gauge (called when metrics are scraped).
+    pub fn set_key_age(&self, age: Option<Duration>) {
+        self.key_age.set(age.map_or(-1.0, |age| age.as_secs_f64()));
+    }
+
+    /// One call to the issuer's introspection endpoint.
+    pub fn introspection_call(&self, result: IntrospectionResult) {
+        // `ALL` lists the variants in declaration order.
+        self.introspection_calls[result as usize].inc();
+    }
+
+    pub fn jwks_fetch(&self, success: bool) {
+        if success {
+            self.jwks_fetch_ok.inc();
+        } else {
+            self.jwks_fetch_failed.inc();
+        }
+    }
 }
 
 /// From 10 µs (a cache hit) to a second (a slow introspection call).
@@ -223,51 +264,89 @@ impl Metrics {
                 decisions.with_label_values(&[outcome, reason.as_str()])
             })
             .collect();
-        let per_issuer = |result: &str| {
-            issuer_names
-                .iter()
-                .map(|name| jwks.with_label_values(&[name.as_str(), result]))
-                .collect()
-        };
-        Ok(Self {
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "tokengate_config_reloads_total",
+                "Configuration reloads by result",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(reloads.clone()))?;
+        let last_reload = Gauge::new(
+            "tokengate_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration reload (0: none since start)",
+        )?;
+        registry.register(Box::new(last_reload.clone()))?;
+        let metrics = Self {
             allowed: decisions.with_label_values(&["allow", "ok"]),
             denied,
             cache_hits: cache.with_label_values(&["verified_token", "hit"]),
             cache_misses: cache.with_label_values(&["verified_token", "miss"]),
             introspection_cache_hits: cache.with_label_values(&["introspection", "hit"]),
             introspection_cache_misses: cache.with_label_values(&["introspection", "miss"]),
-            jwks_fetch_ok: per_issuer("success"),
-            jwks_fetch_failed: per_issuer("failure"),
-            introspection_calls: issuer_names
-                .iter()
-                .map(|name| {
-                    IntrospectionResult::ALL.map(|result| {
-                        introspection.with_label_values(&[name.as_str(), result.as_str()])
-                    })
-                })
-                .collect(),
-            introspection_duration: issuer_names
-                .iter()
-                .map(|name| introspection_durations.with_label_values(&[name.as_str()]))
-                .collect(),
+            jwks,
+            introspection_calls: introspection,
+            introspection_duration: introspection_durations,
+            key_age,
+            introspection_waiting,
             request_duration: [Outcome::Allow, Outcome::Deny, Outcome::Error]
                 .map(|outcome| durations.with_label_values(&[outcome.as_str()])),
             in_flight,
             verified_token_evictions: evictions.with_label_values(&["verified_token"]),
             introspection_evictions: evictions.with_label_values(&["introspection"]),
-            key_age: issuer_names
-                .iter()
-                .map(|name| key_age.with_label_values(&[name.as_str()]))
-                .collect(),
             cache_entries: CacheName::ALL
                 .map(|cache| cache_entries.with_label_values(&[cache.as_str()])),
             cache_bytes: CacheName::ALL
                 .map(|cache| cache_bytes.with_label_values(&[cache.as_str()])),
-            introspection_waiting: issuer_names
-                .iter()
-                .map(|name| introspection_waiting.with_label_values(&[name.as_str()]))
-                .collect(),
-        })
+            config_reload_ok: reloads.with_label_values(&["success"]),
+            config_reload_failed: reloads.with_label_values(&["error"]),
+            config_last_reload_success: last_reload,
+        };
+        for name in issuer_names {
+            metrics.issuer(name);
+        }
+        Ok(metrics)
+    }
+
+    /// The series of the issuer named `name`, created (at zero) if new.
+    pub fn issuer(&self, name: &str) -> IssuerMetrics {
+        IssuerMetrics {
+            jwks_fetch_ok: self.jwks.with_label_values(&[name, "success"]),
+            jwks_fetch_failed: self.jwks.with_label_values(&[name, "failure"]),
+            introspection_calls: IntrospectionResult::ALL.map(|result| {
+                self.introspection_calls
+                    .with_label_values(&[name, result.as_str()])
+            }),
+            introspection_duration: self.introspection_duration.with_label_values(&[name]),
+            key_age: self.key_age.with_label_values(&[name]),
+            introspection_waiting: self.introspection_waiting.with_label_values(&[name]),
+        }
+    }
+
+    /// Drops the series of an issuer a reload removed, so dashboards do not show it
+    /// frozen at its last value.
+    pub fn forget_issuer(&self, name: &str) {
+        for result in ["success", "failure"] {
+            let _ = self.jwks.remove_label_values(&[name, result]);
+        }
+        for result in IntrospectionResult::ALL {
+            let _ = self
+                .introspection_calls
+                .remove_label_values(&[name, result.as_str()]);
+        }
+        let _ = self.introspection_duration.remove_label_values(&[name]);
+        let _ = self.key_age.remove_label_values(&[name]);
+        let _ = self.introspection_waiting.remove_label_values(&[name]);
+    }
+
+    /// Counts a configuration reload; `at` is the Unix time of a successful one.
+    pub fn config_reloaded(&self, success: bool, at: u64) {
+        if success {
+            self.config_reload_ok.inc();
+            self.config_last_reload_success.set(at as f64);
+        } else {
+            self.config_reload_failed.inc();
+        }
     }
 
     /// Counts a finished decision and its latency.
@@ -284,32 +363,6 @@ impl Metrics {
     pub fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.inc();
         InFlight(&self.in_flight)
-    }
-
-    /// Duration of one introspection call.
-    pub fn introspection_duration(&self, issuer: usize, elapsed: Duration) {
-        if let Some(histogram) = self.introspection_duration.get(issuer) {
-            histogram.observe(elapsed.as_secs_f64());
-        }
-    }
-
-    /// The gauge of requests waiting for an introspection slot at issuer `issuer` (a
-    /// detached one for an index without a series).
-    pub fn introspection_waiting(&self, issuer: usize) -> IntGauge {
-        self.introspection_waiting
-            .get(issuer)
-            .cloned()
-            .unwrap_or_else(|| {
-                IntGauge::new("tokengate_introspection_waiting", "detached")
-                    .expect("a valid metric name")
-            })
-    }
-
-    /// Sets the key-age gauge of issuer `issuer` (called when metrics are scraped).
-    pub fn set_key_age(&self, issuer: usize, age: Option<Duration>) {
-        if let Some(gauge) = self.key_age.get(issuer) {
-            gauge.set(age.map_or(-1.0, |age| age.as_secs_f64()));
-        }
     }
 
     /// Sets the size gauges of one cache (called when metrics are scraped).
@@ -333,25 +386,6 @@ impl Metrics {
             self.introspection_cache_hits.inc();
         } else {
             self.introspection_cache_misses.inc();
-        }
-    }
-
-    /// One call to issuer `issuer`'s introspection endpoint.
-    pub fn introspection_call(&self, issuer: usize, result: IntrospectionResult) {
-        if let Some(counters) = self.introspection_calls.get(issuer) {
-            // `ALL` lists the variants in declaration order.
-            counters[result as usize].inc();
-        }
-    }
-
-    pub fn jwks_fetch(&self, issuer: usize, success: bool) {
-        let counters = if success {
-            &self.jwks_fetch_ok
-        } else {
-            &self.jwks_fetch_failed
-        };
-        if let Some(counter) = counters.get(issuer) {
-            counter.inc();
         }
     }
 }

@@ -1,27 +1,26 @@
-//! Builds the application from validated settings: HTTP client, verifier, first key
+//! Builds the application from validated settings: the compiled runtime, the first key
 //! fetch, background refreshers and the listeners (auth, admin, and gRPC when
 //! configured; each on TCP or a unix socket). Binding to port 0 works, and the bound
 //! addresses are exposed for tests.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse, HttpServer};
+use arc_swap::ArcSwap;
 use prometheus::Registry;
-use tokio::task::JoinHandle;
 
-use crate::config::{ConfigError, HttpClientSettings, IdentityOutput, Settings, ShutdownSettings};
-use crate::gate::Gate;
+use crate::config::{ConfigError, IdentityOutput, Settings, ShutdownSettings};
 use crate::grpc::GrpcServer;
 use crate::http::{admin, auth, ext_authz, AppState};
 use crate::listener::{BoundAddress, Listener, SocketFile};
 use crate::metrics::Metrics;
-use crate::policy::RouteRules;
-use crate::request::ProxyHeaders;
-use crate::shutdown::{Shutdown, ShutdownTrigger};
-use crate::verify::Verifier;
+use crate::reload::Reloader;
+use crate::runtime;
+use crate::shutdown::{BackgroundTasks, Shutdown, ShutdownTrigger};
+use crate::verify::issuer::NewKeyStore;
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +37,6 @@ pub enum StartupError {
     SocketInUse { address: String },
     #[error("cannot listen on {address}: the path exists and is not a socket")]
     NotASocket { address: String },
-    #[error("HTTP client setup failed")]
-    HttpClient(#[source] reqwest::Error),
     #[error("metrics registration failed")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot serve on {address}")]
@@ -78,10 +75,14 @@ pub struct Application {
     /// The HTTP listeners' socket files, removed once the application is gone.
     _socket_files: Vec<SocketFile>,
     state: web::Data<AppState>,
-    refreshers: Vec<JoinHandle<()>>,
+    tasks: BackgroundTasks,
     /// Ends the background tasks: triggered when serving stops, or dropped with an
     /// application that never ran.
     background: ShutdownTrigger,
+    /// What the background tasks watch.
+    shutdown_signal: Shutdown,
+    /// The configuration file to reload on SIGHUP and on change, if any.
+    config_path: Option<PathBuf>,
 }
 
 impl Application {
@@ -95,18 +96,37 @@ impl Application {
         settings: Settings,
         registry: Registry,
     ) -> Result<Self, StartupError> {
-        settings.validate()?;
-        let client = http_client(&settings.http_client)?;
         let issuer_names: Vec<String> = settings
             .issuers
             .iter()
             .map(|issuer| issuer.display_name().to_owned())
             .collect();
         let metrics = Arc::new(Metrics::new(&registry, &issuer_names)?);
-        let verifier = Verifier::new(&settings, client, metrics.clone())?;
         let (background, shutdown) = ShutdownTrigger::new();
-        let refreshers = start_key_refreshers(&verifier, &shutdown).await;
+        let compiled = runtime::compile(settings, &metrics, &shutdown, None)?;
+        let tasks = BackgroundTasks::default();
+        start_key_stores(compiled.new_key_stores, &tasks).await;
+        let settings = compiled.runtime.settings.clone();
+        for issuer in compiled.runtime.gate.verifier.issuers() {
+            if issuer.keys.is_ready() && !issuer.introspection_endpoint_known() {
+                tracing::error!(
+                    issuer = %issuer.name,
+                    "introspection is configured, but no endpoint is: the discovery document names \
+                     no introspection_endpoint; set introspection.endpoint (not ready until then)"
+                );
+            }
+        }
 
+        if settings.grpc_listen.is_some()
+            && settings.identity.output == IdentityOutput::KubernetesImpersonation
+        {
+            tracing::warn!(
+                "identity.output is kubernetes_impersonation and grpc_listen is set: over gRPC, \
+                 an identity with several groups is refused (403 several_impersonation_groups), \
+                 because Envoy's gRPC ext_authz cannot pass several Impersonate-Group lines; \
+                 Envoy's HTTP ext_authz can (docs/grpc.md)"
+            );
+        }
         let socket_mode = settings.server.socket_mode()?;
         let listener = Listener::bind(&settings.listen, socket_mode)?;
         let admin_listener = Listener::bind(&settings.admin_listen, socket_mode)?;
@@ -118,25 +138,10 @@ impl Application {
         let auth_address = bound_address(&listener, &settings.listen.to_string())?;
         let admin_address = bound_address(&admin_listener, &settings.admin_listen.to_string())?;
 
-        let success_status = StatusCode::from_u16(settings.success_status)
-            .map_err(|_| ConfigError::new("success_status", "not an HTTP status"))?;
-        let rules = RouteRules::new(&settings.rules)?;
         let state = web::Data::new(AppState {
-            gate: Gate::new(verifier, rules, settings.cache.proxy_cache_route_verdicts),
-            token_sources: settings.token_sources()?,
-            max_token_length: settings.token.max_length,
-            // Unset means no rule depends on the original request (validated): it is
-            // then read for the audit line only.
-            proxy_headers: settings.proxy_headers.unwrap_or(ProxyHeaders::Auto),
-            path_parameters: settings.path_parameters,
-            refuse_impersonation_headers: settings.identity.output
-                == IdentityOutput::KubernetesImpersonation,
-            max_header_bytes: settings.server.max_header_bytes,
-            max_headers: settings.server.max_headers,
-            allow_log_level: settings.log.allow_level,
+            runtime: ArcSwap::from_pointee(compiled.runtime),
             metrics,
             registry,
-            success_status,
             shutting_down: AtomicBool::new(false),
         });
 
@@ -213,9 +218,18 @@ impl Application {
             admin_address,
             _socket_files: socket_files,
             state,
-            refreshers,
+            tasks,
             background,
+            shutdown_signal: shutdown,
+            config_path: None,
         })
+    }
+
+    /// Reloads the configuration from `path` on SIGHUP and whenever the file changes,
+    /// while serving (see [`crate::reload`]).
+    pub fn reload_from(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
     }
 
     /// Port of the auth listener (0 on a unix socket).
@@ -276,6 +290,15 @@ impl Application {
         // they must not outlive this future if it is dropped (a caller's timeout). The
         // gRPC listener ends with `self.grpc_server` on drop.
         let _stop_on_drop = StopOnDrop([auth_handle.clone(), admin_handle.clone()]);
+        if let Some(path) = self.config_path.take() {
+            let reloader = Reloader::new(
+                path,
+                self.state.clone(),
+                self.shutdown_signal.clone(),
+                self.tasks.clone(),
+            );
+            self.tasks.spawn(reloader.run(self.shutdown_signal.clone()));
+        }
         let mut auth = tokio::spawn(self.auth_server);
         let mut admin = tokio::spawn(self.admin_server);
         let mut grpc = self.grpc_server.as_mut().and_then(GrpcServer::take_task);
@@ -310,8 +333,9 @@ impl Application {
                     }
                 };
                 let drained = tokio::time::timeout(left, async {
-                    // Stop accepting and wait for in-flight requests; the admin listener
-                    // goes last so that `/readyz` answers "not ready" until the end.
+                    // Stop accepting and wait for in-flight requests and streams; the
+                    // admin listener goes last so that `/readyz` answers "not ready"
+                    // until the end.
                     tokio::join!(auth_handle.stop(true), grpc_drained);
                     admin_handle.stop(true).await;
                 })
@@ -330,11 +354,9 @@ impl Application {
         };
         self.state.shutting_down.store(true, Ordering::Release);
         self.background.trigger();
-        for refresher in std::mem::take(&mut self.refreshers) {
-            // Each ends at its next await point; a refresh in flight is bounded by the
-            // HTTP client's timeout.
-            let _ = refresher.await;
-        }
+        // Each ends at its next await point; a refresh in flight is bounded by the HTTP
+        // client's timeout.
+        self.tasks.join_all().await;
         // The gRPC runtime and every socket file go with the application.
         drop(self.grpc_server.take());
         result
@@ -378,33 +400,23 @@ async fn shutdown_signal() {
     }
 }
 
-/// Fetches every issuer's keys once, concurrently, then leaves one refresher per issuer
-/// running. Start-up waits for the first attempt (bounded by the client's timeouts) so
-/// that a healthy deployment is ready as soon as it listens.
-async fn start_key_refreshers(verifier: &Verifier, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
+/// Fetches each new key store's keys once, concurrently, then leaves its refresher
+/// running. Start-up waits for the first attempts (bounded by the client's timeouts) so
+/// that a healthy deployment is ready as soon as it listens; a reload runs this in the
+/// background.
+pub(crate) async fn start_key_stores(stores: Vec<NewKeyStore>, tasks: &BackgroundTasks) {
     let mut first_fetches = tokio::task::JoinSet::new();
-    for store in verifier.key_stores().cloned() {
+    for NewKeyStore { keys, shutdown } in stores {
         first_fetches.spawn(async move {
-            let first = store.refresh().await;
-            (store, first)
+            let first = keys.refresh().await;
+            (keys, shutdown, first)
         });
     }
-    let mut refreshers = Vec::new();
     while let Some(joined) = first_fetches.join_next().await {
-        if let Ok((store, first)) = joined {
-            refreshers.push(tokio::spawn(store.run_refresher(first, shutdown.clone())));
+        if let Ok((keys, shutdown, first)) = joined {
+            tasks.spawn(keys.run_refresher(first, shutdown));
         }
     }
-    for (index, keys) in verifier.key_stores().enumerate() {
-        if keys.is_ready() && !verifier.introspector().endpoint_known(index) {
-            tracing::error!(
-                issuer = verifier.issuer_name(index),
-                "introspection is configured, but no endpoint is: the discovery document names \
-                 no introspection_endpoint; set introspection.endpoint (not ready until then)"
-            );
-        }
-    }
-    refreshers
 }
 
 fn bound_address(listener: &Listener, address: &str) -> Result<BoundAddress, StartupError> {
@@ -414,17 +426,4 @@ fn bound_address(listener: &Listener, address: &str) -> Result<BoundAddress, Sta
             address: address.to_owned(),
             source,
         })
-}
-
-/// The one outbound client: bounded timeouts, no redirects (keys come only from the
-/// configured or discovered URL), optional extra CA bundle.
-fn http_client(settings: &HttpClientSettings) -> Result<reqwest::Client, StartupError> {
-    reqwest::Client::builder()
-        .connect_timeout(settings.connect_timeout)
-        .timeout(settings.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
-        .tls_certs_merge(settings.ca_certificates()?)
-        .build()
-        .map_err(StartupError::HttpClient)
 }

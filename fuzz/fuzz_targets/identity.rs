@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tokengate::config::{IdentityOutput, Settings};
-use tokengate::identity::{Identity, IdentityMapping};
+use tokengate::identity::{ClaimRules, Identity, IdentityMapping};
 
 /// What the map in the impersonation mapping grants.
 const MAPPED_EMAIL: &str = "root@example.com";
@@ -24,6 +24,7 @@ const MAPPED_GROUP: &str = "system:masters";
 
 struct Case {
     mapping: IdentityMapping,
+    rules: ClaimRules,
     output: IdentityOutput,
     max_header_length: usize,
     max_headers_bytes: usize,
@@ -87,9 +88,8 @@ fn cases() -> &'static [Case] {
                 let settings = Settings::from_yaml(&yaml).expect("fuzz settings");
                 let identity = &settings.identity;
                 Case {
-                    mapping: IdentityMapping::new(identity)
-                        .expect("mapping")
-                        .with_issuers(&settings.issuers),
+                    mapping: IdentityMapping::new(identity).expect("mapping"),
+                    rules: ClaimRules::from(&settings.issuers[0]),
                     output: identity.output,
                     max_header_length: identity.max_header_length,
                     max_headers_bytes: identity.max_headers_bytes,
@@ -197,7 +197,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for case in cases() {
-        check(case, &case.mapping.jwt_identity(0, &claims));
-        check(case, &case.mapping.introspection_identity(0, &claims));
+        check(case, &case.mapping.jwt_identity(case.rules, &claims));
+        check(case, &case.mapping.introspection_identity(case.rules, &claims));
     }
 });

@@ -49,8 +49,8 @@ fn fixture() -> &'static Fixture {
             Verifier::new(&settings, reqwest::Client::new(), metrics).expect("verifier")
         });
         let document = serde_json::to_vec(&jwks_document(&keys)).expect("jwks");
-        for store in verifier.key_stores() {
-            store.load_jwks(&document).expect("keys load");
+        for issuer in verifier.issuers() {
+            issuer.keys.load_jwks(&document).expect("keys load");
         }
         let claims = json!({
             "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "exp": 4_000_000_000u64,

@@ -26,6 +26,7 @@ use crate::http::{judge, respond, AppState, Contract};
 use crate::identity::IMPERSONATE_GROUP;
 use crate::policy::Requirements;
 use crate::request::{OriginalRequest, PathParameters};
+use crate::runtime::Runtime;
 
 /// `Impersonate-Uid`: a Kubernetes impersonation header tokengate never sets, removed
 /// like the ones it does.
@@ -33,30 +34,23 @@ const IMPERSONATE_UID: HeaderName = HeaderName::from_static("impersonate-uid");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const HOST: HeaderName = HeaderName::from_static("host");
 
-/// What an answer carries besides the decision (`grpc.*` settings).
-#[derive(Debug, Clone)]
-pub struct AnswerSettings {
-    /// List `authorization` in `headers_to_remove` on every allow.
-    pub remove_authorization: bool,
-    /// The key of tokengate's `dynamic_metadata`.
-    pub metadata_namespace: String,
-}
-
-/// The `Authorization` service, sharing the HTTP listener's state.
+/// The `Authorization` service, sharing the HTTP listeners' state: what it reads of it
+/// is the runtime (swapped whole by a reload) and the metrics.
 pub struct CheckService {
     state: actix_web::web::Data<AppState>,
-    answer: AnswerSettings,
 }
 
 impl CheckService {
-    pub fn new(state: actix_web::web::Data<AppState>, answer: AnswerSettings) -> Self {
-        Self { state, answer }
+    pub fn new(state: actix_web::web::Data<AppState>) -> Self {
+        Self { state }
     }
 
     /// Decides one `CheckRequest`. Never fails: an unreadable call is a denial too.
     pub async fn decide(&self, request: &CheckRequest) -> CheckResponse {
-        let state = &*self.state;
-        let limits = HeadLimits::of(state);
+        // The runtime this check started with answers it, whatever a reload does
+        // meanwhile.
+        let runtime = self.state.runtime.load_full();
+        let limits = HeadLimits::of(&runtime);
         let (headers, original, requirements) = match read_request(request, limits) {
             Ok(call) => {
                 let original = OriginalRequest::from_ext_authz(
@@ -70,133 +64,134 @@ impl CheckService {
             Err(error) => (HeaderMap::new(), Err(error), Ok(Requirements::default())),
         };
         judge(
-            state,
+            &runtime,
+            &self.state.metrics,
             Contract::ExtAuthzGrpc,
             &headers,
             original,
             requirements,
-            |decision| self.render(decision),
+            |decision| render(&runtime, decision),
         )
         .await
     }
+}
 
-    /// The `CheckResponse` of a decision.
-    fn render(&self, decision: &mut Decision<'_>) -> CheckResponse {
-        if decision.outcome.is_ok() && several_impersonation_groups(decision) {
-            decision.outcome = Err(Reason::SeveralImpersonationGroups.into());
-        }
-        let metadata = self.metadata(decision);
-        match &decision.outcome {
-            Ok(_) => CheckResponse {
-                status: Some(rpc::Status {
-                    code: tonic::Code::Ok as i32,
-                    ..rpc::Status::default()
-                }),
-                http_response: Some(HttpResponse::OkResponse(self.allow(decision))),
-                dynamic_metadata: Some(metadata),
-            },
-            Err(error) => {
-                let mut response = denial(error.reason);
-                response.dynamic_metadata = Some(metadata);
-                response
-            }
+/// The `CheckResponse` of a decision.
+fn render(runtime: &Runtime, decision: &mut Decision<'_>) -> CheckResponse {
+    if decision.outcome.is_ok() && several_impersonation_groups(decision) {
+        decision.outcome = Err(Reason::SeveralImpersonationGroups.into());
+    }
+    let metadata = metadata(runtime, decision);
+    match &decision.outcome {
+        Ok(_) => CheckResponse {
+            status: Some(rpc::Status {
+                code: tonic::Code::Ok as i32,
+                ..rpc::Status::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(allow(runtime, decision))),
+            dynamic_metadata: Some(metadata),
+        },
+        Err(error) => {
+            let mut response = denial(error.reason);
+            response.dynamic_metadata = Some(metadata);
+            response
         }
     }
+}
 
-    /// The identity headers, set with overwrite semantics (a client's own value of the
-    /// same name never survives beside ours), and every other identity header tokengate
-    /// owns removed. Envoy applies `headers_to_remove` after the sets, so a name both set
-    /// and removed would never reach the upstream: only names not set are removed.
-    fn allow(&self, decision: &Decision<'_>) -> OkHttpResponse {
-        let set: Vec<(HeaderName, HeaderValue)> = respond::identity_headers(decision).collect();
-        let uid = IMPERSONATE_UID;
-        let owned = self
-            .state
-            .gate
-            .verifier
-            .identity_mapping()
-            .header_names()
-            .iter()
-            .chain(std::iter::once(&uid));
-        let mut headers_to_remove: Vec<String> = Vec::new();
-        for name in owned {
-            let is_set = set.iter().any(|(set, _)| set == name);
-            if !is_set
-                && !headers_to_remove
-                    .iter()
-                    .any(|listed| listed == name.as_str())
-            {
-                headers_to_remove.push(name.as_str().to_owned());
-            }
-        }
-        if self.answer.remove_authorization {
-            headers_to_remove.push("authorization".to_owned());
-        }
-        OkHttpResponse {
-            headers: set
+/// The identity headers, set with overwrite semantics (a client's own value of the
+/// same name never survives beside ours), and every other identity header tokengate
+/// owns removed. Envoy applies `headers_to_remove` after the sets, so a name both set
+/// and removed would never reach the upstream: only names not set are removed.
+fn allow(runtime: &Runtime, decision: &Decision<'_>) -> OkHttpResponse {
+    let set: Vec<(HeaderName, HeaderValue)> = respond::identity_headers(decision).collect();
+    let uid = IMPERSONATE_UID;
+    let owned = runtime
+        .gate
+        .verifier
+        .identity_mapping()
+        .header_names()
+        .iter()
+        .chain(std::iter::once(&uid));
+    let mut headers_to_remove: Vec<String> = Vec::new();
+    for name in owned {
+        let is_set = set.iter().any(|(set, _)| set == name);
+        if !is_set
+            && !headers_to_remove
                 .iter()
-                .map(|(name, value)| {
-                    set_header(name.as_str(), String::from_utf8_lossy(value.as_bytes()))
+                .any(|listed| listed == name.as_str())
+        {
+            headers_to_remove.push(name.as_str().to_owned());
+        }
+    }
+    if runtime.settings.grpc.remove_authorization {
+        headers_to_remove.push("authorization".to_owned());
+    }
+    OkHttpResponse {
+        headers: set
+            .iter()
+            .map(|(name, value)| {
+                set_header(name.as_str(), String::from_utf8_lossy(value.as_bytes()))
+            })
+            .collect(),
+        headers_to_remove,
+        ..OkHttpResponse::default()
+    }
+}
+
+/// What Envoy keeps of the decision for its access log, RBAC and rate limits, under
+/// `grpc.metadata_namespace`: only fields the decision has, never the token.
+fn metadata(runtime: &Runtime, decision: &Decision<'_>) -> Struct {
+    let mut fields = HashMap::new();
+    let mut put = |key: &str, kind: Kind| {
+        fields.insert(key.to_owned(), Value { kind: Some(kind) });
+    };
+    let text = |value: &str| Kind::StringValue(value.to_owned());
+    let list = |values: &mut dyn Iterator<Item = &str>| {
+        Kind::ListValue(ListValue {
+            values: values
+                .map(|value| Value {
+                    kind: Some(Kind::StringValue(value.to_owned())),
                 })
                 .collect(),
-            headers_to_remove,
-            ..OkHttpResponse::default()
+        })
+    };
+    if let Some(token) = &decision.token {
+        let identity = &token.identity;
+        if let Some(issuer) = runtime.gate.verifier.issuer(token.issuer) {
+            put("iss", text(issuer.issuer()));
         }
-    }
-
-    /// What Envoy keeps of the decision for its access log, RBAC and rate limits, under
-    /// `grpc.metadata_namespace`: only fields the decision has, never the token.
-    fn metadata(&self, decision: &Decision<'_>) -> Struct {
-        let mut fields = HashMap::new();
-        let mut put = |key: &str, kind: Kind| {
-            fields.insert(key.to_owned(), Value { kind: Some(kind) });
-        };
-        let text = |value: &str| Kind::StringValue(value.to_owned());
-        let list = |values: &mut dyn Iterator<Item = &str>| {
-            Kind::ListValue(ListValue {
-                values: values
-                    .map(|value| Value {
-                        kind: Some(Kind::StringValue(value.to_owned())),
-                    })
-                    .collect(),
-            })
-        };
-        if let Some(token) = &decision.token {
-            let identity = &token.identity;
-            let verifier = &self.state.gate.verifier;
-            put("iss", text(verifier.issuer_url(token.issuer)));
-            for (key, value) in [
-                ("sub", identity.subject()),
-                ("user", identity.user()),
-                ("email", identity.email()),
-                ("client_id", identity.client_id()),
-            ] {
-                if let Some(value) = value {
-                    put(key, text(value));
-                }
+        for (key, value) in [
+            ("sub", identity.subject()),
+            ("user", identity.user()),
+            ("email", identity.email()),
+            ("client_id", identity.client_id()),
+        ] {
+            if let Some(value) = value {
+                put(key, text(value));
             }
-            put("groups", list(&mut identity.groups()));
-            put("scopes", list(&mut identity.scopes()));
         }
-        if let Some(rule) = decision.rule {
-            put("rule", text(rule));
-        }
-        put("cache_hit", Kind::BoolValue(decision.cache_hit));
-        let outcome = match &decision.outcome {
-            Ok(Verdict::Authenticated) => "ok",
-            Ok(Verdict::Anonymous) => "anonymous",
-            Err(error) => error.reason.as_str(),
-        };
-        put("reason", text(outcome));
-        let mut namespaced = HashMap::new();
-        namespaced.insert(
-            self.answer.metadata_namespace.clone(),
-            Value {
-                kind: Some(Kind::StructValue(Struct { fields })),
-            },
-        );
-        Struct { fields: namespaced }
+        put("groups", list(&mut identity.groups()));
+        put("scopes", list(&mut identity.scopes()));
     }
+    if let Some(rule) = decision.rule {
+        put("rule", text(rule));
+    }
+    put("cache_hit", Kind::BoolValue(decision.cache_hit));
+    let outcome = match &decision.outcome {
+        Ok(Verdict::Authenticated) => "ok",
+        Ok(Verdict::Anonymous) => "anonymous",
+        Err(error) => error.reason.as_str(),
+    };
+    put("reason", text(outcome));
+    let mut namespaced = HashMap::new();
+    namespaced.insert(
+        runtime.settings.grpc.metadata_namespace.clone(),
+        Value {
+            kind: Some(Kind::StructValue(Struct { fields })),
+        },
+    );
+    Struct { fields: namespaced }
 }
 
 #[tonic::async_trait]
@@ -279,11 +274,11 @@ pub struct HeadLimits {
 }
 
 impl HeadLimits {
-    fn of(state: &AppState) -> Self {
+    fn of(runtime: &Runtime) -> Self {
         Self {
-            max_headers: state.max_headers,
-            max_header_bytes: state.max_header_bytes,
-            path_parameters: state.path_parameters,
+            max_headers: runtime.max_headers,
+            max_header_bytes: runtime.max_header_bytes,
+            path_parameters: runtime.path_parameters,
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::http::{admin, AppState};
 use crate::listener::{BoundAddress, Listener, SocketFile};
 use crate::shutdown::Shutdown;
 use crate::startup::StartupError;
-use check::{AnswerSettings, CheckService};
+use check::CheckService;
 
 /// How often the health service re-reads readiness (keys loaded, not too stale).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
@@ -83,14 +83,8 @@ impl GrpcServer {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         report(&health, serving(&state)).await;
-        let check = AuthorizationServer::new(CheckService::new(
-            state.clone(),
-            AnswerSettings {
-                remove_authorization: settings.remove_authorization,
-                metadata_namespace: settings.metadata_namespace.clone(),
-            },
-        ))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let check = AuthorizationServer::new(CheckService::new(state.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(settings.max_concurrent_streams)
             .http2_keepalive_interval(Some(settings.keep_alive_interval))

@@ -33,20 +33,20 @@ pub fn readiness(state: &AppState) -> Result<(), String> {
     if state.shutting_down.load(Ordering::Acquire) {
         return Err("shutting down".to_owned());
     }
-    let verifier = &state.gate.verifier;
-    let pending: Vec<&str> = verifier
-        .key_stores()
-        .enumerate()
-        .filter(|(_, keys)| !keys.is_ready())
-        .map(|(index, _)| verifier.issuer_name(index))
+    let runtime = state.runtime.load();
+    let issuers = runtime.gate.verifier.issuers();
+    let pending: Vec<&str> = issuers
+        .iter()
+        .filter(|issuer| !issuer.keys.is_ready())
+        .map(|issuer| issuer.name.as_str())
         .collect();
     if !pending.is_empty() {
         return Err(format!("keys not loaded: {}", pending.join(", ")));
     }
-    let introspector = verifier.introspector();
-    let no_endpoint: Vec<&str> = (0..verifier.key_stores().count())
-        .filter(|index| !introspector.endpoint_known(*index))
-        .map(|index| verifier.issuer_name(index))
+    let no_endpoint: Vec<&str> = issuers
+        .iter()
+        .filter(|issuer| !issuer.introspection_endpoint_known())
+        .map(|issuer| issuer.name.as_str())
         .collect();
     if !no_endpoint.is_empty() {
         return Err(format!(
@@ -59,10 +59,11 @@ pub fn readiness(state: &AppState) -> Result<(), String> {
 
 /// Prometheus text exposition of the registry passed to the application.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    for (index, keys) in state.gate.verifier.key_stores().enumerate() {
-        state.metrics.set_key_age(index, keys.key_age());
+    let runtime = state.runtime.load();
+    let verifier = &runtime.gate.verifier;
+    for issuer in verifier.issuers() {
+        issuer.metrics.set_key_age(issuer.keys.key_age());
     }
-    let verifier = &state.gate.verifier;
     let (cache, introspector) = (verifier.cache(), verifier.introspector());
     state.metrics.set_cache_size(
         CacheName::VerifiedToken,

@@ -9,17 +9,20 @@ use crate::request::OriginalRequest;
 
 /// Any method: nginx always sends GET, Traefik forwards the client's method.
 pub async fn auth(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    // The runtime this request started with answers it, whatever a reload does meanwhile.
+    let runtime = state.runtime.load_full();
     let headers = request.headers();
     let original =
-        OriginalRequest::from_auth_headers(headers, state.proxy_headers, state.path_parameters);
+        OriginalRequest::from_auth_headers(headers, runtime.proxy_headers, runtime.path_parameters);
     let query = Requirements::from_query(request.query_string());
     decide(
-        &state,
+        &runtime,
+        &state.metrics,
         Contract::Auth,
         headers,
         original,
         query,
-        state.success_status,
+        None,
     )
     .await
 }

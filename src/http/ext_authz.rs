@@ -13,6 +13,8 @@ use crate::request::OriginalRequest;
 pub const PREFIX: &str = "/ext-authz";
 
 pub async fn ext_authz(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    // The runtime this request started with answers it, whatever a reload does meanwhile.
+    let runtime = state.runtime.load_full();
     // The raw path, as Envoy forwarded it: `parse_path` judges and decodes it. The query
     // string is the client's own, so it carries no policy: Envoy routes use config rules.
     let raw = request.uri().path();
@@ -24,15 +26,16 @@ pub async fn ext_authz(request: HttpRequest, state: web::Data<AppState>) -> Http
         request.method().as_str(),
         path,
         request.headers(),
-        state.path_parameters,
+        runtime.path_parameters,
     );
     decide(
-        &state,
+        &runtime,
+        &state.metrics,
         Contract::ExtAuthzHttp,
         request.headers(),
         original,
         Ok(Requirements::default()),
-        StatusCode::OK,
+        Some(StatusCode::OK),
     )
     .await
 }

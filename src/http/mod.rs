@@ -19,36 +19,25 @@ use std::time::Instant;
 use actix_web::http::header::{self, HeaderMap, HeaderName};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
+use arc_swap::ArcSwap;
 use prometheus::Registry;
 use tracing::Level;
 
 use crate::config::AllowLogLevel;
 use crate::error::{AuthError, Reason};
-use crate::gate::{AuthQuery, Decision, Gate, Verdict};
+use crate::gate::{AuthQuery, Decision, Verdict};
 use crate::identity::Identity;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::Requirements;
-use crate::request::{extract_token, OriginalRequest, PathParameters, ProxyHeaders, TokenSource};
+use crate::request::{extract_token, OriginalRequest};
+use crate::runtime::Runtime;
 
-/// State shared by every worker of both listeners, built once.
+/// State shared by every worker of every listener, built once.
 pub struct AppState {
-    pub gate: Gate,
-    /// Where tokens are read from, tried in order, and their size cap.
-    pub token_sources: Vec<TokenSource>,
-    pub max_token_length: usize,
-    pub proxy_headers: ProxyHeaders,
-    pub path_parameters: PathParameters,
-    /// Refuse client-sent `Impersonate-*` headers (Kubernetes impersonation output).
-    pub refuse_impersonation_headers: bool,
-    /// Bounds on the request head (`server.max_header_bytes`, `server.max_headers`).
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
+    /// The compiled configuration; a reload swaps it whole.
+    pub runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
-    /// Status of an allowed `/auth` request.
-    pub success_status: StatusCode,
-    /// Level of the audit line of an allowed request.
-    pub allow_log_level: AllowLogLevel,
     /// Set on shutdown so that `/readyz` turns not-ready before the listener closes.
     pub shutting_down: AtomicBool,
 }
@@ -75,17 +64,20 @@ impl Contract {
 }
 
 /// Answers an HTTP call: [`judge`], rendered as an HTTP response with `allow_status` on
-/// success.
+/// success (the runtime's `success_status` when `None`).
 async fn decide(
-    state: &AppState,
+    runtime: &Runtime,
+    metrics: &Metrics,
     contract: Contract,
     headers: &HeaderMap,
     original: Result<OriginalRequest, AuthError>,
     requirements: Result<Requirements, AuthError>,
-    allow_status: StatusCode,
+    allow_status: Option<StatusCode>,
 ) -> HttpResponse {
+    let allow_status = allow_status.unwrap_or(runtime.success_status);
     judge(
-        state,
+        runtime,
+        metrics,
         contract,
         headers,
         original,
@@ -97,12 +89,15 @@ async fn decide(
 
 /// The one path of every adapter's call, whatever its protocol: the head limits and the
 /// impersonation check, the token from the configured sources, the CORS preflight, the
-/// [`Gate`]'s decision, then `render` (the adapter's answer), the metrics and the audit
-/// line. `render` may turn an allow into a denial that only its contract needs (it
-/// changes the decision, so that the metrics and the log line say what was answered). `headers` are the client's request headers as the proxy passed them on;
-/// `original` and `requirements` are what the adapter read from its proxy's call.
+/// [`Gate`](crate::gate::Gate)'s decision, then `render` (the adapter's answer), the
+/// metrics and the audit line. `headers` are the client's request headers as the proxy
+/// passed them on; `original` and `requirements` are what the adapter read from its
+/// proxy's call with the same `runtime`. `render` may turn an allow into a denial that
+/// only its contract needs: it changes the decision, so that the metrics and the log
+/// line say what was answered.
 pub(crate) async fn judge<R>(
-    state: &AppState,
+    runtime: &Runtime,
+    metrics: &Metrics,
     contract: Contract,
     headers: &HeaderMap,
     original: Result<OriginalRequest, AuthError>,
@@ -110,21 +105,21 @@ pub(crate) async fn judge<R>(
     render: impl FnOnce(&mut Decision<'_>) -> R,
 ) -> R {
     let started = Instant::now();
-    let _in_flight = state.metrics.in_flight();
-    let query = check_head(state, headers).and_then(|()| {
+    let _in_flight = metrics.in_flight();
+    let query = check_head(runtime, headers).and_then(|()| {
         let original = original?;
         let requirements = requirements?;
         Ok(AuthQuery {
             preflight: is_cors_preflight(&original, headers),
             original,
             requirements,
-            token: extract_token(headers, &state.token_sources, state.max_token_length),
+            token: extract_token(headers, &runtime.token_sources, runtime.max_token_length),
         })
     });
     let (original, mut decision) = match query {
         Ok(query) => {
             let original = query.original.clone();
-            (original, state.gate.decide(query).await)
+            (original, runtime.gate.decide(query).await)
         }
         Err(error) => (OriginalRequest::default(), Decision::refused(error)),
     };
@@ -135,17 +130,17 @@ pub(crate) async fn judge<R>(
         .as_ref()
         .map(|_| ())
         .map_err(|error| error.reason);
-    state.metrics.decided(result, elapsed);
-    audit(state, contract, headers, &original, &decision, elapsed);
+    metrics.decided(result, elapsed);
+    audit(runtime, contract, headers, &original, &decision, elapsed);
     response
 }
 
 /// What is refused about the call's head before anything in it is read.
-fn check_head(state: &AppState, headers: &HeaderMap) -> Result<(), AuthError> {
-    if headers.len() > state.max_headers || head_bytes(headers) > state.max_header_bytes {
+fn check_head(runtime: &Runtime, headers: &HeaderMap) -> Result<(), AuthError> {
+    if headers.len() > runtime.max_headers || head_bytes(headers) > runtime.max_header_bytes {
         return Err(Reason::HeadersTooLarge.into());
     }
-    if state.refuse_impersonation_headers && has_impersonation_header(headers) {
+    if runtime.refuse_impersonation_headers && has_impersonation_header(headers) {
         return Err(Reason::ForgedImpersonation.into());
     }
     Ok(())
@@ -186,7 +181,7 @@ fn has_impersonation_header(headers: &HeaderMap) -> bool {
 /// One structured line per decision (target `tokengate::audit`): who, what, which way
 /// and why. Never the token, a cookie or the query string.
 fn audit(
-    state: &AppState,
+    runtime: &Runtime,
     contract: Contract,
     headers: &HeaderMap,
     original: &OriginalRequest,
@@ -194,7 +189,7 @@ fn audit(
     elapsed: std::time::Duration,
 ) {
     let level = match &decision.outcome {
-        Ok(_) => match state.allow_log_level {
+        Ok(_) => match runtime.allow_log_level {
             AllowLogLevel::Off => return,
             AllowLogLevel::Debug => Level::DEBUG,
             AllowLogLevel::Info => Level::INFO,
@@ -238,7 +233,7 @@ fn audit(
                 outcome,
                 reason,
                 status,
-                issuer = token.map_or("", |token| state.gate.verifier.issuer_name(token.issuer)),
+                issuer = token.map_or("", |token| runtime.gate.verifier.issuer_name(token.issuer)),
                 sub = identity.and_then(Identity::subject).unwrap_or(""),
                 user = identity.and_then(Identity::user).unwrap_or(""),
                 client_id = identity.and_then(Identity::client_id).unwrap_or(""),

@@ -19,6 +19,7 @@ use moka::sync::Cache;
 use moka::Expiry;
 use prometheus::IntCounter;
 
+use super::issuer::IssuerId;
 use crate::identity::Identity;
 
 /// SHA-256 of a token.
@@ -41,8 +42,9 @@ pub fn unix_now() -> u64 {
 /// What a successful verification established.
 #[derive(Debug)]
 pub struct VerifiedToken {
-    /// Index of the issuer in the configuration.
-    pub issuer: usize,
+    /// The compiled issuer that verified it: a verdict made under other rules (a reload
+    /// that changed or removed the issuer) is never used.
+    pub issuer: IssuerId,
     /// The token's `exp`.
     pub expires_at: u64,
     /// The issuer's key-withdrawal generation when the token was verified.
@@ -87,7 +89,8 @@ impl Budget {
     }
 }
 
-/// Bounded cache of verified tokens.
+/// Bounded cache of verified tokens; clones share the entries (a reload keeps them).
+#[derive(Clone)]
 pub struct TokenCache {
     entries: Cache<TokenHash, Arc<VerifiedToken>>,
 }
@@ -168,7 +171,7 @@ mod tests {
 
     fn verified(expires_at: u64) -> Arc<VerifiedToken> {
         Arc::new(VerifiedToken {
-            issuer: 0,
+            issuer: IssuerId::next(),
             expires_at,
             key_generation: 0,
             identity: Identity::default(),
@@ -192,7 +195,7 @@ mod tests {
         let groups: Vec<String> = (0..groups).map(|i| format!("{i:040}")).collect();
         let identity = mapping.identity(&serde_json::json!({"sub": "u-1", "groups": groups}));
         Arc::new(VerifiedToken {
-            issuer: 0,
+            issuer: IssuerId::next(),
             expires_at: unix_now() + 600,
             key_generation: 0,
             identity,

@@ -36,13 +36,14 @@ use url::{form_urlencoded, Url};
 
 use super::admission::{Admission, LogLimiter, Refusal};
 use super::cache::{entry_bytes, unix_now, Budget, TokenHash, VerifiedToken, ENTRY_OVERHEAD};
+use super::issuer::{Issuer, IssuerId};
 use super::json;
 use super::jwks::KeyStore;
 use super::jwt::{check_validity_window, names_audience};
-use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IssuerSettings, Settings};
+use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IntrospectionSettings};
 use crate::error::{AuthError, CauseChain, Reason};
 use crate::identity::IdentityMapping;
-use crate::metrics::{IntrospectionResult, Metrics};
+use crate::metrics::{IntrospectionResult, IssuerMetrics, Metrics};
 
 /// Largest introspection answer we read: real ones are well under a KiB.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -147,6 +148,9 @@ pub struct Introspected {
 /// One cached answer, with the time it may be kept (decided when it was received).
 #[derive(Clone)]
 struct CachedAnswer {
+    /// The compiled issuer that asked: an answer judged by rules a reload replaced is
+    /// not used.
+    issuer: IssuerId,
     verdict: Verdict,
     ttl: Duration,
 }
@@ -268,9 +272,8 @@ pub enum Judged {
     Refused(Reason),
 }
 
-/// The introspection client of one issuer, built once at start-up.
+/// The introspection client of one issuer, built once when the issuer is compiled.
 pub struct IntrospectionClient {
-    index: usize,
     name: String,
     /// What an answer must say to be an allow.
     rules: AnswerRules,
@@ -286,6 +289,7 @@ pub struct IntrospectionClient {
     admission: Admission,
     overload_log: LogLimiter,
     failure_log: LogLimiter,
+    metrics: IssuerMetrics,
 }
 
 /// How we authenticate, ready to use: the Basic header is built once.
@@ -327,16 +331,17 @@ pub fn basic_authorization(client_id: &str, secret: &str) -> Option<HeaderValue>
 }
 
 impl IntrospectionClient {
-    fn new(
-        index: usize,
-        settings: &IssuerSettings,
+    /// The client for `introspection` of the issuer compiled from `rules`; `key` names
+    /// the settings in errors, `secret` was read from the configured file.
+    pub fn new(
+        key: &str,
+        name: &str,
+        rules: AnswerRules,
+        introspection: &IntrospectionSettings,
+        secret: ClientSecret,
         keys: Arc<KeyStore>,
-        metrics: &Metrics,
-    ) -> Result<Option<Self>, ConfigError> {
-        let Some(introspection) = &settings.introspection else {
-            return Ok(None);
-        };
-        let key = format!("issuers[{index}].introspection");
+        metrics: IssuerMetrics,
+    ) -> Result<Self, ConfigError> {
         let endpoint = introspection
             .endpoint
             .as_deref()
@@ -344,7 +349,6 @@ impl IntrospectionClient {
             .transpose()
             .map_err(|e| ConfigError::new(format!("{key}.endpoint"), e.to_string()))?
             .map(Arc::new);
-        let secret = introspection.client_secret(&key)?;
         let auth = ClientAuth::new(introspection.auth_method, &introspection.client_id, secret)
             .ok_or_else(|| {
                 ConfigError::new(
@@ -352,15 +356,9 @@ impl IntrospectionClient {
                     "cannot be sent in an Authorization header",
                 )
             })?;
-        Ok(Some(Self {
-            index,
-            name: settings.display_name().to_owned(),
-            rules: AnswerRules {
-                issuer: settings.issuer.clone(),
-                audiences: settings.audiences.clone(),
-                require_audience: introspection.require_audience,
-                leeway: settings.leeway.as_secs(),
-            },
+        Ok(Self {
+            name: name.to_owned(),
+            rules,
             endpoint,
             keys,
             auth,
@@ -372,11 +370,24 @@ impl IntrospectionClient {
                 introspection.max_in_flight,
                 introspection.max_waiting,
                 introspection.max_wait,
-                metrics.introspection_waiting(index),
+                metrics.introspection_waiting.clone(),
             ),
             overload_log: LogLimiter::new(LOG_INTERVAL),
             failure_log: LogLimiter::new(LOG_INTERVAL),
-        }))
+            metrics,
+        })
+    }
+
+    /// False when no endpoint is known: none was configured and the discovery document
+    /// (once fetched) named none. Every token that needs it would get 503, so the
+    /// instance must not report ready.
+    pub fn endpoint_known(&self) -> bool {
+        self.endpoint().is_some()
+    }
+
+    /// True when the issuer's JWTs must also be found active by introspection.
+    pub fn introspects_jwts(&self) -> bool {
+        self.introspect_jwts
     }
 
     fn endpoint(&self) -> Option<Arc<Url>> {
@@ -480,45 +491,21 @@ fn is_b64token(token: &str) -> bool {
         })
 }
 
-/// Every issuer's introspection client (each with its own call slots) and the shared
-/// answer cache.
+/// The answer cache shared by every issuer's introspection client (each with its own
+/// call slots, in its [`Issuer`]), kept across reloads.
+#[derive(Clone)]
 pub struct Introspector {
-    /// By issuer index; `None` where introspection is not configured.
-    clients: Vec<Option<IntrospectionClient>>,
-    opaque_issuer: Option<usize>,
     cache: Cache<TokenHash, CachedAnswer>,
     http: reqwest::Client,
-    identity: IdentityMapping,
     metrics: Arc<Metrics>,
 }
 
 impl Introspector {
-    /// Builds the clients; `key_stores` are the issuers' key stores, by index (they hold
-    /// the discovered endpoints). Reads the client secrets.
-    pub fn new(
-        settings: &Settings,
-        key_stores: &[Arc<KeyStore>],
-        http: reqwest::Client,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, ConfigError> {
-        let clients = settings
-            .issuers
-            .iter()
-            .zip(key_stores)
-            .enumerate()
-            .map(|(index, (issuer, keys))| {
-                IntrospectionClient::new(index, issuer, keys.clone(), &metrics)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+    /// An empty answer cache held to `budget`.
+    pub fn new(budget: Budget, http: reqwest::Client, metrics: Arc<Metrics>) -> Self {
         // Bounded in bytes like the verified-token cache (see `super::cache`): a flood of
         // opaque tokens with fat answers must not grow memory past the pod's limit.
-        let budget = Budget {
-            max_bytes: settings.cache.introspection_max_bytes,
-            max_entries: settings.cache.introspection_max_entries,
-        };
-        Ok(Self {
-            clients,
-            opaque_issuer: settings.opaque_issuer()?,
+        Self {
             cache: Cache::builder()
                 .max_capacity(budget.max_bytes)
                 .weigher(move |_, answer: &CachedAnswer| budget.weight(answer.bytes()))
@@ -533,9 +520,8 @@ impl Introspector {
                 })
                 .build(),
             http,
-            identity: IdentityMapping::new(&settings.identity)?.with_issuers(&settings.issuers),
             metrics,
-        })
+        }
     }
 
     /// Answers held, as of the cache's last housekeeping.
@@ -548,41 +534,21 @@ impl Introspector {
         self.cache.weighted_size()
     }
 
-    /// The issuer asked about opaque tokens, if one is configured.
-    pub fn opaque_issuer(&self) -> Option<usize> {
-        self.opaque_issuer
-    }
-
-    /// False when issuer `index` has introspection configured but no endpoint: none was
-    /// configured and its discovery document (once fetched) named none. Every token that
-    /// needs it would get 503, so the instance must not report ready.
-    pub fn endpoint_known(&self, index: usize) -> bool {
-        self.client(index)
-            .is_none_or(|client| client.endpoint().is_some())
-    }
-
-    /// True when issuer `index`'s JWTs must also be found active by introspection.
-    pub fn introspects_jwts(&self, index: usize) -> bool {
-        self.client(index)
-            .is_some_and(|client| client.introspect_jwts)
-    }
-
-    fn client(&self, index: usize) -> Option<&IntrospectionClient> {
-        self.clients.get(index).and_then(Option::as_ref)
-    }
-
-    /// Asks issuer `issuer` (through the cache) whether `token` is active.
+    /// Asks `issuer` (through the cache) whether `token` is active; an active answer's
+    /// identity is read by `identity`.
     pub async fn verify(
         &self,
-        issuer: usize,
+        issuer: &Issuer,
+        identity: &IdentityMapping,
         token: &str,
         hash: &TokenHash,
     ) -> Result<Introspected, AuthError> {
-        let client = self
-            .client(issuer)
+        let client = issuer
+            .introspection
+            .as_ref()
             .ok_or(Reason::IntrospectionUnavailable)?;
         if let Some(answer) = self.cache.get(hash).await {
-            if answer.is_fresh(unix_now()) {
+            if answer.issuer == issuer.id && answer.is_fresh(unix_now()) {
                 self.metrics.introspection_cache_lookup(true);
                 return answer.into_result(true);
             }
@@ -598,7 +564,7 @@ impl Introspector {
         // Single flight: concurrent misses for this token wait for the one call made
         // here. An error is handed to those waiters and never inserted.
         self.cache
-            .try_get_with(*hash, self.ask(client, token))
+            .try_get_with(*hash, self.ask(issuer, client, identity, token))
             .await
             .map_err(|error| AuthError::with_source(error.reason(), error))?
             .into_result(false)
@@ -607,7 +573,9 @@ impl Introspector {
     /// The one upstream call behind a cache miss, and the answer to cache.
     async fn ask(
         &self,
+        issuer: &Issuer,
         client: &IntrospectionClient,
+        identity: &IdentityMapping,
         token: &str,
     ) -> Result<CachedAnswer, IntrospectionError> {
         // The slot is taken here, by the caller that really calls out, so a burst of
@@ -636,8 +604,7 @@ impl Introspector {
         };
         let started = std::time::Instant::now();
         let called = client.call(&self.http, token).await;
-        self.metrics
-            .introspection_duration(client.index, started.elapsed());
+        client.metrics.introspection_duration(started.elapsed());
         let answer = match called {
             Ok(answer) => answer,
             Err(error) => return Err(self.failed(client, error)),
@@ -658,19 +625,23 @@ impl Introspector {
             Judged::Refused(Reason::InactiveToken) => IntrospectionResult::Inactive,
             _ => IntrospectionResult::Success,
         };
-        self.metrics.introspection_call(client.index, result);
+        client.metrics.introspection_call(result);
         let ttl = client.ttl(&judged, now);
         let verdict = match judged {
             Judged::Active { expires_at } => Verdict::Active(Arc::new(VerifiedToken {
-                issuer: client.index,
+                issuer: issuer.id,
                 expires_at: expires_at.unwrap_or(u64::MAX),
                 key_generation: 0,
                 // Built once per answer: a cache hit only copies ready header values.
-                identity: self.identity.introspection_identity(client.index, &answer),
+                identity: identity.introspection_identity(issuer.claims, &answer),
             })),
             Judged::Refused(reason) => Verdict::Refused(reason),
         };
-        Ok(CachedAnswer { verdict, ttl })
+        Ok(CachedAnswer {
+            issuer: issuer.id,
+            verdict,
+            ttl,
+        })
     }
 
     /// Counts and logs a failed call, once for all the requests waiting on it. The log
@@ -681,8 +652,9 @@ impl Introspector {
         client: &IntrospectionClient,
         error: IntrospectionError,
     ) -> IntrospectionError {
-        self.metrics
-            .introspection_call(client.index, IntrospectionResult::Error);
+        client
+            .metrics
+            .introspection_call(IntrospectionResult::Error);
         if let Some(failures) = client.failure_log.event() {
             // The first failure after a quiet interval is logged whole; the ones after it
             // are counted into the next line, so a flood of timeouts is a line per interval.
@@ -705,14 +677,15 @@ mod tests {
     use serde_json::json;
 
     fn client(leeway: u64) -> IntrospectionClient {
-        let settings: IssuerSettings = serde_json::from_value(json!({
+        let settings: crate::config::IssuerSettings = serde_json::from_value(json!({
             "issuer": "https://sso.example.com",
             "audiences": ["orders-api"],
         }))
         .unwrap();
-        let metrics = Arc::new(Metrics::new(&prometheus::Registry::new(), &[]).unwrap());
+        let metrics = Metrics::new(&prometheus::Registry::new(), &[])
+            .unwrap()
+            .issuer("test");
         let keys = Arc::new(KeyStore::new(
-            0,
             &settings,
             None,
             vec![jsonwebtoken::Algorithm::RS256],
@@ -720,7 +693,6 @@ mod tests {
             metrics.clone(),
         ));
         IntrospectionClient {
-            index: 0,
             name: "test".to_owned(),
             rules: AnswerRules {
                 issuer: settings.issuer,
@@ -735,9 +707,10 @@ mod tests {
             positive_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(5),
             introspect_jwts: false,
-            admission: Admission::new(1, 0, Duration::ZERO, metrics.introspection_waiting(0)),
+            admission: Admission::new(1, 0, Duration::ZERO, metrics.introspection_waiting.clone()),
             overload_log: LogLimiter::new(LOG_INTERVAL),
             failure_log: LogLimiter::new(LOG_INTERVAL),
+            metrics,
         }
     }
 

@@ -26,7 +26,7 @@ use url::Url;
 
 use crate::config::{IssuerSettings, KeyRefreshSettings};
 use crate::error::{CauseChain, Reason};
-use crate::metrics::Metrics;
+use crate::metrics::IssuerMetrics;
 use crate::shutdown::Shutdown;
 
 /// Largest discovery document or JWKS we accept: real ones are a few KiB.
@@ -445,11 +445,10 @@ pub struct Refreshed {
 pub struct KeyStore {
     issuer: String,
     name: String,
-    index: usize,
     algorithms: Vec<Algorithm>,
     timing: KeyRefreshSettings,
     client: reqwest::Client,
-    metrics: Arc<Metrics>,
+    metrics: IssuerMetrics,
     current: ArcSwapOption<KeySet>,
     /// `introspection_endpoint` of the discovery document (RFC 8414 §2), learned by the
     /// same fetch that finds the JWKS, for the issuer's introspection client.
@@ -466,12 +465,11 @@ pub struct KeyStore {
 
 impl KeyStore {
     pub fn new(
-        index: usize,
         settings: &IssuerSettings,
         jwks_uri: Option<Url>,
         algorithms: Vec<Algorithm>,
         client: reqwest::Client,
-        metrics: Arc<Metrics>,
+        metrics: IssuerMetrics,
     ) -> Self {
         let location = match jwks_uri {
             Some(url) => JwksLocation::Configured(url),
@@ -480,7 +478,6 @@ impl KeyStore {
         Self {
             issuer: settings.issuer.clone(),
             name: settings.display_name().to_owned(),
-            index,
             algorithms,
             timing: settings.keys.clone(),
             client,
@@ -534,12 +531,12 @@ impl KeyStore {
         let result = self.fetch(location).await;
         match &result {
             Ok(refreshed) => {
-                self.metrics.jwks_fetch(self.index, true);
+                self.metrics.jwks_fetch(true);
                 let count = self.current.load().as_ref().map_or(0, |set| set.len());
                 tracing::debug!(issuer = %self.name, keys = count, max_age = ?refreshed.max_age, "JWKS refreshed");
             }
             Err(error) => {
-                self.metrics.jwks_fetch(self.index, false);
+                self.metrics.jwks_fetch(false);
                 tracing::warn!(issuer = %self.name, error = %CauseChain(error), "JWKS refresh failed; keeping the last good keys");
             }
         }
@@ -895,14 +892,13 @@ mod tests {
             "audiences": ["orders-api"],
         }))
         .unwrap();
-        let metrics = Arc::new(Metrics::new(&prometheus::Registry::new(), &[]).unwrap());
+        let metrics = crate::metrics::Metrics::new(&prometheus::Registry::new(), &[]).unwrap();
         KeyStore::new(
-            0,
             &settings,
             None,
             ALL.to_vec(),
             reqwest::Client::new(),
-            metrics,
+            metrics.issuer("test"),
         )
     }
 

@@ -6,7 +6,6 @@
 //! §4.1 and RFC 9068 §4.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -35,7 +34,7 @@ pub struct JoseHeader {
 /// A JWS compact token, split once and decoded once, not yet verified.
 pub struct DecodedJwt<'a> {
     pub header: JoseHeader,
-    /// Claims as sent; trusted only after [`Issuer::verify`] succeeds.
+    /// Claims as sent; trusted only after [`JwtRules::verify`] succeeds.
     pub claims: Value,
     /// `header.payload`: what the signature covers.
     signing_input: &'a [u8],
@@ -86,10 +85,8 @@ fn base64url(part: &str) -> Result<Vec<u8>, AuthError> {
         .map_err(|e| AuthError::with_source(Reason::MalformedToken, e))
 }
 
-/// One configured issuer with everything a verification needs, built once at start-up.
-pub struct Issuer {
-    pub index: usize,
-    pub name: String,
+/// What a JWT of one issuer must satisfy, built once when the issuer is compiled.
+pub struct JwtRules {
     pub issuer: String,
     /// The allow-list: a token's `alg` must be one of these before any key is looked at.
     algorithms: Vec<Algorithm>,
@@ -98,19 +95,11 @@ pub struct Issuer {
     leeway: u64,
     /// Normalised required `typ` (lower case, without `application/`).
     required_typ: Option<String>,
-    pub keys: Arc<KeyStore>,
 }
 
-impl Issuer {
-    pub fn new(
-        index: usize,
-        settings: &IssuerSettings,
-        algorithms: &[Algorithm],
-        keys: Arc<KeyStore>,
-    ) -> Self {
+impl JwtRules {
+    pub fn new(settings: &IssuerSettings, algorithms: &[Algorithm]) -> Self {
         Self {
-            index,
-            name: settings.display_name().to_owned(),
             issuer: settings.issuer.clone(),
             algorithms: algorithms.to_vec(),
             audiences: settings.audiences.clone(),
@@ -119,12 +108,11 @@ impl Issuer {
                 .required_typ
                 .as_deref()
                 .map(|typ| normalize_typ(typ).into_owned()),
-            keys,
         }
     }
 
-    /// Verifies a token whose `iss` named this issuer; returns its `exp`.
-    pub async fn verify(&self, jwt: &DecodedJwt<'_>) -> Result<u64, AuthError> {
+    /// Verifies a token whose `iss` named this issuer with its `keys`; returns its `exp`.
+    pub async fn verify(&self, jwt: &DecodedJwt<'_>, keys: &KeyStore) -> Result<u64, AuthError> {
         let header = &jwt.header;
         // The allow-list is checked before any key is looked at: a token cannot choose
         // `none`, an HMAC algorithm, or anything the operator did not allow.
@@ -147,13 +135,13 @@ impl Issuer {
             // critical must be refused.
             return Err(Reason::MalformedToken.into());
         }
-        let keys = self.keys.current().ok_or(Reason::KeysUnavailable)?;
+        let store = keys;
+        let keys = store.current().ok_or(Reason::KeysUnavailable)?;
         match header.kid.as_deref() {
             Some(kid) => {
                 let key = match keys.get(kid) {
                     Some(key) => key.clone(),
-                    None => self
-                        .keys
+                    None => store
                         .find_after_refetch(kid)
                         .await
                         .ok_or(Reason::UnknownKey)?,

@@ -1,5 +1,7 @@
 //! The verifier that handlers call: token → verified identity, or a denial.
 //!
+//! - [`issuer`]: one configured issuer as one compiled value, kept by a reload when
+//!   unchanged;
 //! - [`cache`]: verified tokens keyed by SHA-256, bounded in bytes, never past `exp`;
 //! - [`jwt`]: header checks, key choice, signature and claims for one issuer;
 //! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown;
@@ -11,6 +13,7 @@
 pub mod admission;
 pub mod cache;
 pub mod introspection;
+pub mod issuer;
 pub mod json;
 pub mod jwks;
 pub mod jwt;
@@ -18,16 +21,15 @@ pub mod jwt;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use url::Url;
-
 use crate::config::{ConfigError, Settings};
 use crate::error::{AuthError, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::Metrics;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 use cache::{token_hash, unix_now, Budget, TokenCache, TokenHash, VerifiedToken};
 use introspection::Introspector;
-use jwks::KeyStore;
-use jwt::{looks_like_jwt, DecodedJwt, Issuer};
+use issuer::{Issuer, IssuerContext, IssuerId, NewKeyStore};
+use jwt::{looks_like_jwt, DecodedJwt};
 
 /// A verdict to allow, with what it was based on.
 pub struct Allowed {
@@ -36,114 +38,194 @@ pub struct Allowed {
     pub cache_hit: bool,
 }
 
-/// Shared by all workers: one cache, one key store per issuer, one introspection cache.
+/// Shared by all workers: the issuers, the verified-token cache, the introspection cache.
 pub struct Verifier {
-    issuers: Vec<Issuer>,
+    issuers: Vec<Arc<Issuer>>,
     by_iss: HashMap<String, usize>,
+    /// The issuer asked about opaque tokens (`token.opaque_issuer`), by position.
+    opaque_issuer: Option<usize>,
     cache: TokenCache,
     introspector: Introspector,
     identity: IdentityMapping,
     max_token_length: usize,
-    /// Per issuer, the longest `X-Accel-Expires` an allow may carry, in seconds.
-    proxy_cache_caps: Vec<u64>,
     metrics: Arc<Metrics>,
 }
 
+/// What [`Verifier::compile`] needs besides the settings.
+pub struct Outbound<'a> {
+    pub client: &'a reqwest::Client,
+    pub metrics: &'a Arc<Metrics>,
+    /// The application's background shutdown, which every key refresher watches.
+    pub background: &'a Shutdown,
+}
+
+/// The verifier of a previous compile and the settings it came from: a reload keeps its
+/// caches, and the issuers and key stores that did not change.
+pub struct Previous<'a> {
+    pub verifier: &'a Verifier,
+    pub settings: &'a Settings,
+    /// The outbound client is the one `verifier` was compiled with.
+    pub client_unchanged: bool,
+}
+
+/// A compiled verifier, and the key stores it created, whose keys nobody fetched yet.
+pub struct Compiled {
+    pub verifier: Verifier,
+    pub new_key_stores: Vec<NewKeyStore>,
+}
+
 impl Verifier {
-    /// Builds the verifier; keys are not fetched yet (see [`Verifier::key_stores`]).
+    /// A verifier of its own (benchmarks, fuzzing): keys are not fetched, and no
+    /// refresher is started.
     pub fn new(
         settings: &Settings,
         client: reqwest::Client,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
+        let (_no_refreshers, background) = ShutdownTrigger::new();
+        let outbound = Outbound {
+            client: &client,
+            metrics: &metrics,
+            background: &background,
+        };
+        Ok(Self::compile(settings, &outbound, None)?.verifier)
+    }
+
+    /// Compiles the issuers, the identity mapping and the caches from validated settings,
+    /// keeping from `previous` what did not change.
+    pub fn compile(
+        settings: &Settings,
+        outbound: &Outbound<'_>,
+        previous: Option<Previous<'_>>,
+    ) -> Result<Compiled, ConfigError> {
+        let identity = IdentityMapping::new(&settings.identity)?;
+        let context = IssuerContext {
+            client: outbound.client,
+            metrics: outbound.metrics,
+            background: outbound.background,
+            max_ttl: settings.cache.max_ttl,
+            shared_unchanged: previous.as_ref().is_some_and(|previous| {
+                previous.settings.identity == settings.identity
+                    && previous.settings.cache.max_ttl == settings.cache.max_ttl
+            }),
+            client_unchanged: previous
+                .as_ref()
+                .is_some_and(|previous| previous.client_unchanged),
+        };
+        let mut new_key_stores = Vec::new();
         let mut issuers = Vec::with_capacity(settings.issuers.len());
         let mut by_iss = HashMap::new();
         for (index, issuer) in settings.issuers.iter().enumerate() {
-            let key = format!("issuers[{index}]");
-            let algorithms = issuer.parsed_algorithms(&key)?;
-            let jwks_uri = issuer
-                .jwks_uri
-                .as_deref()
-                .map(Url::parse)
-                .transpose()
-                .map_err(|e| ConfigError::new(format!("{key}.jwks_uri"), e.to_string()))?;
-            let keys = Arc::new(KeyStore::new(
-                index,
+            let before = previous
+                .as_ref()
+                .and_then(|previous| previous.verifier.by_issuer(&issuer.issuer));
+            let compiled = Issuer::compile(
+                &format!("issuers[{index}]"),
                 issuer,
-                jwks_uri,
-                algorithms.clone(),
-                client.clone(),
-                metrics.clone(),
-            ));
-            issuers.push(Issuer::new(index, issuer, &algorithms, keys));
+                &context,
+                before,
+                &mut new_key_stores,
+            )?;
             by_iss.insert(issuer.issuer.clone(), index);
+            issuers.push(compiled);
         }
-        let key_stores: Vec<Arc<KeyStore>> =
-            issuers.iter().map(|issuer| issuer.keys.clone()).collect();
-        let introspector = Introspector::new(settings, &key_stores, client, metrics.clone())?;
-        Ok(Self {
-            issuers,
-            by_iss,
-            cache: TokenCache::new(
-                Budget {
-                    max_bytes: settings.cache.max_bytes,
-                    max_entries: settings.cache.max_entries,
-                },
-                settings.cache.max_ttl,
-                metrics.verified_token_evictions.clone(),
-            ),
-            proxy_cache_caps: settings
-                .issuers
-                .iter()
-                .map(|issuer| {
-                    let ttl = issuer
-                        .introspection
-                        .as_ref()
-                        .map_or(settings.cache.max_ttl, |introspection| {
-                            introspection.positive_ttl.min(settings.cache.max_ttl)
-                        });
-                    ttl.as_secs()
-                })
-                .collect(),
-            introspector,
-            identity: IdentityMapping::new(&settings.identity)?.with_issuers(&settings.issuers),
-            max_token_length: settings.token.max_length,
-            metrics,
+        let token_budget = Budget {
+            max_bytes: settings.cache.max_bytes,
+            max_entries: settings.cache.max_entries,
+        };
+        let answer_budget = Budget {
+            max_bytes: settings.cache.introspection_max_bytes,
+            max_entries: settings.cache.introspection_max_entries,
+        };
+        let cached = |same: fn(&Settings, &Settings) -> bool| {
+            previous
+                .as_ref()
+                .filter(|previous| same(previous.settings, settings))
+                .map(|previous| previous.verifier)
+        };
+        // Caches are kept across reloads (their entries name the compiled issuer that
+        // judged them); one whose bounds changed starts empty.
+        let cache = cached(|a, b| {
+            (a.cache.max_bytes, a.cache.max_entries, a.cache.max_ttl)
+                == (b.cache.max_bytes, b.cache.max_entries, b.cache.max_ttl)
+        })
+        .map_or_else(
+            || {
+                TokenCache::new(
+                    token_budget,
+                    settings.cache.max_ttl,
+                    outbound.metrics.verified_token_evictions.clone(),
+                )
+            },
+            |previous| previous.cache.clone(),
+        );
+        let introspector = cached(|a, b| {
+            (
+                a.cache.introspection_max_bytes,
+                a.cache.introspection_max_entries,
+            ) == (
+                b.cache.introspection_max_bytes,
+                b.cache.introspection_max_entries,
+            )
+        })
+        .filter(|_| context.client_unchanged)
+        .map_or_else(
+            || {
+                Introspector::new(
+                    answer_budget,
+                    outbound.client.clone(),
+                    outbound.metrics.clone(),
+                )
+            },
+            |previous| previous.introspector.clone(),
+        );
+        let opaque_issuer = settings.opaque_issuer()?;
+        Ok(Compiled {
+            verifier: Self {
+                issuers,
+                by_iss,
+                opaque_issuer,
+                cache,
+                introspector,
+                identity,
+                max_token_length: settings.token.max_length,
+                metrics: outbound.metrics.clone(),
+            },
+            new_key_stores,
         })
     }
 
-    /// How long a proxy may cache an allow for a token of `issuer`: never longer than we
-    /// would trust it ourselves without re-checking (the cache ttl, or the introspection
-    /// revocation window).
-    pub fn proxy_cache_cap(&self, issuer: usize) -> u64 {
-        self.proxy_cache_caps
-            .get(issuer)
-            .copied()
-            .unwrap_or_default()
+    /// Every issuer, in configuration order.
+    pub fn issuers(&self) -> &[Arc<Issuer>] {
+        &self.issuers
     }
 
-    /// Every issuer's key store, for the background refreshers and readiness.
-    pub fn key_stores(&self) -> impl Iterator<Item = &Arc<KeyStore>> {
-        self.issuers.iter().map(|issuer| &issuer.keys)
+    /// The issuer whose `iss` is `iss`, exactly.
+    pub fn by_issuer(&self, iss: &str) -> Option<&Arc<Issuer>> {
+        self.by_iss.get(iss).map(|index| &self.issuers[*index])
     }
 
-    /// Ready when every issuer has usable keys.
+    /// The compiled issuer `id`, unless a reload replaced it. A scan: there are few.
+    pub fn issuer(&self, id: IssuerId) -> Option<&Issuer> {
+        self.issuers
+            .iter()
+            .find(|issuer| issuer.id == id)
+            .map(Arc::as_ref)
+    }
+
+    /// The name of the compiled issuer `id` (empty once a reload replaced it).
+    pub fn issuer_name(&self, id: IssuerId) -> &str {
+        self.issuer(id).map_or("", |issuer| issuer.name.as_str())
+    }
+
+    /// How long a proxy may cache an allow for a token of issuer `id`.
+    pub fn proxy_cache_cap(&self, id: IssuerId) -> u64 {
+        self.issuer(id).map_or(0, |issuer| issuer.proxy_cache_cap)
+    }
+
+    /// Ready when every issuer has usable keys (and an introspection endpoint if needed).
     pub fn is_ready(&self) -> bool {
-        self.key_stores().all(|keys| keys.is_ready())
-    }
-
-    /// The configured name of issuer `index`.
-    pub fn issuer_name(&self, index: usize) -> &str {
-        self.issuers
-            .get(index)
-            .map_or("", |issuer| issuer.name.as_str())
-    }
-
-    /// The `iss` of issuer `index`, exactly as its tokens carry it.
-    pub fn issuer_url(&self, index: usize) -> &str {
-        self.issuers
-            .get(index)
-            .map_or("", |issuer| issuer.issuer.as_str())
+        self.issuers.iter().all(|issuer| issuer.is_ready())
     }
 
     /// How claims become identity headers.
@@ -168,14 +250,16 @@ impl Verifier {
         let hash = token_hash(token);
         let now = unix_now();
         if let Some(cached) = self.cache.get(&hash, now) {
-            let issuer = &self.issuers[cached.issuer];
-            if cached.key_generation == issuer.keys.withdrawal_generation() {
-                self.metrics.cache_lookup(true);
-                let introspection_hit = self.require_active(cached.issuer, token, &hash).await?;
-                return Ok(Allowed {
-                    token: cached,
-                    cache_hit: introspection_hit,
-                });
+            // A verdict of an issuer a reload changed or removed is judged again.
+            if let Some(issuer) = self.issuer(cached.issuer) {
+                if cached.key_generation == issuer.keys.withdrawal_generation() {
+                    self.metrics.cache_lookup(true);
+                    let introspection_hit = self.require_active(issuer, token, &hash).await?;
+                    return Ok(Allowed {
+                        token: cached,
+                        cache_hit: introspection_hit,
+                    });
+                }
             }
             self.cache.remove(&hash);
         }
@@ -185,10 +269,13 @@ impl Verifier {
             // configured, so nothing in the token chooses where it (or our client
             // secret) is sent.
             let issuer = self
-                .introspector
-                .opaque_issuer()
+                .opaque_issuer
+                .map(|index| &self.issuers[index])
                 .ok_or(Reason::MalformedToken)?;
-            let answer = self.introspector.verify(issuer, token, &hash).await?;
+            let answer = self
+                .introspector
+                .verify(issuer, &self.identity, token, &hash)
+                .await?;
             return Ok(Allowed {
                 token: answer.token,
                 cache_hit: answer.cache_hit,
@@ -199,19 +286,15 @@ impl Verifier {
         let jwt = DecodedJwt::parse(token)?;
         // The issuer is chosen by exact string match on `iss`: no normalisation (a
         // trailing slash is a different issuer), and nothing named in the token is fetched.
-        let issuer = self
-            .by_iss
-            .get(jwt.issuer()?)
-            .map(|index| &self.issuers[*index])
-            .ok_or(Reason::UnknownIssuer)?;
+        let issuer = self.by_issuer(jwt.issuer()?).ok_or(Reason::UnknownIssuer)?;
         let key_generation = issuer.keys.withdrawal_generation();
-        let expires_at = issuer.verify(&jwt).await?;
-        self.require_active(issuer.index, token, &hash).await?;
+        let expires_at = issuer.jwt.verify(&jwt, &issuer.keys).await?;
+        self.require_active(issuer, token, &hash).await?;
         let token = Arc::new(VerifiedToken {
-            issuer: issuer.index,
+            issuer: issuer.id,
             expires_at,
             key_generation,
-            identity: self.identity.jwt_identity(issuer.index, &jwt.claims),
+            identity: self.identity.jwt_identity(issuer.claims, &jwt.claims),
         });
         self.cache.insert(hash, token.clone());
         Ok(Allowed {
@@ -226,14 +309,17 @@ impl Verifier {
     /// (true when the issuer does not introspect JWTs: nothing was asked).
     async fn require_active(
         &self,
-        issuer: usize,
+        issuer: &Issuer,
         token: &str,
         hash: &TokenHash,
     ) -> Result<bool, AuthError> {
-        if !self.introspector.introspects_jwts(issuer) {
+        if !issuer.introspects_jwts() {
             return Ok(true);
         }
-        let answer = self.introspector.verify(issuer, token, hash).await?;
+        let answer = self
+            .introspector
+            .verify(issuer, &self.identity, token, hash)
+            .await?;
         Ok(answer.cache_hit)
     }
 }

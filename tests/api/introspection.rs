@@ -721,7 +721,11 @@ fn introspection_settings_are_validated_naming_the_key() {
         ),
     ];
     for (yaml, key) in cases {
-        let error = Settings::from_yaml(&yaml).expect_err(&yaml);
+        // Parsed and compiled, as a start or `--check-config` does: the secret files are
+        // read by the compile.
+        let error = Settings::from_yaml(&yaml)
+            .and_then(tokengate::runtime::check)
+            .expect_err(&yaml);
         assert!(
             error.to_string().contains(key),
             "{error} should name {key}:\n{yaml}"
