@@ -585,6 +585,28 @@ mod tests {
         assert_eq!(call.requirements.unwrap_err().reason, Reason::BadPolicy);
     }
 
+    /// The fuzz target's seeds are real encoded `CheckRequest`s, read as they should be.
+    #[test]
+    fn the_fuzz_seeds_decode_and_read() {
+        use prost::Message;
+        let seed = |name: &str| {
+            let path = format!("{}/fuzz/corpus/check_request/{name}", env!("CARGO_MANIFEST_DIR"));
+            CheckRequest::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+        };
+        let allow = seed("allow");
+        let call = read_request(&allow, LIMITS).unwrap();
+        assert_eq!(call.path, "/orders?id=7");
+        assert_eq!(call.headers.get("authorization").unwrap(), "Bearer a.b.c");
+        let context = seed("context");
+        let call = read_request(&context, LIMITS).unwrap();
+        assert_eq!(call.requirements.unwrap().scopes, ["read"]);
+        assert!(read_request(&seed("ambiguous"), LIMITS).is_ok());
+        assert_eq!(
+            reason(read_request(&seed("no-http"), LIMITS)),
+            Reason::BadCheckRequest
+        );
+    }
+
     #[test]
     fn denials_carry_the_http_contract() {
         for (reason, code, status) in [

@@ -480,3 +480,34 @@ async fn envoy_applies_several_options_of_one_header_name_so() {
         );
     }
 }
+
+fn attacked() -> TokengateOptions<'static> {
+    TokengateOptions {
+        extra: crate::attacks::RULES,
+        ..TokengateOptions::default()
+    }
+}
+
+/// The requests crafted to be read two ways, through Envoy's gRPC filter: the same
+/// path handling as the HTTP contract (the listener normalises before ext_authz), so
+/// Envoy's column of the tables holds.
+#[tokio::test]
+async fn ambiguous_paths_never_reach_a_protected_handler() {
+    let stack = start_with(attacked(), GRPC_LISTEN, |config| config).await;
+    let rows = crate::attacks::ambiguous_paths();
+    crate::attacks::crafted_requests(&stack, crate::attacks::Front::Envoy, &rows).await;
+}
+
+#[tokio::test]
+async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
+    let stack = start_with(attacked(), GRPC_LISTEN, |config| config).await;
+    let rows = crate::attacks::case_slashes_and_globs();
+    crate::attacks::crafted_requests(&stack, crate::attacks::Front::Envoy, &rows).await;
+}
+
+#[tokio::test]
+async fn host_tricks_never_dodge_a_host_rule() {
+    let stack = start_with(attacked(), GRPC_LISTEN, |config| config).await;
+    let rows = crate::attacks::host_tricks();
+    crate::attacks::crafted_requests(&stack, crate::attacks::Front::Envoy, &rows).await;
+}
