@@ -32,8 +32,15 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    assert!(call.headers.len() <= LIMITS.max_headers + 2, "{}", call.headers.len());
-    assert!(call.headers.keys().all(|name| !name.as_str().starts_with(':')));
+    assert!(
+        call.headers.len() <= LIMITS.max_headers + 2,
+        "{}",
+        call.headers.len()
+    );
+    assert!(call
+        .headers
+        .keys()
+        .all(|name| !name.as_str().starts_with(':')));
     let http = request
         .attributes
         .as_ref()
@@ -49,7 +56,12 @@ fuzz_target!(|data: &[u8]| {
     if let Err(error) = &call.requirements {
         assert_eq!(error.reason, Reason::BadPolicy);
     }
-    match OriginalRequest::from_ext_authz(call.method, call.path, &call.headers, LIMITS.path_parameters) {
+    match OriginalRequest::from_ext_authz(
+        call.method,
+        call.path,
+        &call.headers,
+        LIMITS.path_parameters,
+    ) {
         Ok(original) => {
             let path = original.path.expect("a path");
             assert!(path.starts_with('/') && !path.contains("//"), "{path:?}");
@@ -67,7 +79,10 @@ fn assert_denial(reason: Reason) {
     assert_ne!(code, tonic::Code::Ok as i32);
     match response.http_response {
         Some(HttpResponse::DeniedResponse(denied)) => {
-            assert_eq!(denied.status.expect("an HTTP status").code, i32::from(reason.status()));
+            assert_eq!(
+                denied.status.expect("an HTTP status").code,
+                i32::from(reason.status())
+            );
             assert!(!denied.body.is_empty());
         }
         other => panic!("{reason}: not a denied response: {other:?}"),

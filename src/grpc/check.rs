@@ -590,7 +590,10 @@ mod tests {
     fn the_fuzz_seeds_decode_and_read() {
         use prost::Message;
         let seed = |name: &str| {
-            let path = format!("{}/fuzz/corpus/check_request/{name}", env!("CARGO_MANIFEST_DIR"));
+            let path = format!(
+                "{}/fuzz/corpus/check_request/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            );
             CheckRequest::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
         };
         let allow = seed("allow");
