@@ -6,6 +6,7 @@ mod config;
 mod contracts;
 mod demo;
 mod duplicate_members;
+mod grpc;
 mod helpers;
 mod identity_claims;
 mod identity_output;
