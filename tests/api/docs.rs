@@ -241,15 +241,21 @@ fn every_repository_path_named_in_the_docs_exists() {
 /// Every key path of the example config, commented-out (example) keys included, with list
 /// items left out of the path: `issuers.introspection.max_in_flight`.
 fn example_config_keys() -> HashSet<String> {
+    struct Open {
+        column: usize,
+        path: String,
+        commented: bool,
+    }
     let mut keys = HashSet::new();
-    let mut stack: Vec<(usize, String)> = Vec::new();
+    let mut stack: Vec<Open> = Vec::new();
     for line in read("deploy/tokengate.example.yaml").lines() {
-        let indent = line.len() - line.trim_start().len();
+        let mut column = line.len() - line.trim_start().len();
         let mut text = line.trim_start();
-        let mut column = indent;
         // A commented-out key counts at the column of its `#`: `  # ca_file:` is a key
         // of the section above, `    #   endpoint:` one of `    # introspection:`.
-        if let Some(uncommented) = text.strip_prefix("# ") {
+        let commented = text.starts_with("# ");
+        if commented {
+            let uncommented = &text[2..];
             column += uncommented.len() - uncommented.trim_start().len();
             text = uncommented.trim_start();
         }
@@ -268,15 +274,24 @@ fn example_config_keys() -> HashSet<String> {
         if !is_key {
             continue;
         }
-        while stack.last().is_some_and(|(level, _)| *level >= column) {
+        // A comment that reads like a key (`# example: a Keycloak realm`) may hold
+        // commented keys below it, never live ones.
+        while stack
+            .last()
+            .is_some_and(|open| open.column >= column || (open.commented && !commented))
+        {
             stack.pop();
         }
         let path = match stack.last() {
-            Some((_, parent)) => format!("{parent}.{key}"),
+            Some(open) => format!("{}.{key}", open.path),
             None => key.to_owned(),
         };
         keys.insert(path.clone());
-        stack.push((column, path));
+        stack.push(Open {
+            column,
+            path,
+            commented,
+        });
     }
     keys
 }
@@ -298,7 +313,9 @@ fn without_indexes(span: &str) -> String {
 
 /// `identity.rs`, `tokengate.yaml`: a file, even when it starts like a config section.
 fn names_a_file(span: &str) -> bool {
-    let extensions = [".rs", ".md", ".yaml", ".yml", ".toml", ".json", ".conf", ".sh", ".py"];
+    let extensions = [
+        ".rs", ".md", ".yaml", ".yml", ".toml", ".json", ".conf", ".sh", ".py",
+    ];
     extensions.iter().any(|extension| span.ends_with(extension))
 }
 
