@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
 use bytestring::ByteString;
+use http::header::{HeaderName, HeaderValue};
 use regex::Regex;
 use serde_json::Value;
 

@@ -119,7 +119,8 @@ fn reads_as_system(value: &str) -> bool {
 /// True when every item of `part` appears in `whole`, in the same order.
 fn in_order<'a>(part: impl IntoIterator<Item = &'a str>, whole: &[&str]) -> bool {
     let mut rest = whole.iter();
-    part.into_iter().all(|item| rest.any(|candidate| *candidate == item))
+    part.into_iter()
+        .all(|item| rest.any(|candidate| *candidate == item))
 }
 
 fn check(case: &Case, identity: &Identity) {
@@ -144,7 +145,10 @@ fn check(case: &Case, identity: &Identity) {
         assert!(!value.is_empty(), "{name}: empty");
         assert_eq!(value.trim(), value, "{name}: not trimmed");
         assert!(!value.chars().any(char::is_control), "{name}: {value:?}");
-        assert!(value.len() <= case.max_header_length, "{name}: over the limit");
+        assert!(
+            value.len() <= case.max_header_length,
+            "{name}: over the limit"
+        );
         bytes += name.len() + value.len() + 4;
     }
     assert!(bytes <= case.max_headers_bytes, "{bytes} bytes of headers");
@@ -161,8 +165,14 @@ fn check(case: &Case, identity: &Identity) {
             .is_some_and(|email| email.eq_ignore_ascii_case(MAPPED_EMAIL));
     match case.output {
         IdentityOutput::Headers => {
-            assert_eq!(values("x-auth-request-user").first().copied(), identity.user());
-            assert_eq!(values("x-auth-request-email").first().copied(), identity.email());
+            assert_eq!(
+                values("x-auth-request-user").first().copied(),
+                identity.user()
+            );
+            assert_eq!(
+                values("x-auth-request-email").first().copied(),
+                identity.email()
+            );
             assert!(values("impersonate-user").is_empty());
             for joined in values("x-auth-request-groups") {
                 let sent = joined.split(',');
@@ -198,6 +208,9 @@ fuzz_target!(|data: &[u8]| {
     };
     for case in cases() {
         check(case, &case.mapping.jwt_identity(case.rules, &claims));
-        check(case, &case.mapping.introspection_identity(case.rules, &claims));
+        check(
+            case,
+            &case.mapping.introspection_identity(case.rules, &claims),
+        );
     }
 });

@@ -683,7 +683,7 @@ mod tests {
         let keys = Arc::new(KeyStore::new(
             &settings,
             None,
-            vec![jsonwebtoken::Algorithm::RS256],
+            vec![crate::verify::alg::Alg::RS256],
             reqwest::Client::new(),
             metrics.clone(),
         ));

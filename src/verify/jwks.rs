@@ -10,7 +10,6 @@
 //! names other material, and the issuer's cached verdicts are dropped.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,11 +18,11 @@ use arc_swap::ArcSwapOption;
 use aws_lc_rs::signature::{self as lc, ParsedPublicKey, RsaPublicKeyComponents};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
+use super::alg::{Alg, KeyFamily};
 use crate::config::{IssuerSettings, KeyRefreshSettings};
 use crate::error::{CauseChain, Reason};
 use crate::metrics::IssuerMetrics;
@@ -81,15 +80,15 @@ pub struct VerifyingKey {
     /// one, else every allowed algorithm of its `kty`/`crv`, never outside the issuer's
     /// allow-list. Parsed when the JWKS is loaded, so a verification does no key parsing
     /// (for RSA that includes the Montgomery set-up).
-    verifiers: Vec<(Algorithm, ParsedPublicKey)>,
+    verifiers: Vec<(Alg, ParsedPublicKey)>,
 }
 
 impl VerifyingKey {
-    pub fn allows(&self, alg: Algorithm) -> bool {
+    pub fn allows(&self, alg: Alg) -> bool {
         self.verifiers.iter().any(|(allowed, _)| *allowed == alg)
     }
 
-    pub fn algorithms(&self) -> impl Iterator<Item = Algorithm> + '_ {
+    pub fn algorithms(&self) -> impl Iterator<Item = Alg> + '_ {
         self.verifiers.iter().map(|(alg, _)| *alg)
     }
 
@@ -112,7 +111,7 @@ impl VerifyingKey {
 
     /// Checks `signature` over `message` with this key, for `alg` only: a key verifies
     /// only its own kty/alg, so an RSA key is never an HMAC secret.
-    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> Result<(), Reason> {
+    pub fn verify(&self, alg: Alg, message: &[u8], signature: &[u8]) -> Result<(), Reason> {
         let (_, key) = self
             .verifiers
             .iter()
@@ -133,7 +132,7 @@ pub struct KeySet {
 impl KeySet {
     /// Parses a JWKS, keeping only keys that are safe to verify with. Keys that are
     /// ignored are logged at debug level with the reason.
-    pub fn parse(body: &[u8], allowed: &[Algorithm]) -> Result<KeySet, serde_json::Error> {
+    pub fn parse(body: &[u8], allowed: &[Alg]) -> Result<KeySet, serde_json::Error> {
         #[derive(Deserialize)]
         struct RawSet {
             keys: Vec<Value>,
@@ -178,7 +177,7 @@ impl KeySet {
     }
 
     /// Keys that may verify `alg`, for a token without `kid`.
-    pub fn candidates(&self, alg: Algorithm) -> impl Iterator<Item = &Arc<VerifyingKey>> {
+    pub fn candidates(&self, alg: Alg) -> impl Iterator<Item = &Arc<VerifyingKey>> {
         self.all.iter().filter(move |key| key.allows(alg))
     }
 
@@ -192,7 +191,7 @@ impl KeySet {
 }
 
 /// Decides whether one JWK may be used, and for which algorithms.
-fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'static str> {
+fn usable_key(raw: &Value, allowed: &[Alg]) -> Result<VerifyingKey, &'static str> {
     const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
     if PRIVATE_MEMBERS
         .iter()
@@ -216,34 +215,18 @@ fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'stat
     }
     let kty = raw.get("kty").and_then(Value::as_str).unwrap_or("");
     let crv = raw.get("crv").and_then(Value::as_str).unwrap_or("");
-    let family: &[Algorithm] = match (kty, crv) {
-        ("RSA", _) => &[
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
-        ("EC", "P-256") => &[Algorithm::ES256],
-        ("EC", "P-384") => &[Algorithm::ES384],
-        ("OKP", "Ed25519") => &[Algorithm::EdDSA],
-        _ => return Err("unsupported kty/crv"),
-    };
-    let algorithms: Vec<Algorithm> = match raw.get("alg") {
+    let family = KeyFamily::of_jwk(kty, crv).ok_or("unsupported kty/crv")?;
+    let algorithms: Vec<Alg> = match raw.get("alg") {
         Some(alg) => {
-            let alg = alg
-                .as_str()
-                .and_then(|name| Algorithm::from_str(name).ok())
-                .ok_or("unknown alg")?;
-            if !family.contains(&alg) {
+            let alg = alg.as_str().and_then(Alg::from_name).ok_or("unknown alg")?;
+            if alg.family() != family {
                 return Err("alg does not match kty");
             }
             vec![alg]
         }
-        None => family.to_vec(),
+        None => family.algorithms().to_vec(),
     };
-    let algorithms: Vec<Algorithm> = algorithms
+    let algorithms: Vec<Alg> = algorithms
         .into_iter()
         .filter(|alg| allowed.contains(alg))
         .collect();
@@ -251,8 +234,8 @@ fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'stat
         return Err("no allowed algorithm");
     }
     let thumbprint;
-    let verifiers = match kty {
-        "RSA" => {
+    let verifiers = match family {
+        KeyFamily::Rsa => {
             let modulus = base64_member(raw, "n").ok_or("bad modulus")?;
             let modulus = strip_leading_zeros(&modulus);
             if modulus.len() * 8 < MIN_RSA_BITS {
@@ -272,20 +255,22 @@ fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'stat
             algorithms
                 .iter()
                 .map(|alg| {
+                    let parameters = alg.rsa_parameters().ok_or("alg does not match kty")?;
                     let parsed = components
-                        .to_parsed_public_key(rsa_parameters(*alg))
+                        .to_parsed_public_key(parameters)
                         .map_err(|_| "unusable key material")?;
                     Ok((*alg, parsed))
                 })
                 .collect::<Result<Vec<_>, &'static str>>()?
         }
-        "EC" => {
+        KeyFamily::EcP256 | KeyFamily::EcP384 => {
             // SEC 1 uncompressed point; RFC 7518 §6.2.1.2 requires full-length coordinates.
-            let (length, verification): (usize, &'static lc::EcdsaVerificationAlgorithm) = match crv
-            {
-                "P-256" => (32, &lc::ECDSA_P256_SHA256_FIXED),
-                _ => (48, &lc::ECDSA_P384_SHA384_FIXED),
-            };
+            let (length, verification): (usize, &'static lc::EcdsaVerificationAlgorithm) =
+                if family == KeyFamily::EcP256 {
+                    (32, &lc::ECDSA_P256_SHA256_FIXED)
+                } else {
+                    (48, &lc::ECDSA_P384_SHA384_FIXED)
+                };
             let x = base64_member(raw, "x").ok_or("bad x coordinate")?;
             let y = base64_member(raw, "y").ok_or("bad y coordinate")?;
             if x.len() != length || y.len() != length {
@@ -302,7 +287,7 @@ fn usable_key(raw: &Value, allowed: &[Algorithm]) -> Result<VerifyingKey, &'stat
                 ParsedPublicKey::new(verification, point).map_err(|_| "unusable key material")?;
             vec![(algorithms[0], parsed)]
         }
-        _ => {
+        KeyFamily::Ed25519 => {
             let x = base64_member(raw, "x").ok_or("bad x coordinate")?;
             // RFC 8037 §2: the required members of an OKP key are crv, kty and x.
             thumbprint = jwk_thumbprint(&[
@@ -362,18 +347,6 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
         .position(|byte| *byte != 0)
         .unwrap_or(bytes.len());
     &bytes[start..]
-}
-
-/// aws-lc-rs parameters of an RSA algorithm (2048 bits and up, like our own minimum).
-fn rsa_parameters(alg: Algorithm) -> &'static lc::RsaParameters {
-    match alg {
-        Algorithm::RS384 => &lc::RSA_PKCS1_2048_8192_SHA384,
-        Algorithm::RS512 => &lc::RSA_PKCS1_2048_8192_SHA512,
-        Algorithm::PS256 => &lc::RSA_PSS_2048_8192_SHA256,
-        Algorithm::PS384 => &lc::RSA_PSS_2048_8192_SHA384,
-        Algorithm::PS512 => &lc::RSA_PSS_2048_8192_SHA512,
-        _ => &lc::RSA_PKCS1_2048_8192_SHA256,
-    }
 }
 
 /// What tokengate takes from an issuer's discovery document (OpenID Connect Discovery
@@ -445,7 +418,7 @@ pub struct Refreshed {
 pub struct KeyStore {
     issuer: String,
     name: String,
-    algorithms: Vec<Algorithm>,
+    algorithms: Vec<Alg>,
     timing: KeyRefreshSettings,
     client: reqwest::Client,
     metrics: IssuerMetrics,
@@ -467,7 +440,7 @@ impl KeyStore {
     pub fn new(
         settings: &IssuerSettings,
         jwks_uri: Option<Url>,
-        algorithms: Vec<Algorithm>,
+        algorithms: Vec<Alg>,
         client: reqwest::Client,
         metrics: IssuerMetrics,
     ) -> Self {
@@ -736,7 +709,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const ALL: &[Algorithm] = crate::config::SUPPORTED_ALGORITHMS;
+    const ALL: &[Alg] = &Alg::ALL;
 
     fn rsa_jwk(bits: usize) -> Value {
         let mut modulus = vec![0xC5u8; bits / 8];
@@ -746,8 +719,8 @@ mod tests {
 
     #[test]
     fn rsa_key_without_alg_serves_every_allowed_rsa_algorithm() {
-        let key = usable_key(&rsa_jwk(2048), &[Algorithm::RS256, Algorithm::ES256]).unwrap();
-        assert_eq!(key.algorithms().collect::<Vec<_>>(), [Algorithm::RS256]);
+        let key = usable_key(&rsa_jwk(2048), &[Alg::RS256, Alg::ES256]).unwrap();
+        assert_eq!(key.algorithms().collect::<Vec<_>>(), [Alg::RS256]);
     }
 
     #[test]
@@ -778,10 +751,10 @@ mod tests {
 
     #[test]
     fn ec_keys_are_parsed_once_and_checked_when_loaded() {
-        let key = crate::demo::SigningKey::generate(Algorithm::ES256, "e");
+        let key = crate::demo::SigningKey::generate(jsonwebtoken::Algorithm::ES256, "e");
         let jwk = key.public_jwk().clone();
         let parsed = usable_key(&jwk, ALL).unwrap();
-        assert_eq!(parsed.algorithms().collect::<Vec<_>>(), [Algorithm::ES256]);
+        assert_eq!(parsed.algorithms().collect::<Vec<_>>(), [Alg::ES256]);
         // A short coordinate, or a point that is not on the curve, never becomes a key.
         let mut short = jwk.clone();
         short["x"] = json!(URL_SAFE_NO_PAD.encode([7u8; 31]));
@@ -799,13 +772,13 @@ mod tests {
 
     #[test]
     fn a_parsed_key_verifies_only_its_algorithms() {
-        let key = usable_key(&rsa_jwk(2048), &[Algorithm::RS256]).unwrap();
+        let key = usable_key(&rsa_jwk(2048), &[Alg::RS256]).unwrap();
         assert_eq!(
-            key.verify(Algorithm::PS256, b"m", b"s"),
+            key.verify(Alg::PS256, b"m", b"s"),
             Err(Reason::AlgorithmNotAllowed)
         );
         assert_eq!(
-            key.verify(Algorithm::RS256, b"m", b"s"),
+            key.verify(Alg::RS256, b"m", b"s"),
             Err(Reason::BadSignature)
         );
     }
@@ -862,6 +835,7 @@ mod tests {
 
     #[test]
     fn ec_and_okp_thumbprints_hash_their_required_members() {
+        use jsonwebtoken::Algorithm;
         for alg in [Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA] {
             let key = crate::demo::SigningKey::generate(alg, "x");
             let jwk = key.public_jwk();
@@ -924,7 +898,7 @@ mod tests {
     #[test]
     fn a_key_is_withdrawn_when_its_material_goes_whatever_its_kid() {
         let new = |kid: &str| {
-            crate::demo::SigningKey::generate(Algorithm::ES256, kid)
+            crate::demo::SigningKey::generate(jsonwebtoken::Algorithm::ES256, kid)
                 .public_jwk()
                 .clone()
         };

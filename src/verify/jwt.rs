@@ -9,11 +9,11 @@ use std::borrow::Cow;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::Algorithm;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::alg::{Alg, HeaderAlg};
 use super::cache::unix_now;
 use super::json;
 use super::jwks::{KeyStore, VerifyingKey};
@@ -24,7 +24,7 @@ use crate::error::{AuthError, Reason};
 /// so nothing a token names is ever fetched or trusted.
 #[derive(Debug, Deserialize)]
 pub struct JoseHeader {
-    pub alg: Algorithm,
+    pub alg: HeaderAlg,
     pub typ: Option<String>,
     pub kid: Option<String>,
     /// Only its presence matters: we understand no extension.
@@ -89,7 +89,7 @@ fn base64url(part: &str) -> Result<Vec<u8>, AuthError> {
 pub struct JwtRules {
     pub issuer: String,
     /// The allow-list: a token's `alg` must be one of these before any key is looked at.
-    algorithms: Vec<Algorithm>,
+    algorithms: Vec<Alg>,
     audiences: Vec<String>,
     /// Seconds of clock skew accepted on `exp` and `nbf`.
     leeway: u64,
@@ -98,7 +98,7 @@ pub struct JwtRules {
 }
 
 impl JwtRules {
-    pub fn new(settings: &IssuerSettings, algorithms: &[Algorithm]) -> Self {
+    pub fn new(settings: &IssuerSettings, algorithms: &[Alg]) -> Self {
         Self {
             issuer: settings.issuer.clone(),
             algorithms: algorithms.to_vec(),
@@ -116,9 +116,10 @@ impl JwtRules {
         let header = &jwt.header;
         // The allow-list is checked before any key is looked at: a token cannot choose
         // `none`, an HMAC algorithm, or anything the operator did not allow.
-        if !self.algorithms.contains(&header.alg) {
-            return Err(Reason::AlgorithmNotAllowed.into());
-        }
+        let alg = match header.alg {
+            HeaderAlg::Supported(alg) if self.algorithms.contains(&alg) => alg,
+            _ => return Err(Reason::AlgorithmNotAllowed.into()),
+        };
         if let Some(required) = &self.required_typ {
             // RFC 9068 §4: access tokens must carry `typ: at+jwt`, which stops an ID
             // token of the same issuer from being replayed as an access token.
@@ -146,13 +147,13 @@ impl JwtRules {
                         .await
                         .ok_or(Reason::UnknownKey)?,
                 };
-                verify_signature(jwt, &key)?;
+                verify_signature(jwt, alg, &key)?;
             }
             None => {
                 // No `kid`: try the keys that fit the algorithm (at most the JWKS size).
                 let mut verified = Err(Reason::UnknownKey);
-                for key in keys.candidates(header.alg) {
-                    verified = verify_signature(jwt, key);
+                for key in keys.candidates(alg) {
+                    verified = verify_signature(jwt, alg, key);
                     if verified.is_ok() {
                         break;
                     }
@@ -185,8 +186,8 @@ impl JwtRules {
     }
 }
 
-fn verify_signature(jwt: &DecodedJwt<'_>, key: &VerifyingKey) -> Result<(), Reason> {
-    key.verify(jwt.header.alg, jwt.signing_input, &jwt.signature)
+fn verify_signature(jwt: &DecodedJwt<'_>, alg: Alg, key: &VerifyingKey) -> Result<(), Reason> {
+    key.verify(alg, jwt.signing_input, &jwt.signature)
 }
 
 /// `exp` and `nbf` (RFC 7519 §4.1.4–5), each checked with `leeway` when present; shared

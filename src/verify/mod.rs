@@ -2,6 +2,7 @@
 //!
 //! - [`issuer`]: one configured issuer as one compiled value, kept by a reload when
 //!   unchanged;
+//! - [`alg`]: the closed set of signature algorithms, matched exhaustively everywhere;
 //! - [`cache`]: verified tokens keyed by SHA-256, bounded in bytes, never past `exp`;
 //! - [`jwt`]: header checks, key choice, signature and claims for one issuer;
 //! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown;
@@ -11,6 +12,7 @@
 //! - [`json`]: the JSON parser for tokens and answers, which refuses duplicate names.
 
 pub mod admission;
+pub mod alg;
 pub mod cache;
 pub mod introspection;
 pub mod issuer;
