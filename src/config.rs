@@ -12,7 +12,6 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::request::{PathParameters, ProxyHeaders, TokenSource};
-use crate::verify::alg::Alg;
 
 /// Prefix of environment overrides: `TOKENGATE__CACHE__MAX_ENTRIES=5000`.
 pub const ENV_PREFIX: &str = "TOKENGATE";
@@ -99,68 +98,64 @@ pub struct Settings {
 /// that memory after the connections close and reuses it for the next ones, so the peak
 /// is what counts, and `max_connections` bounds it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// Most open connections on the auth listener, over all workers. Beyond it, new
     /// connections wait in the kernel's accept queue until one closes; the open ones
     /// keep being served (past the accept queue's 1024, the kernel drops new SYNs and
     /// clients retry them). Proxies keep a small pool of keep-alive connections, so a few
     /// hundred is plenty for one replica.
-    #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
     /// Most open connections on the admin listener.
-    #[serde(default = "defaults::admin_max_connections")]
     pub admin_max_connections: usize,
     /// How long an idle keep-alive connection stays open. Longer than the proxies' own
     /// idle timeout (nginx `keepalive_timeout` 60 s), so that the proxy closes first and
     /// never sends a request on a connection we are closing.
-    #[serde(default = "defaults::keep_alive", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
     /// Time a new connection has to send its first request head; a client that trickles
     /// its headers (slowloris) is disconnected after it.
-    #[serde(default = "defaults::client_request_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub client_request_timeout: Duration,
     /// Largest request head, every header name and value together, in bytes; a larger
     /// one gets 431 before any parsing. (The HTTP layer refuses heads over 128 KiB.)
-    #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: usize,
     /// Most request headers; more get 431. (The HTTP layer refuses more than 96.)
-    #[serde(default = "defaults::max_headers")]
     pub max_headers: usize,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
-            max_connections: defaults::max_connections(),
-            admin_max_connections: defaults::admin_max_connections(),
-            keep_alive: defaults::keep_alive(),
-            client_request_timeout: defaults::client_request_timeout(),
-            max_header_bytes: defaults::max_header_bytes(),
-            max_headers: defaults::max_headers(),
+            max_connections: 1024,
+            admin_max_connections: 64,
+            keep_alive: Duration::from_secs(75),
+            client_request_timeout: Duration::from_secs(5),
+            max_header_bytes: 32 * 1024,
+            max_headers: 64,
         }
     }
 }
 
 /// Graceful shutdown: readiness turns off at once, then the listeners drain.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ShutdownSettings {
     /// How long to keep serving after `/readyz` turned not-ready, so that load balancers
     /// and Kubernetes endpoints stop sending new requests first.
-    #[serde(default = "defaults::drain_delay", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub drain_delay: Duration,
     /// The whole shutdown, drain delay included, ends within this; keep it below the
     /// pod's `terminationGracePeriodSeconds` (30 s by default).
-    #[serde(default = "defaults::shutdown_grace", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub grace: Duration,
 }
 
 impl Default for ShutdownSettings {
     fn default() -> Self {
         Self {
-            drain_delay: defaults::drain_delay(),
-            grace: defaults::shutdown_grace(),
+            drain_delay: Duration::from_secs(5),
+            grace: Duration::from_secs(20),
         }
     }
 }
@@ -310,58 +305,55 @@ impl std::fmt::Debug for ClientSecret {
 
 /// When and how often the issuer's JWKS is fetched.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct KeyRefreshSettings {
     /// Refresh period when the JWKS response carries no `Cache-Control: max-age`, and the
     /// upper bound when it does.
-    #[serde(default = "defaults::refresh_interval", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
     /// Lower bound on the refresh period, whatever `max-age` says.
-    #[serde(default = "defaults::min_refresh_interval", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub min_refresh_interval: Duration,
     /// A token with an unknown `kid` triggers at most one JWKS fetch per this period, so
     /// that a flood of forged `kid`s cannot turn into a flood of fetches at the issuer.
-    #[serde(default = "defaults::unknown_kid_cooldown", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub unknown_kid_cooldown: Duration,
     /// How long the last good keys keep serving while refreshes fail; past it, tokens of
     /// this issuer get 503 (no verdict) rather than trusting keys that may be revoked.
-    #[serde(default = "defaults::max_stale", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub max_stale: Duration,
 }
 
 impl Default for KeyRefreshSettings {
     fn default() -> Self {
         Self {
-            refresh_interval: defaults::refresh_interval(),
-            min_refresh_interval: defaults::min_refresh_interval(),
-            unknown_kid_cooldown: defaults::unknown_kid_cooldown(),
-            max_stale: defaults::max_stale(),
+            refresh_interval: Duration::from_secs(300),
+            min_refresh_interval: Duration::from_secs(30),
+            unknown_kid_cooldown: Duration::from_secs(30),
+            max_stale: Duration::from_secs(24 * 3600),
         }
     }
 }
 
 /// Where tokens come from.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TokenSettings {
     /// Tried in order: `authorization` (Bearer), `header:<name>`, `cookie:<name>`.
-    #[serde(default = "defaults::token_sources")]
     pub sources: Vec<String>,
     /// Tokens longer than this are refused before any parsing or crypto.
-    #[serde(default = "defaults::max_token_length")]
     pub max_length: usize,
     /// The issuer (its `issuer` URL or `name`) whose introspection endpoint is asked about
     /// tokens that are not JWTs. An opaque token names no issuer, so this is configured;
     /// without it, a token that is not a JWT is refused as malformed.
-    #[serde(default)]
     pub opaque_issuer: Option<String>,
 }
 
 impl Default for TokenSettings {
     fn default() -> Self {
         Self {
-            sources: defaults::token_sources(),
-            max_length: defaults::max_token_length(),
+            sources: vec!["authorization".to_owned()],
+            max_length: 8 * 1024,
             opaque_issuer: None,
         }
     }
@@ -369,41 +361,32 @@ impl Default for TokenSettings {
 
 /// Claims → identity headers.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct IdentitySettings {
     /// Claim for `X-Auth-Request-User` (dotted path); falls back to `sub`.
-    #[serde(default = "defaults::user_claim")]
     pub user_claim: String,
     /// Claim for `X-Auth-Request-Email`.
-    #[serde(default = "defaults::email_claim")]
     pub email_claim: String,
     /// Claim for `X-Auth-Request-Groups` (dotted path, e.g. `realm_access.roles`): a list,
     /// or one string (one group, unless the issuer has `space_separated_groups`).
-    #[serde(default = "defaults::groups_claim")]
     pub groups_claim: String,
     /// Longest value of one identity header, in bytes. Values are never cut: a longer user
     /// or email refuses the answer (`identity_too_large`), a longer group or claim value is
     /// left out.
-    #[serde(default = "defaults::max_header_length")]
     pub max_header_length: usize,
     /// Budget for all identity headers of one answer together (names and values). Over
     /// it the answer is 403 with a log line, instead of nginx failing with a 500 because
     /// the headers overflow its `proxy_buffer_size` (4 KiB by default).
-    #[serde(default = "defaults::max_headers_bytes")]
     pub max_headers_bytes: usize,
     /// Extra headers from claims, e.g. `{header: X-Auth-Request-Tenant, claim: tenant_id}`.
-    #[serde(default)]
     pub claim_headers: Vec<ClaimHeaderSettings>,
     /// Which groups are sent upstream (policy checks always see every group).
-    #[serde(default)]
     pub groups_filter: Option<GroupsFilterSettings>,
     /// `headers` (`X-Auth-Request-*`) or `kubernetes_impersonation`
     /// (`Impersonate-User` and one `Impersonate-Group` line per group).
-    #[serde(default)]
     pub output: IdentityOutput,
     /// For `kubernetes_impersonation`: identities by email, replacing the token's user
     /// and groups.
-    #[serde(default)]
     pub impersonation_map: Vec<ImpersonationEntry>,
 }
 
@@ -498,11 +481,11 @@ pub struct RuleSettings {
 impl Default for IdentitySettings {
     fn default() -> Self {
         Self {
-            user_claim: defaults::user_claim(),
-            email_claim: defaults::email_claim(),
-            groups_claim: defaults::groups_claim(),
-            max_header_length: defaults::max_header_length(),
-            max_headers_bytes: defaults::max_headers_bytes(),
+            user_claim: "preferred_username".to_owned(),
+            email_claim: "email".to_owned(),
+            groups_claim: "groups".to_owned(),
+            max_header_length: 2048,
+            max_headers_bytes: 3072,
             claim_headers: Vec::new(),
             groups_filter: None,
             output: IdentityOutput::Headers,
@@ -513,7 +496,7 @@ impl Default for IdentitySettings {
 
 /// The verified-token cache.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CacheSettings {
     /// Memory the verified-token cache may hold, in bytes. Each entry counts what it
     /// really holds: its identity (user, email, groups, scopes and header values), the
@@ -521,43 +504,38 @@ pub struct CacheSettings {
     /// 6.8 KB for a 7 KB token whose bulk is groups). The default, 32 MiB, fits the
     /// shipped Kubernetes memory limit (128 MiB) with the introspection cache, the
     /// connection limit and headroom; size them together (docs/performance.md).
-    #[serde(default = "defaults::cache_max_bytes")]
     pub max_bytes: u64,
     /// Most tokens kept, a second bound beside `max_bytes`: an entry counts for at least
     /// `max_bytes / max_entries` bytes.
-    #[serde(default = "defaults::cache_max_entries")]
     pub max_entries: u64,
     /// Longest time a verified token is trusted without re-checking its signature (it
     /// never outlives the token's `exp` either). A key refresh that withdraws a key (by
     /// `kid` or by material) drops the issuer's cached verdicts at once, whatever this says.
-    #[serde(default = "defaults::cache_max_ttl", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub max_ttl: Duration,
     /// Memory the introspection cache may hold, in bytes, counted like `max_bytes`: a
     /// positive answer weighs its identity like a verified token, a negative one only the
     /// cache's bookkeeping. With `introspect_jwts`, every JWT also has an answer here.
-    #[serde(default = "defaults::cache_introspection_max_bytes")]
     pub introspection_max_bytes: u64,
     /// Most introspection answers kept (positive and negative), a second bound beside
     /// `introspection_max_bytes`.
-    #[serde(default = "defaults::cache_max_entries")]
     pub introspection_max_entries: u64,
     /// Let a caching proxy (nginx `proxy_cache`, ingress-nginx `auth-cache-key`) keep
     /// allows whose verdict depended on the request: any rule on hosts, paths or methods,
     /// or requirements in the auth URL. Off by default, since a cache keyed on the token
     /// alone would then serve one route's allow for another; turn it on only with a cache
     /// key holding method, host, URI and token.
-    #[serde(default)]
     pub proxy_cache_route_verdicts: bool,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
         Self {
-            max_bytes: defaults::cache_max_bytes(),
-            max_entries: defaults::cache_max_entries(),
-            max_ttl: defaults::cache_max_ttl(),
-            introspection_max_bytes: defaults::cache_introspection_max_bytes(),
-            introspection_max_entries: defaults::cache_max_entries(),
+            max_bytes: 32 * 1024 * 1024,
+            max_entries: 100_000,
+            max_ttl: Duration::from_secs(300),
+            introspection_max_bytes: 16 * 1024 * 1024,
+            introspection_max_entries: 100_000,
             proxy_cache_route_verdicts: false,
         }
     }
@@ -565,20 +543,18 @@ impl Default for CacheSettings {
 
 /// The outbound HTTP client (discovery, JWKS).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HttpClientSettings {
     /// TCP + TLS connect timeout.
-    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Whole-request timeout.
-    #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// PEM bundle of extra CA certificates, for issuers behind an internal CA.
-    #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Replaced by per-issuer limits (`issuers[].introspection.max_in_flight`,
     /// `max_waiting`, `max_wait`): setting it is a configuration error that says so.
-    #[serde(default)]
     pub introspection_max_in_flight: Option<usize>,
 }
 
@@ -604,8 +580,8 @@ impl HttpClientSettings {
 impl Default for HttpClientSettings {
     fn default() -> Self {
         Self {
-            connect_timeout: defaults::connect_timeout(),
-            timeout: defaults::request_timeout(),
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
             ca_file: None,
             introspection_max_in_flight: None,
         }
@@ -625,17 +601,14 @@ pub enum LogFormat {
 
 /// Log output.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// `auto`, `json` or `pretty`.
-    #[serde(default)]
     pub format: LogFormat,
     /// `RUST_LOG`-style filter, used when `RUST_LOG` is not set.
-    #[serde(default = "defaults::log_filter")]
     pub filter: String,
     /// Level of the audit line of an allowed request: `info`, `debug` or `off`.
     /// Denials are always logged at `info` (503s at `warn`).
-    #[serde(default)]
     pub allow_level: AllowLogLevel,
 }
 
@@ -643,7 +616,7 @@ impl Default for LogSettings {
     fn default() -> Self {
         Self {
             format: LogFormat::Auto,
-            filter: defaults::log_filter(),
+            filter: "info,actix_server=warn".to_owned(),
             allow_level: AllowLogLevel::Info,
         }
     }
@@ -667,57 +640,6 @@ mod defaults {
     pub fn leeway() -> Duration {
         Duration::from_secs(30)
     }
-    pub fn refresh_interval() -> Duration {
-        Duration::from_secs(300)
-    }
-    pub fn min_refresh_interval() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn unknown_kid_cooldown() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn max_stale() -> Duration {
-        Duration::from_secs(24 * 3600)
-    }
-    pub fn token_sources() -> Vec<String> {
-        vec!["authorization".to_owned()]
-    }
-    pub fn max_token_length() -> usize {
-        8 * 1024
-    }
-    pub fn user_claim() -> String {
-        "preferred_username".to_owned()
-    }
-    pub fn email_claim() -> String {
-        "email".to_owned()
-    }
-    pub fn groups_claim() -> String {
-        "groups".to_owned()
-    }
-    pub fn max_header_length() -> usize {
-        2048
-    }
-    pub fn max_headers_bytes() -> usize {
-        3072
-    }
-    pub fn cache_max_bytes() -> u64 {
-        32 * 1024 * 1024
-    }
-    pub fn cache_introspection_max_bytes() -> u64 {
-        16 * 1024 * 1024
-    }
-    pub fn cache_max_entries() -> u64 {
-        100_000
-    }
-    pub fn cache_max_ttl() -> Duration {
-        Duration::from_secs(300)
-    }
-    pub fn connect_timeout() -> Duration {
-        Duration::from_secs(2)
-    }
-    pub fn request_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
     pub fn introspection_timeout() -> Duration {
         Duration::from_secs(2)
     }
@@ -730,38 +652,11 @@ mod defaults {
     pub fn introspection_max_in_flight() -> usize {
         64
     }
-    pub fn max_connections() -> usize {
-        1024
-    }
-    pub fn admin_max_connections() -> usize {
-        64
-    }
-    pub fn keep_alive() -> Duration {
-        Duration::from_secs(75)
-    }
-    pub fn client_request_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn max_header_bytes() -> usize {
-        32 * 1024
-    }
-    pub fn max_headers() -> usize {
-        64
-    }
     pub fn introspection_max_waiting() -> usize {
         1024
     }
     pub fn introspection_max_wait() -> Duration {
         Duration::from_secs(1)
-    }
-    pub fn drain_delay() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn shutdown_grace() -> Duration {
-        Duration::from_secs(20)
-    }
-    pub fn log_filter() -> String {
-        "info,actix_server=warn".to_owned()
     }
 }
 
@@ -1071,7 +966,6 @@ impl IssuerSettings {
                 "at least one non-empty audience is required",
             ));
         }
-        self.parsed_algorithms(key)?;
         if self.leeway > MAX_LEEWAY {
             return Err(ConfigError::new(
                 format!("{key}.leeway"),
@@ -1115,33 +1009,6 @@ impl IssuerSettings {
             ));
         }
         Ok(())
-    }
-
-    /// The allow-list as `jsonwebtoken` algorithms.
-    pub fn parsed_algorithms(&self, key: &str) -> Result<Vec<Alg>, ConfigError> {
-        let key = format!("{key}.algorithms");
-        if self.algorithms.is_empty() {
-            return Err(ConfigError::new(key, "at least one algorithm is required"));
-        }
-        self.algorithms
-            .iter()
-            .map(|name| {
-                if name.eq_ignore_ascii_case("none") {
-                    return Err(ConfigError::new(
-                        &key,
-                        "'none' is never allowed: it means unsigned tokens",
-                    ));
-                }
-                Alg::from_name(name).ok_or_else(|| {
-                        ConfigError::new(
-                            &key,
-                            format!(
-                                "'{name}' is not supported (use RS256/384/512, PS256/384/512, ES256/384 or EdDSA)"
-                            ),
-                        )
-                    })
-            })
-            .collect()
     }
 
     /// Name used in logs and metric labels.

@@ -13,6 +13,7 @@
 //! - [`shutdown`]: the signal every background task watches to end by itself;
 //! - [`telemetry`]: the tracing subscriber;
 //! - [`error`]: the one denial type (reason → status and label) and the cause-chain printer;
+//! - [`outbound`]: the one HTTP client for key fetches and introspection, size-capped reads;
 //! - [`metrics`]: typed Prometheus handles in a registry passed in;
 //! - [`gate`]: the one decision path: an [`gate::AuthQuery`] in, a [`gate::Decision`] out;
 //! - [`http`]: thin adapters for `/auth`, `/ext-authz` and the admin listener, and
@@ -35,6 +36,7 @@ pub mod gate;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod reload;
 pub mod request;

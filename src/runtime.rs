@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 
-use crate::config::{AllowLogLevel, ConfigError, HttpClientSettings, IdentityOutput, Settings};
-use crate::error::CauseChain;
+use crate::config::{AllowLogLevel, ConfigError, IdentityOutput, Settings};
 use crate::gate::Gate;
 use crate::metrics::Metrics;
+use crate::outbound;
 use crate::policy::RouteRules;
 use crate::request::{PathParameters, ProxyHeaders, TokenSource};
 use crate::shutdown::Shutdown;
@@ -64,7 +64,7 @@ pub fn compile(
     let client_unchanged = reused_client.is_some();
     let client = match reused_client {
         Some(client) => client,
-        None => http_client(&settings.http_client)?,
+        None => outbound::client(&settings.http_client)?,
     };
     let outbound = Outbound {
         client: &client,
@@ -122,22 +122,4 @@ pub fn check(settings: Settings) -> Result<(), ConfigError> {
         .map_err(|error| ConfigError::new("metrics", error.to_string()))?;
     let (_stop, background) = crate::shutdown::ShutdownTrigger::new();
     compile(settings, &Arc::new(metrics), &background, None).map(drop)
-}
-
-/// The one outbound client: bounded timeouts, no redirects (keys come only from the
-/// configured or discovered URL), optional extra CA bundle.
-fn http_client(settings: &HttpClientSettings) -> Result<reqwest::Client, ConfigError> {
-    reqwest::Client::builder()
-        .connect_timeout(settings.connect_timeout)
-        .timeout(settings.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
-        .tls_certs_merge(settings.ca_certificates()?)
-        .build()
-        .map_err(|error| {
-            ConfigError::new(
-                "http_client",
-                format!("cannot build the HTTP client: {}", CauseChain(&error)),
-            )
-        })
 }

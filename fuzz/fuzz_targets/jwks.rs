@@ -7,7 +7,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tokengate::verify::alg::Alg;
-use tokengate::verify::jwks::{KeySet, ProviderMetadata};
+use tokengate::verify::discovery::ProviderMetadata;
+use tokengate::verify::jwk::KeySet;
 
 const ISSUER: &str = "https://sso.example.com/realms/main";
 

@@ -44,6 +44,7 @@ use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IntrospectionSe
 use crate::error::{AuthError, CauseChain, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::{IntrospectionResult, IssuerMetrics, Metrics};
+use crate::outbound::{self, BodyError};
 
 /// Largest introspection answer we read: real ones are well under a KiB.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -432,19 +433,12 @@ impl IntrospectionClient {
         };
         let mut response = request.body(form.finish()).send().await.map_err(failed)?;
         let status = response.status();
-        if response
-            .content_length()
-            .is_some_and(|length| length > MAX_ANSWER_BYTES as u64)
-        {
-            return Err(IntrospectionError::TooLarge { url });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(failed)? {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(IntrospectionError::TooLarge { url });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = outbound::read_capped(&mut response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|error| match error {
+                BodyError::TooLarge => IntrospectionError::TooLarge { url: url.clone() },
+                BodyError::Http(source) => failed(source),
+            })?;
         if !status.is_success() {
             let error = OAuthErrorCode::from_body(&body);
             let status = status.as_u16();

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use url::Url;
 
+use super::alg::Alg;
 use super::introspection::{AnswerRules, IntrospectionClient};
 use super::jwks::KeyStore;
 use super::jwt::JwtRules;
@@ -87,7 +88,7 @@ impl Issuer {
         previous: Option<&Arc<Issuer>>,
         new_key_stores: &mut Vec<NewKeyStore>,
     ) -> Result<Arc<Issuer>, ConfigError> {
-        let algorithms = settings.parsed_algorithms(key)?;
+        let algorithms = allowed_algorithms(&format!("{key}.algorithms"), &settings.algorithms)?;
         let secret = settings
             .introspection
             .as_ref()
@@ -203,4 +204,31 @@ fn same_key_source(before: &IssuerSettings, after: &IssuerSettings) -> bool {
         && before.jwks_uri == after.jwks_uri
         && before.algorithms == after.algorithms
         && before.keys == after.keys
+}
+
+/// The issuer's allow-list, from the configured names at `key`: `none` and the symmetric
+/// algorithms are refused by name, so a configuration cannot open the classic attacks.
+fn allowed_algorithms(key: &str, names: &[String]) -> Result<Vec<Alg>, ConfigError> {
+    if names.is_empty() {
+        return Err(ConfigError::new(key, "at least one algorithm is required"));
+    }
+    names
+        .iter()
+        .map(|name| {
+            if name.eq_ignore_ascii_case("none") {
+                return Err(ConfigError::new(
+                    key,
+                    "'none' is never allowed: it means unsigned tokens",
+                ));
+            }
+            Alg::from_name(name).ok_or_else(|| {
+                ConfigError::new(
+                    key,
+                    format!(
+                        "'{name}' is not supported (use RS256/384/512, PS256/384/512, ES256/384 or EdDSA)"
+                    ),
+                )
+            })
+        })
+        .collect()
 }

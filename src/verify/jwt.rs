@@ -16,7 +16,8 @@ use serde_json::Value;
 use super::alg::{Alg, HeaderAlg};
 use super::cache::unix_now;
 use super::json;
-use super::jwks::{KeyStore, VerifyingKey};
+use super::jwk::VerifyingKey;
+use super::jwks::KeyStore;
 use crate::config::IssuerSettings;
 use crate::error::{AuthError, Reason};
 

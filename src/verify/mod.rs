@@ -5,7 +5,9 @@
 //! - [`alg`]: the closed set of signature algorithms, matched exhaustively everywhere;
 //! - [`cache`]: verified tokens keyed by SHA-256, bounded in bytes, never past `exp`;
 //! - [`jwt`]: header checks, key choice, signature and claims for one issuer;
-//! - [`jwks`]: each issuer's keys, discovery, refresh and the unknown-`kid` cooldown;
+//! - [`jwk`]: JWKs to verifying keys (usable members, algorithms, thumbprints), key sets;
+//! - [`discovery`]: what an issuer's discovery document tells us;
+//! - [`jwks`]: each issuer's key store: fetches, refresh and the unknown-`kid` cooldown;
 //! - [`introspection`]: RFC 7662 introspection of opaque tokens (and, per issuer, of
 //!   JWTs) with its cache of answers;
 //! - [`admission`]: each issuer's bound on introspection calls, with a short fair wait;
@@ -14,9 +16,11 @@
 pub mod admission;
 pub mod alg;
 pub mod cache;
+pub mod discovery;
 pub mod introspection;
 pub mod issuer;
 pub mod json;
+pub mod jwk;
 pub mod jwks;
 pub mod jwt;
 
@@ -43,9 +47,9 @@ pub struct Allowed {
 /// Shared by all workers: the issuers, the verified-token cache, the introspection cache.
 pub struct Verifier {
     issuers: Vec<Arc<Issuer>>,
-    by_iss: HashMap<String, usize>,
-    /// The issuer asked about opaque tokens (`token.opaque_issuer`), by position.
-    opaque_issuer: Option<usize>,
+    by_iss: HashMap<String, Arc<Issuer>>,
+    /// The issuer asked about opaque tokens (`token.opaque_issuer`).
+    opaque_issuer: Option<Arc<Issuer>>,
     cache: TokenCache,
     introspector: Introspector,
     identity: IdentityMapping,
@@ -128,7 +132,7 @@ impl Verifier {
                 before,
                 &mut new_key_stores,
             )?;
-            by_iss.insert(issuer.issuer.clone(), index);
+            by_iss.insert(issuer.issuer.clone(), compiled.clone());
             issuers.push(compiled);
         }
         let token_budget = Budget {
@@ -181,7 +185,9 @@ impl Verifier {
             },
             |previous| previous.introspector.clone(),
         );
-        let opaque_issuer = settings.opaque_issuer()?;
+        let opaque_issuer = settings
+            .opaque_issuer()?
+            .and_then(|position| issuers.get(position).cloned());
         Ok(Compiled {
             verifier: Self {
                 issuers,
@@ -204,7 +210,7 @@ impl Verifier {
 
     /// The issuer whose `iss` is `iss`, exactly.
     pub fn by_issuer(&self, iss: &str) -> Option<&Arc<Issuer>> {
-        self.by_iss.get(iss).map(|index| &self.issuers[*index])
+        self.by_iss.get(iss)
     }
 
     /// The compiled issuer `id`, unless a reload replaced it. A scan: there are few.
@@ -267,7 +273,7 @@ impl Verifier {
             // secret) is sent.
             let issuer = self
                 .opaque_issuer
-                .map(|index| &self.issuers[index])
+                .as_deref()
                 .ok_or(Reason::MalformedToken)?;
             let answer = self
                 .introspector

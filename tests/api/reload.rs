@@ -528,3 +528,26 @@ async fn steady_load_through_twenty_reloads_gets_every_answer_right() {
     assert_eq!(served.reloads("error").await, 0.0);
     eprintln!("{answered} answers, all correct, through 20 reloads");
 }
+
+#[tokio::test]
+async fn a_setting_that_needs_a_restart_is_kept_with_a_warning_and_the_rest_applies() {
+    let issuer = TestIssuer::start().await;
+    let config = Config::one(&issuer);
+    let served = Served::start("fixed", &config, false).await;
+    let token = issuer.token();
+    let text = config
+        .with_rules(DENY_ADMIN)
+        .render(served.port, served.admin_port)
+        .replace("workers: 2", "workers: 3");
+    served.write(&text);
+    served.hangup();
+    served.wait_reloads("success", 1.0).await;
+    assert_eq!(served.auth(&token, "/admin").await, 403, "the rule applied");
+    let logs = served.logs();
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("cannot change without a restart")
+                && line.contains("\"key\":\"workers\"")),
+        "{logs}"
+    );
+}
