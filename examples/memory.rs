@@ -20,7 +20,7 @@
 //!   close; `--waves` times, to show whether closed connections' memory is reused.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -28,6 +28,7 @@ use clap::{Parser, Subcommand};
 use futures_util::stream::{self, StreamExt};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
+use testkit::process::{free_port, wait_ready, Child};
 use tokengate::demo::{jwks_document, SigningKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -73,26 +74,20 @@ enum Scenario {
     },
 }
 
+/// The binary, killed when dropped (the test kit's guard).
 struct Tokengate {
     child: Child,
     auth: String,
     admin: String,
 }
 
-impl Drop for Tokengate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Tokengate {
     fn rss_kib(&self) -> u64 {
-        status_kib(self.child.id(), "VmRSS")
+        status_kib(self.child.0.id(), "VmRSS")
     }
 
     fn hwm_kib(&self) -> u64 {
-        status_kib(self.child.id(), "VmHWM")
+        status_kib(self.child.0.id(), "VmHWM")
     }
 }
 
@@ -103,14 +98,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .expect("field in /proc/<pid>/status")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn unix_now() -> u64 {
@@ -211,22 +198,16 @@ server:
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
     let tokengate = Tokengate {
-        child,
+        child: Child(child),
         auth: format!("http://127.0.0.1:{port}/auth"),
         admin: format!("http://127.0.0.1:{admin_port}"),
     };
-    let client = reqwest::Client::new();
-    for _ in 0..100 {
-        let ready = client
-            .get(format!("{}/readyz", tokengate.admin))
-            .send()
-            .await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            return (tokengate, key);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("tokengate did not become ready");
+    let readyz = format!("{}/readyz", tokengate.admin);
+    assert!(
+        wait_ready(&reqwest::Client::new(), &readyz).await,
+        "tokengate did not become ready"
+    );
+    (tokengate, key)
 }
 
 /// Value of the first sample of `name` whose labels contain `labels`.

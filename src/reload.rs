@@ -73,7 +73,6 @@ impl Reloader {
         let result = self.compile_and_swap();
         match &result {
             Ok(changes) => {
-                metrics.config_reloaded(true, unix_now());
                 tracing::info!(
                     trigger = why,
                     path = %self.path.display(),
@@ -83,9 +82,9 @@ impl Reloader {
                     rules = changes.rules,
                     "configuration reloaded"
                 );
+                metrics.config_reloaded(true, unix_now());
             }
             Err(error) => {
-                metrics.config_reloaded(false, 0);
                 tracing::error!(
                     trigger = why,
                     path = %self.path.display(),
@@ -93,6 +92,7 @@ impl Reloader {
                     reason = %error.reason,
                     "configuration reload failed: still serving the previous configuration"
                 );
+                metrics.config_reloaded(false, 0);
             }
         }
         result

@@ -92,17 +92,9 @@ log:
 
     /// The value of one series in `/metrics`.
     async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .client
-            .get(format!("{}/metrics", self.admin))
-            .send()
+        let url = format!("{}/metrics", self.admin);
+        crate::process::scrape(&self.client, &url, series)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("{series} in /metrics"))
     }
 }

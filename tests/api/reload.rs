@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use crate::helpers::*;
-use crate::process::{free_port, wait_ready, Child};
+use crate::process::{free_port, scrape, wait_ready, Child};
 
 /// A running binary and the files it was started with.
 struct Served {
@@ -131,6 +131,27 @@ impl Served {
         std::fs::read_to_string(self.dir.join("output.log")).unwrap_or_default()
     }
 
+    /// The JSON log lines whose message starts with `message`, once there are `count` of
+    /// them (5 s at most: lines are written by a background thread).
+    async fn log_lines_until(&self, message: &str, count: usize) -> Vec<serde_json::Value> {
+        let started = Instant::now();
+        loop {
+            let lines: Vec<serde_json::Value> = self
+                .logs()
+                .lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .filter(|line: &serde_json::Value| {
+                    line["message"].as_str().unwrap_or("").starts_with(message)
+                })
+                .collect();
+            if lines.len() >= count || started.elapsed() > Duration::from_secs(5) {
+                assert_eq!(lines.len(), count, "{message}:\n{}", self.logs());
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Rewrites the file behind the configuration path in place.
     fn write(&self, text: &str) {
         std::fs::write(&self.real, text).unwrap();
@@ -168,17 +189,8 @@ impl Served {
 
     /// The value of one series of `/metrics`, 0 when absent.
     async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .client
-            .get(self.admin("/metrics"))
-            .send()
+        scrape(&self.client, &self.admin("/metrics"), series)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
     }
 
@@ -247,14 +259,9 @@ async fn a_rule_change_applies_on_sighup() {
     served.wait_reloads("success", 1.0).await;
     assert_eq!(served.auth(&token, "/admin").await, 403);
     assert_eq!(served.auth(&token, "/orders").await, 202);
-    let logs = served.logs();
-    assert!(
-        logs.lines()
-            .any(|line| line.contains("configuration reloaded")
-                && line.contains("\"trigger\":\"SIGHUP\"")
-                && line.contains("\"rules\":1")),
-        "{logs}"
-    );
+    let reloaded = served.log_lines_until("configuration reloaded", 1).await;
+    assert_eq!(reloaded[0]["trigger"], "SIGHUP");
+    assert_eq!(reloaded[0]["rules"], 1);
     assert!(
         served
             .metric("tokengate_config_last_reload_success_timestamp_seconds")
@@ -279,8 +286,8 @@ async fn a_configmap_swap_applies_without_a_signal() {
     served.swap_configmap(&config, "000000003");
     served.wait_reloads("success", 2.0).await;
     assert_eq!(served.auth(&token, "/admin").await, 202);
-    let logs = served.logs();
-    assert!(logs.contains("\"trigger\":\"file change\""), "{logs}");
+    let reloaded = served.log_lines_until("configuration reloaded", 2).await;
+    assert!(reloaded.iter().all(|line| line["trigger"] == "file change"));
 }
 
 #[tokio::test]
@@ -329,22 +336,11 @@ async fn a_bad_file_on_reload_keeps_the_running_config() {
             .await
             .unwrap();
         assert_eq!(ready.status(), 200, "{key}");
+        // Log lines are written by a background thread: wait for this one.
+        let failures = served
+            .log_lines_until("configuration reload failed", count + 1)
+            .await;
         let logs = served.logs();
-        let failures: Vec<serde_json::Value> = logs
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .filter(|line: &serde_json::Value| {
-                line["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .starts_with("configuration reload failed")
-            })
-            .collect();
-        assert_eq!(
-            failures.len(),
-            count + 1,
-            "one error line per reload:\n{logs}"
-        );
         let named = failures[count]["key"].as_str().unwrap_or("");
         assert!(
             named.contains(key),
@@ -474,14 +470,9 @@ async fn an_added_issuer_becomes_usable_and_a_removed_one_stops() {
             .await,
         0.0
     );
-    let logs = served.logs();
-    assert!(
-        logs.lines()
-            .any(|line| line.contains("configuration reloaded")
-                && line.contains("issuers_removed")
-                && line.contains("idp-1")),
-        "{logs}"
-    );
+    let reloaded = served.log_lines_until("configuration reloaded", 2).await;
+    let removed = reloaded[1]["issuers_removed"].as_str().unwrap_or("");
+    assert!(removed.contains("idp-1"), "{removed}");
 }
 
 #[tokio::test]
@@ -543,11 +534,8 @@ async fn a_setting_that_needs_a_restart_is_kept_with_a_warning_and_the_rest_appl
     served.hangup();
     served.wait_reloads("success", 1.0).await;
     assert_eq!(served.auth(&token, "/admin").await, 403, "the rule applied");
-    let logs = served.logs();
-    assert!(
-        logs.lines()
-            .any(|line| line.contains("cannot change without a restart")
-                && line.contains("\"key\":\"workers\"")),
-        "{logs}"
-    );
+    let warned = served
+        .log_lines_until("this setting cannot change without a restart", 1)
+        .await;
+    assert_eq!(warned[0]["key"], "workers");
 }
