@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the request path: token extraction, full verification per
 //! algorithm (cache miss), the verified-token cache hit, the introspection cache hit (an
-//! opaque token whose answer is cached), the hit through the swappable runtime, and
+//! opaque token whose answer is cached), the hit through the swappable runtime, the
+//! cache hit with 100 000 revocation entries held beside the same with none, and
 //! identity-header building.
 //!
 //! `cargo bench` runs them; compare numbers within one run only.
@@ -22,6 +23,7 @@ use tokengate::demo::{jwks_document, SigningKey};
 use tokengate::identity::IdentityMapping;
 use tokengate::metrics::Metrics;
 use tokengate::request::{extract_token, TokenSource};
+use tokengate::revocation::{Event, Kind, RevocationKeys};
 use tokengate::verify::cache::{token_hash, unix_now};
 use tokengate::verify::Verifier;
 
@@ -174,6 +176,58 @@ fn benches(c: &mut Criterion) {
             allowed
         })
     });
+
+    // The revocation check on a cache hit: nothing held, then 100 000 entries (a third
+    // each of sid, jti and sub, none naming this token; one naming its subject before
+    // it was issued), with a token that carries all three claims.
+    let mut revocable = claims();
+    revocable["sid"] = json!("a5c3e1f0-session-0001");
+    revocable["jti"] = json!("0b7d9e2c-token-0001");
+    let revocable = keys[0].sign(&revocable);
+    let mut group = c.benchmark_group("verify_cache_hit_revocations");
+    for held in [0usize, 100_000] {
+        // A verifier of its own, with a store of its own.
+        let checked = runtime
+            .block_on(async { crate::verifier(&keys.iter().collect::<Vec<_>>(), &endpoint) });
+        let kinds = [Kind::Sid, Kind::Jti, Kind::Sub];
+        // `held` entries in all: the default `max_entries` (100 000) holds them.
+        let mut events: Vec<Event> = (1..held)
+            .map(|index| Event::new(ISSUER, kinds[index % 3], &format!("revoked-{index}")))
+            .collect();
+        if held > 0 {
+            let mut before = Event::new(ISSUER, Kind::Sub, "f3b1c2d4-0000-4000-8000-000000000001");
+            before.at_ms -= 60_000;
+            events.push(before);
+        }
+        checked.revocations().load(&events);
+        assert_eq!(checked.revocations().len(), held);
+        checked
+            .verify_token(&revocable)
+            .now_or_never()
+            .expect("no waiting")
+            .expect("valid token");
+        // The check alone, on the same token's fingerprints: what it adds to a hit.
+        let keys_of_token = RevocationKeys::from_claims(
+            ISSUER,
+            &json!({"sub": "f3b1c2d4-0000-4000-8000-000000000001",
+                "sid": "a5c3e1f0-session-0001", "jti": "0b7d9e2c-token-0001", "iat": unix_now()}),
+        );
+        let store = checked.revocations().clone();
+        group.bench_function(format!("check_only_{held}_entries"), |b| {
+            let now = unix_now();
+            b.iter(|| store.check(black_box(&keys_of_token), now))
+        });
+        group.bench_function(format!("{held}_entries"), |b| {
+            b.iter(|| {
+                checked
+                    .verify_token(black_box(&revocable))
+                    .now_or_never()
+                    .expect("no waiting on the request path")
+                    .expect("valid token")
+            })
+        });
+    }
+    group.finish();
 
     // A request loads the runtime a reload may swap: the hit path read directly, and
     // through the `ArcSwap` as the handlers read it, side by side.

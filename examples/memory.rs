@@ -5,6 +5,7 @@
 //! target/release/examples/memory cache --tokens 100000 --size 7168 [--max-bytes N] [--max-entries N]
 //! target/release/examples/memory entry --count 200000 --size 1024
 //! target/release/examples/memory connections --count 10000 [--waves 2]
+//! target/release/examples/memory revocations --count 100000
 //! ```
 //!
 //! It serves a JWKS with one Ed25519 key on loopback (Ed25519 signs fast: 100 000 tokens
@@ -15,6 +16,9 @@
 //!   bulk is a groups claim, which the identity keeps: the costliest kind of large token.
 //! - `entry`: in this process, RSS growth per entry of the cache alone against what the
 //!   cache counts for it (`entry_bytes`): how `ENTRY_OVERHEAD` was measured.
+//! - `revocations`: in this process, RSS growth per entry of the revocation store (sid,
+//!   jti and sub entries alike), loaded as the feed loads them, and what each verified
+//!   token carries for the check.
 //! - `connections`: RSS with `--count` idle connections open (first as plain connections,
 //!   then each after one request, as a proxy's keep-alive pool holds them), and after they
 //!   close; `--waves` times, to show whether closed connections' memory is reused.
@@ -64,6 +68,11 @@ enum Scenario {
         count: usize,
         #[arg(long, default_value_t = 0)]
         size: usize,
+    },
+    /// In this process: RSS growth per revocation entry.
+    Revocations {
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
     },
     /// Open idle connections, then close them.
     Connections {
@@ -368,6 +377,7 @@ fn entry(count: usize, size: usize) {
             expires_at: unix_now() + 3600,
             key_generation: 0,
             identity: identity(index),
+            revocation: Default::default(),
         });
         cache.insert(token_hash(&format!("warm-{index}")), token);
     }
@@ -380,6 +390,7 @@ fn entry(count: usize, size: usize) {
             expires_at: unix_now() + 3600,
             key_generation: 0,
             identity: identity(index),
+            revocation: Default::default(),
         });
         // What a cache hit does first: slice a header value, which shares the buffer.
         let _ = token.identity.headers().next();
@@ -475,6 +486,31 @@ async fn connections(count: usize, waves: usize) {
     }
 }
 
+/// RSS growth per entry of the revocation store.
+fn revocations(count: usize) {
+    use tokengate::revocation::{Event, Kind, Revocations};
+    let settings = tokengate::config::RevocationSettings::default();
+    let store = Revocations::new(&settings, tokengate::metrics::RevocationMetrics::detached()).0;
+    let kinds = [Kind::Sid, Kind::Jti, Kind::Sub];
+    let issuer = "https://sso.example.com/realms/main";
+    // Values of the length real ones have (a UUID).
+    let events: Vec<Event> = (0..count)
+        .map(|index| {
+            let value = format!("{index:08x}-0000-4000-8000-000000000000");
+            Event::new(issuer, kinds[index % 3], &value)
+        })
+        .collect();
+    let before = status_kib(std::process::id(), "VmRSS");
+    store.load(&events);
+    let after = status_kib(std::process::id(), "VmRSS");
+    assert_eq!(store.len(), count);
+    let growth = (after.saturating_sub(before) * 1024) as f64 / count as f64;
+    println!(
+        "revocations: {count} entries: RSS +{growth:.0} B per entry; each verified token carries {} B for the check",
+        std::mem::size_of::<tokengate::revocation::RevocationKeys>()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     match Args::parse().scenario {
@@ -486,5 +522,6 @@ async fn main() {
         } => cache(tokens, size, max_bytes, max_entries).await,
         Scenario::Entry { count, size } => entry(count, size),
         Scenario::Connections { count, waves } => connections(count, waves).await,
+        Scenario::Revocations { count } => revocations(count),
     }
 }

@@ -273,8 +273,10 @@ copy_build_context() {
     for path in "${paths[@]}"; do
         path=${path%/}
         [[ -e $path ]] || fail ".dockerignore allows '$path', which does not exist"
-        # -p keeps modification times, so cargo rebuilds only what changed.
-        cp -Rp "$path" "$CONTEXT_DIR/"
+        # -p keeps modification times, so cargo rebuilds only what changed; a nested path
+        # (crates/testkit) keeps its place, as Docker's COPY keeps it.
+        mkdir -p "$CONTEXT_DIR/$(dirname "$path")"
+        cp -Rp "$path" "$CONTEXT_DIR/$(dirname "$path")/"
     done
     echo "build context: ${paths[*]}"
 }

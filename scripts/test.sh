@@ -72,6 +72,24 @@ install_nginx() {
     echo "nginx: installed $("$(nginx_binary)" -v 2>&1)"
 }
 
+# --- Redis: the revocation feed that tokengate replicas share -------------------------
+#
+# tests/e2e/revocation.rs starts Debian's redis-server itself, on a free loopback port
+# without persistence; the packaged service is not started (apt_install) and, on a
+# systemd machine, not left enabled.
+
+install_redis() {
+    if command -v redis-server >/dev/null 2>&1; then
+        echo "redis: $(redis-server --version)"
+        return
+    fi
+    apt_install redis-server
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+        "${SUDO[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
+    echo "redis: installed $(redis-server --version)"
+}
+
 # --- the real OpenID Provider: panva/oidc-provider from npm -------------------------
 #
 # tests/e2e/introspection.rs runs tests/e2e/op/op.mjs with Node.js. oidc-provider 9
@@ -223,6 +241,7 @@ install_proxies() {
 # component; each is quick when its component is already present.
 install_e2e_dependencies() {
     install_nginx
+    install_redis
     install_oidc_provider
     install_proxies
 }

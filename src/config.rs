@@ -13,6 +13,9 @@ use url::Url;
 
 use crate::request::{PathParameters, ProxyHeaders, TokenSource};
 
+mod revocation;
+pub use revocation::{BackchannelLogoutSettings, RedisFeedSettings, RevocationSettings};
+
 /// Prefix of environment overrides: `TOKENGATE__CACHE__MAX_ENTRIES=5000`.
 pub const ENV_PREFIX: &str = "TOKENGATE";
 
@@ -90,6 +93,9 @@ pub struct Settings {
     /// Graceful shutdown on SIGTERM/SIGINT.
     #[serde(default)]
     pub shutdown: ShutdownSettings,
+    /// Revocation: back-channel logout, the operator's revoke, the Redis feed.
+    #[serde(default)]
+    pub revocation: RevocationSettings,
 }
 
 /// Connection and request limits. The defaults fit the shipped 128 MiB memory limit: an
@@ -215,6 +221,9 @@ pub struct IssuerSettings {
     /// Off, the string is one group: `"Finance Admins"` is not the group `Admins`.
     #[serde(default)]
     pub space_separated_groups: bool,
+    /// OpenID Connect Back-Channel Logout from this issuer (off when absent).
+    #[serde(default)]
+    pub backchannel_logout: Option<BackchannelLogoutSettings>,
 }
 
 /// How tokengate authenticates to the introspection endpoint (RFC 7662 §2.1 requires
@@ -730,6 +739,9 @@ impl Settings {
         let mut seen = std::collections::HashSet::new();
         for (index, issuer) in self.issuers.iter().enumerate() {
             issuer.validate(&format!("issuers[{index}]"))?;
+            if let Some(logout) = &issuer.backchannel_logout {
+                logout.validate(&format!("issuers[{index}]"))?;
+            }
             if !seen.insert(issuer.issuer.as_str()) {
                 return Err(ConfigError::new(
                     format!("issuers[{index}].issuer"),
@@ -791,6 +803,7 @@ impl Settings {
             }
         }
         self.server.validate()?;
+        self.revocation.validate()?;
         if self.shutdown.grace > Duration::from_secs(120) {
             return Err(ConfigError::new("shutdown.grace", "must be at most 120s"));
         }

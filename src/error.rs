@@ -38,6 +38,9 @@ pub enum Reason {
     /// RFC 7662 introspection answered `active: false`: revoked, expired or unknown to
     /// the issuer.
     InactiveToken,
+    /// A revocation names the token: its session (`sid`) ended, the token (`jti`) was
+    /// revoked, or its subject (`sub`) was logged out after it was issued.
+    Revoked,
     /// The introspection endpoint could not give an answer (unreachable, timeout, 5xx,
     /// refused our client credentials, unreadable answer): no verdict.
     IntrospectionUnavailable,
@@ -77,7 +80,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for pre-registering one metric series per reason.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::MissingToken,
         Reason::TokenTooLarge,
         Reason::MalformedToken,
@@ -92,6 +95,7 @@ impl Reason {
         Reason::InvalidClaims,
         Reason::KeysUnavailable,
         Reason::InactiveToken,
+        Reason::Revoked,
         Reason::IntrospectionUnavailable,
         Reason::IntrospectionOverloaded,
         Reason::AmbiguousRequest,
@@ -124,6 +128,7 @@ impl Reason {
             Reason::InvalidClaims => "invalid_claims",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::InactiveToken => "inactive_token",
+            Reason::Revoked => "revoked",
             Reason::IntrospectionUnavailable => "introspection_unavailable",
             Reason::IntrospectionOverloaded => "introspection_overloaded",
             Reason::AmbiguousRequest => "ambiguous_request",
@@ -254,6 +259,7 @@ mod tests {
                 | Reason::InvalidClaims
                 | Reason::KeysUnavailable
                 | Reason::InactiveToken
+                | Reason::Revoked
                 | Reason::IntrospectionUnavailable
                 | Reason::IntrospectionOverloaded
                 | Reason::AmbiguousRequest

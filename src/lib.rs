@@ -23,6 +23,8 @@
 //! - [`policy`]: per-route requirements and route rules (grants narrow, restrictions
 //!   broad), pure functions;
 //! - [`verify`]: the verifier: cache, JWT validation, key stores, RFC 7662 introspection;
+//! - [`revocation`]: sid / jti / sub revocations checked on every request, and the Redis
+//!   feed that shares them between replicas;
 //! - [`demo`]: the embedded demo issuer behind `tokengate demo`.
 //!
 //! docs/architecture.md walks one request through these.
@@ -40,6 +42,7 @@ pub mod outbound;
 pub mod policy;
 pub mod reload;
 pub mod request;
+pub mod revocation;
 pub mod runtime;
 pub mod shutdown;
 pub mod startup;

@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 use crate::error::Reason;
+use crate::revocation::{EventResult, Source};
 
 /// What one call to an RFC 7662 introspection endpoint gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,5 +397,96 @@ pub struct InFlight<'a>(&'a IntGauge);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// The revocation store's metrics. Registered once per process, like the store, which
+/// outlives configuration reloads.
+#[derive(Clone)]
+pub struct RevocationMetrics {
+    /// By [`Source`] then [`EventResult`], in their `ALL` order.
+    events: Vec<[IntCounter; 3]>,
+    /// Entries held.
+    pub entries: IntGauge,
+    /// 1 while the Redis feed is subscribed and loaded, else 0.
+    pub feed_up: IntGauge,
+    /// Local events that found the feed's queue full: held here, never shared.
+    pub feed_dropped: IntCounter,
+    /// From an event's time to its application here, for events from the feed.
+    pub propagation: Histogram,
+}
+
+/// From a millisecond to ten seconds (a replica catching up after an outage).
+const PROPAGATION_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl RevocationMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self::unregistered()?;
+        let events = IntCounterVec::new(
+            Opts::new(
+                "tokengate_revocation_events_total",
+                "Revocation events by source (backchannel, admin, feed) and result",
+            ),
+            &["source", "result"],
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(metrics.entries.clone()))?;
+        registry.register(Box::new(metrics.feed_up.clone()))?;
+        registry.register(Box::new(metrics.feed_dropped.clone()))?;
+        registry.register(Box::new(metrics.propagation.clone()))?;
+        Ok(Self {
+            events: Source::ALL
+                .iter()
+                .map(|source| {
+                    EventResult::ALL
+                        .map(|result| events.with_label_values(&[source.as_str(), result.as_str()]))
+                })
+                .collect(),
+            ..metrics
+        })
+    }
+
+    fn unregistered() -> prometheus::Result<Self> {
+        let events = IntCounterVec::new(
+            Opts::new("tokengate_revocation_events_total", "detached"),
+            &["source", "result"],
+        )?;
+        Ok(Self {
+            events: Source::ALL
+                .iter()
+                .map(|source| {
+                    EventResult::ALL
+                        .map(|result| events.with_label_values(&[source.as_str(), result.as_str()]))
+                })
+                .collect(),
+            entries: IntGauge::new("tokengate_revocation_entries", "Revocation entries held")?,
+            feed_up: IntGauge::new(
+                "tokengate_revocation_feed_up",
+                "1 while the Redis revocation feed is subscribed and loaded, else 0",
+            )?,
+            feed_dropped: IntCounter::new(
+                "tokengate_revocation_feed_dropped_total",
+                "Local revocation events not shared: the feed's queue was full",
+            )?,
+            propagation: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tokengate_revocation_propagation_seconds",
+                    "From a revocation event's time to its application here (feed events)",
+                )
+                .buckets(PROPAGATION_BUCKETS.to_vec()),
+            )?,
+        })
+    }
+
+    /// Handles registered nowhere, for unit tests and benchmarks.
+    pub fn detached() -> Self {
+        Self::unregistered().expect("valid metric definitions")
+    }
+
+    /// Counts one event.
+    pub fn event(&self, source: Source, result: EventResult) {
+        self.events[source as usize][result as usize].inc();
     }
 }

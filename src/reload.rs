@@ -106,6 +106,7 @@ impl Reloader {
             settings,
             &self.state.metrics,
             &self.background,
+            &self.state.revocations,
             Some(&current),
         )?;
         let changes = changes(&current, &compiled.runtime);
@@ -224,6 +225,9 @@ fn keep_fixed_settings(running: &Settings, new: &mut Settings) {
     fixed!(shutdown, "shutdown");
     fixed!(log.format, "log.format");
     fixed!(log.filter, "log.filter");
+    // The revocation store, its admin secret and its feed are built once: they outlive
+    // reloads (and with them every revocation held).
+    fixed!(revocation, "revocation");
 }
 
 /// Issuers added, removed and changed (recompiled: a new identity for their verdicts),

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::outbound;
 use crate::policy::RouteRules;
 use crate::request::{PathParameters, ProxyHeaders, TokenSource};
+use crate::revocation::Revocations;
 use crate::shutdown::Shutdown;
 use crate::verify::issuer::NewKeyStore;
 use crate::verify::{Outbound, Previous, Verifier};
@@ -51,11 +52,13 @@ pub struct Compiled {
 
 /// Compiles `settings`, as [`Settings::load`] validated them. Reads every file the
 /// settings name (client secrets, the CA bundle); fetches nothing. `background` is the signal the key refreshers of new
-/// key stores stop on; `previous` is the running runtime on a reload.
+/// key stores stop on; `revocations` is the application's store (it is not compiled:
+/// it outlives reloads); `previous` is the running runtime on a reload.
 pub fn compile(
     settings: Settings,
     metrics: &Arc<Metrics>,
     background: &Shutdown,
+    revocations: &Arc<Revocations>,
     previous: Option<&Runtime>,
 ) -> Result<Compiled, ConfigError> {
     let reused_client = previous
@@ -70,6 +73,7 @@ pub fn compile(
         client: &client,
         metrics,
         background,
+        revocations,
     };
     let compiled = Verifier::compile(
         &settings,
@@ -121,5 +125,17 @@ pub fn check(settings: Settings) -> Result<(), ConfigError> {
     let metrics = Metrics::new(&prometheus::Registry::new(), &[])
         .map_err(|error| ConfigError::new("metrics", error.to_string()))?;
     let (_stop, background) = crate::shutdown::ShutdownTrigger::new();
-    compile(settings, &Arc::new(metrics), &background, None).map(drop)
+    let revocations = Revocations::new(
+        &settings.revocation,
+        crate::metrics::RevocationMetrics::detached(),
+    )
+    .0;
+    compile(
+        settings,
+        &Arc::new(metrics),
+        &background,
+        &revocations,
+        None,
+    )
+    .map(drop)
 }

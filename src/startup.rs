@@ -13,9 +13,11 @@ use arc_swap::ArcSwap;
 use prometheus::Registry;
 
 use crate::config::{ConfigError, Settings, ShutdownSettings};
+use crate::http::revocation::{self, AdminToken};
 use crate::http::{admin, auth, ext_authz, AppState};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RevocationMetrics};
 use crate::reload::Reloader;
+use crate::revocation::{feed, Revocations};
 use crate::runtime;
 use crate::shutdown::{BackgroundTasks, Shutdown, ShutdownTrigger};
 use crate::verify::issuer::NewKeyStore;
@@ -79,8 +81,14 @@ impl Application {
             .collect();
         let metrics = Arc::new(Metrics::new(&registry, &issuer_names)?);
         let (background, shutdown) = ShutdownTrigger::new();
-        let compiled = runtime::compile(settings, &metrics, &shutdown, None)?;
         let tasks = BackgroundTasks::default();
+        let revocations = start_revocations(&settings, &registry, &shutdown, &tasks)?;
+        let revocation_admin_token = settings
+            .revocation
+            .admin_token()?
+            .as_deref()
+            .map(AdminToken::new);
+        let compiled = runtime::compile(settings, &metrics, &shutdown, &revocations, None)?;
         start_key_stores(compiled.new_key_stores, &tasks).await;
         let settings = compiled.runtime.settings.clone();
         for issuer in compiled.runtime.gate.verifier.issuers() {
@@ -100,6 +108,8 @@ impl Application {
 
         let state = web::Data::new(AppState {
             runtime: ArcSwap::from_pointee(compiled.runtime),
+            revocations,
+            revocation_admin_token,
             metrics,
             registry,
             shutting_down: AtomicBool::new(false),
@@ -113,6 +123,13 @@ impl Application {
             App::new()
                 .app_data(auth_state.clone())
                 .route("/auth", web::route().to(auth::auth))
+                // The issuers post logout tokens here (docs/revocation.md: expose only
+                // this path to them, never the whole listener to the world).
+                .service(
+                    web::resource("/backchannel-logout")
+                        .app_data(web::PayloadConfig::new(revocation::MAX_LOGOUT_BODY))
+                        .route(web::post().to(revocation::backchannel_logout)),
+                )
                 .route(ext_authz::PREFIX, web::route().to(ext_authz::ext_authz))
                 .route(
                     &format!("{}/{{tail:.*}}", ext_authz::PREFIX),
@@ -141,6 +158,11 @@ impl Application {
                 .route("/healthz", web::get().to(admin::healthz))
                 .route("/readyz", web::get().to(admin::readyz))
                 .route("/metrics", web::get().to(admin::metrics))
+                .service(
+                    web::resource("/revocations")
+                        .app_data(web::PayloadConfig::new(revocation::MAX_REVOKE_BODY))
+                        .route(web::post().to(revocation::revoke)),
+                )
         })
         .workers(1)
         .max_connections(settings.server.admin_max_connections)
@@ -293,6 +315,23 @@ async fn shutdown_signal() {
             }
         }
     }
+}
+
+/// Builds the revocation store, once per process (reloads keep it), and starts the Redis
+/// feed when one is configured: its first load happens in the background, and readiness
+/// waits for it.
+fn start_revocations(
+    settings: &Settings,
+    registry: &Registry,
+    shutdown: &Shutdown,
+    tasks: &BackgroundTasks,
+) -> Result<Arc<Revocations>, StartupError> {
+    let (revocations, outbox) =
+        Revocations::new(&settings.revocation, RevocationMetrics::new(registry)?);
+    if let (Some(redis), Some(outbox)) = (&settings.revocation.redis, outbox) {
+        feed::spawn(redis, revocations.clone(), outbox, shutdown, tasks)?;
+    }
+    Ok(revocations)
 }
 
 /// Fetches each new key store's keys once, concurrently, then leaves its refresher

@@ -47,6 +47,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
                 no_endpoint.join(", ")
             ));
     }
+    if !state.revocations.is_ready() {
+        return HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("revocation feed not loaded yet\n");
+    }
     HttpResponse::Ok()
         .content_type("text/plain")
         .body("ready\n")

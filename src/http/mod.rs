@@ -4,12 +4,14 @@
 //! - [`auth`]: `/auth` for nginx `auth_request`, ingress-nginx and Traefik `forwardAuth`;
 //! - [`ext_authz`]: `/ext-authz/…` for Envoy's HTTP `ext_authz`;
 //! - [`respond`]: reasons and decisions on the wire;
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the admin listener.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on the admin listener;
+//! - [`revocation`]: `/backchannel-logout` (auth listener) and `/revocations` (admin).
 
 pub mod admin;
 pub mod auth;
 pub mod ext_authz;
 pub mod respond;
+pub mod revocation;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +40,10 @@ pub struct AppState {
     pub runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
+    /// Revocations: held here, outside the runtime, so that they outlive reloads.
+    pub revocations: Arc<crate::revocation::Revocations>,
+    /// The bearer secret of `POST /revocations` (read at start-up); `None`: it is off.
+    pub revocation_admin_token: Option<revocation::AdminToken>,
     /// Set on shutdown so that `/readyz` turns not-ready before the listener closes.
     pub shutting_down: AtomicBool,
 }

@@ -21,6 +21,7 @@ use prometheus::IntCounter;
 
 use super::issuer::IssuerId;
 use crate::identity::Identity;
+use crate::revocation::RevocationKeys;
 
 /// SHA-256 of a token.
 pub type TokenHash = [u8; 32];
@@ -50,6 +51,8 @@ pub struct VerifiedToken {
     /// The issuer's key-withdrawal generation when the token was verified.
     pub key_generation: u64,
     pub identity: Identity,
+    /// What the revocation check looks up, on every request.
+    pub revocation: RevocationKeys,
 }
 
 /// What one entry costs besides its value's own allocations, in bytes: moka's
@@ -175,6 +178,7 @@ mod tests {
             expires_at,
             key_generation: 0,
             identity: Identity::default(),
+            revocation: RevocationKeys::default(),
         })
     }
 
@@ -199,6 +203,7 @@ mod tests {
             expires_at: unix_now() + 600,
             key_generation: 0,
             identity,
+            revocation: RevocationKeys::default(),
         })
     }
 

@@ -45,6 +45,7 @@ use crate::error::{AuthError, CauseChain, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::{IntrospectionResult, IssuerMetrics, Metrics};
 use crate::outbound::{self, BodyError};
+use crate::revocation::RevocationKeys;
 
 /// Largest introspection answer we read: real ones are well under a KiB.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -623,6 +624,8 @@ impl Introspector {
                 key_generation: 0,
                 // Built once per answer: a cache hit only copies ready header values.
                 identity: identity.introspection_identity(issuer.claims, &answer),
+                // RFC 7662 §2.2 answers name `sub`, `jti` and `iat` like JWT claims.
+                revocation: RevocationKeys::from_claims(&issuer.jwt.issuer, &answer),
             })),
             Judged::Refused(reason) => Verdict::Refused(reason),
         };

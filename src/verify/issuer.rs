@@ -14,7 +14,7 @@ use super::alg::Alg;
 use super::introspection::{AnswerRules, IntrospectionClient};
 use super::jwks::KeyStore;
 use super::jwt::JwtRules;
-use crate::config::{ClientSecret, ConfigError, IssuerSettings};
+use crate::config::{BackchannelLogoutSettings, ClientSecret, ConfigError, IssuerSettings};
 use crate::identity::ClaimRules;
 use crate::metrics::{IssuerMetrics, Metrics};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
@@ -46,6 +46,8 @@ pub struct Issuer {
     /// would trust the token ourselves without checking again (the cache ttl, or the
     /// introspection revocation window).
     pub proxy_cache_cap: u64,
+    /// OpenID Connect Back-Channel Logout from this issuer, when configured.
+    pub backchannel_logout: Option<BackchannelLogoutSettings>,
     pub metrics: IssuerMetrics,
     /// What it was compiled from, for the next reload to compare with.
     settings: IssuerSettings,
@@ -163,6 +165,7 @@ impl Issuer {
             introspection,
             claims: ClaimRules::from(settings),
             proxy_cache_cap: trusted_for.as_secs(),
+            backchannel_logout: settings.backchannel_logout.clone(),
             metrics,
             settings: settings.clone(),
             secret,

@@ -112,15 +112,15 @@ impl JwtRules {
         }
     }
 
+    /// Seconds of clock skew accepted on this issuer's dates.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
     /// Verifies a token whose `iss` named this issuer with its `keys`; returns its `exp`.
     pub async fn verify(&self, jwt: &DecodedJwt<'_>, keys: &KeyStore) -> Result<u64, AuthError> {
         let header = &jwt.header;
-        // The allow-list is checked before any key is looked at: a token cannot choose
-        // `none`, an HMAC algorithm, or anything the operator did not allow.
-        let alg = match header.alg {
-            HeaderAlg::Supported(alg) if self.algorithms.contains(&alg) => alg,
-            _ => return Err(Reason::AlgorithmNotAllowed.into()),
-        };
+        self.allowed_alg(jwt)?;
         if let Some(required) = &self.required_typ {
             // RFC 9068 §4: access tokens must carry `typ: at+jwt`, which stops an ID
             // token of the same issuer from being replayed as an access token.
@@ -132,6 +132,34 @@ impl JwtRules {
                 return Err(Reason::WrongTokenType.into());
             }
         }
+        if super::logout::is_logout_token(jwt) {
+            // Back-Channel Logout 1.0 §2.4: a logout token must never be usable as
+            // another kind of token, whatever its `aud` and `exp` say.
+            return Err(Reason::WrongTokenType.into());
+        }
+        self.verify_signed(jwt, keys).await?;
+        self.check_claims(&jwt.claims, unix_now())
+    }
+
+    /// The allow-list, checked before any key is looked at: a token cannot choose
+    /// `none`, an HMAC algorithm, or anything the operator did not allow.
+    fn allowed_alg(&self, jwt: &DecodedJwt<'_>) -> Result<Alg, AuthError> {
+        match jwt.header.alg {
+            HeaderAlg::Supported(alg) if self.algorithms.contains(&alg) => Ok(alg),
+            _ => Err(Reason::AlgorithmNotAllowed.into()),
+        }
+    }
+
+    /// The checks every JWT of this issuer passes, whatever it is for (an access token, a
+    /// logout token): `alg` in the allow-list, no `crit`, a key of this issuer's JWKS and
+    /// its signature. The caller checks the type and the claims.
+    pub async fn verify_signed(
+        &self,
+        jwt: &DecodedJwt<'_>,
+        keys: &KeyStore,
+    ) -> Result<(), AuthError> {
+        let header = &jwt.header;
+        let alg = self.allowed_alg(jwt)?;
         if header.crit.is_some() {
             // RFC 7515 §4.1.11: we understand no extension, so a token that marks one as
             // critical must be refused.
@@ -162,7 +190,7 @@ impl JwtRules {
                 verified?;
             }
         }
-        self.check_claims(&jwt.claims, unix_now())
+        Ok(())
     }
 
     /// RFC 7519 §4.1: `exp` required, `nbf` honoured, both with the leeway; `iss` exactly
@@ -240,7 +268,7 @@ pub(crate) fn numeric_date(value: &Value) -> Option<u64> {
 }
 
 /// `at+jwt`, `AT+JWT` and `application/at+jwt` are the same type (RFC 7515 §4.1.9).
-fn normalize_typ(typ: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_typ(typ: &str) -> Cow<'_, str> {
     let typ = typ.trim();
     let typ = match typ.get(..12) {
         Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],

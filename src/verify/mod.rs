@@ -11,6 +11,8 @@
 //! - [`introspection`]: RFC 7662 introspection of opaque tokens (and, per issuer, of
 //!   JWTs) with its cache of answers;
 //! - [`admission`]: each issuer's bound on introspection calls, with a short fair wait;
+//! - [`logout`]: OpenID Connect Back-Channel Logout tokens, validated with the issuer's
+//!   keys;
 //! - [`json`]: the JSON parser for tokens and answers, which refuses duplicate names.
 
 pub mod admission;
@@ -23,6 +25,7 @@ pub mod json;
 pub mod jwk;
 pub mod jwks;
 pub mod jwt;
+pub mod logout;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,12 +33,14 @@ use std::sync::Arc;
 use crate::config::{ConfigError, Settings};
 use crate::error::{AuthError, Reason};
 use crate::identity::IdentityMapping;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RevocationMetrics};
+use crate::revocation::{RevocationKeys, Revocations};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use cache::{token_hash, unix_now, Budget, TokenCache, TokenHash, VerifiedToken};
 use introspection::Introspector;
 use issuer::{Issuer, IssuerContext, IssuerId, NewKeyStore};
 use jwt::{looks_like_jwt, DecodedJwt};
+use logout::{Logout, LogoutError};
 
 /// A verdict to allow, with what it was based on.
 pub struct Allowed {
@@ -54,6 +59,8 @@ pub struct Verifier {
     introspector: Introspector,
     identity: IdentityMapping,
     max_token_length: usize,
+    /// Held by the application, not by the configuration: it outlives reloads.
+    revocations: Arc<Revocations>,
     metrics: Arc<Metrics>,
 }
 
@@ -63,6 +70,8 @@ pub struct Outbound<'a> {
     pub metrics: &'a Arc<Metrics>,
     /// The application's background shutdown, which every key refresher watches.
     pub background: &'a Shutdown,
+    /// The revocation store every verdict is checked against, built once per process.
+    pub revocations: &'a Arc<Revocations>,
 }
 
 /// The verifier of a previous compile and the settings it came from: a reload keeps its
@@ -89,10 +98,12 @@ impl Verifier {
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
         let (_no_refreshers, background) = ShutdownTrigger::new();
+        let revocations = Revocations::new(&Default::default(), RevocationMetrics::detached()).0;
         let outbound = Outbound {
             client: &client,
             metrics: &metrics,
             background: &background,
+            revocations: &revocations,
         };
         Ok(Self::compile(settings, &outbound, None)?.verifier)
     }
@@ -197,6 +208,7 @@ impl Verifier {
                 introspector,
                 identity,
                 max_token_length: settings.token.max_length,
+                revocations: outbound.revocations.clone(),
                 metrics: outbound.metrics.clone(),
             },
             new_key_stores,
@@ -244,14 +256,62 @@ impl Verifier {
         &self.introspector
     }
 
-    /// Verifies one token: cache first, then the full check. A JWT is verified locally; a
-    /// token that is not a JWT is introspected at the configured opaque-token issuer.
+    /// The revocation store (the application's, shared by every compile).
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// True when some issuer sends back-channel logouts.
+    pub fn accepts_logouts(&self) -> bool {
+        self.issuers
+            .iter()
+            .any(|issuer| issuer.backchannel_logout.is_some())
+    }
+
+    /// Validates a back-channel logout token (OpenID Connect Back-Channel Logout 1.0
+    /// §2.6) and records its `jti`: a token is accepted once.
+    pub async fn verify_logout_token(&self, token: &str) -> Result<Logout, LogoutError> {
+        if token.len() > self.max_token_length || !looks_like_jwt(token) {
+            return Err(LogoutError::Malformed);
+        }
+        let jwt = DecodedJwt::parse(token).map_err(|_| LogoutError::Malformed)?;
+        let iss = jwt.issuer().map_err(|_| LogoutError::UnknownIssuer)?;
+        // Exact `iss`, and only issuers the operator configured for logouts: nothing in
+        // the token chooses which keys are trusted.
+        let issuer = self.by_issuer(iss).ok_or(LogoutError::UnknownIssuer)?;
+        let settings = issuer
+            .backchannel_logout
+            .as_ref()
+            .ok_or(LogoutError::UnknownIssuer)?;
+        let logout = logout::verify(&issuer.jwt, &issuer.keys, settings, &jwt).await?;
+        // §2.6 step 10: a `jti` seen before is a replay. Recorded last, so that a bad
+        // token cannot spend the `jti` of a good one.
+        if !self
+            .revocations
+            .first_sight_of_logout_token(&logout.issuer, &logout.jti)
+        {
+            return Err(LogoutError::Replayed);
+        }
+        Ok(logout)
+    }
+
+    /// Verifies one token, then checks it against the revocations: on every request,
+    /// whichever cache answered, so that a logout takes effect on the next request.
     pub async fn verify_token(&self, token: &str) -> Result<Allowed, AuthError> {
+        // One clock read for both: the cache's `exp` check and the revocations'.
+        let now = unix_now();
+        let allowed = self.verify_unrevoked(token, now).await?;
+        self.revocations.check(&allowed.token.revocation, now)?;
+        Ok(allowed)
+    }
+
+    /// Cache first, then the full check. A JWT is verified locally; a token that is not
+    /// a JWT is introspected at the configured opaque-token issuer.
+    async fn verify_unrevoked(&self, token: &str, now: u64) -> Result<Allowed, AuthError> {
         if token.len() > self.max_token_length {
             return Err(Reason::TokenTooLarge.into());
         }
         let hash = token_hash(token);
-        let now = unix_now();
         if let Some(cached) = self.cache.get(&hash, now) {
             // A verdict of an issuer a reload changed or removed is judged again.
             if let Some(issuer) = self.issuer(cached.issuer) {
@@ -298,6 +358,7 @@ impl Verifier {
             expires_at,
             key_generation,
             identity: self.identity.jwt_identity(issuer.claims, &jwt.claims),
+            revocation: RevocationKeys::from_claims(&issuer.jwt.issuer, &jwt.claims),
         });
         self.cache.insert(hash, token.clone());
         Ok(Allowed {

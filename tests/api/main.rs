@@ -21,4 +21,5 @@ mod policy;
 mod process;
 mod readiness;
 mod reload;
+mod revocation;
 mod tls;

@@ -20,6 +20,8 @@
 //! - [`key_rotation`]: the provider restarted with a new signing key, under a new `kid`
 //!   or the same one;
 //! - [`introspection`]: opaque tokens introspected by tokengate, then revoked;
+//! - [`revocation`]: three tokengate processes sharing a real Redis: back-channel logouts
+//!   from the provider, revocations propagated, measured, and kept through an outage;
 //! - [`identity`]: identities crafted at the provider (`system:` names behind whitespace,
 //!   unverified or malformed emails) through the proxies.
 //!
@@ -38,6 +40,7 @@ mod introspection;
 mod key_rotation;
 mod nginx;
 mod provider;
+mod revocation;
 mod scenarios;
 mod support;
 mod traefik;

@@ -114,6 +114,8 @@ pub struct OidcProvider {
     process: Process,
     node: PathBuf,
     address: SocketAddr,
+    /// Extra environment of the process (`OP_BACKCHANNEL_LOGOUT_URI`).
+    env: Vec<(String, String)>,
     /// `http://127.0.0.1:<port>`: the `iss` of its tokens.
     pub issuer: String,
 }
@@ -126,17 +128,24 @@ impl OidcProvider {
 
     /// Starts the provider on a free port with a fresh signing key whose `kid` is `kid`.
     pub async fn start_with_kid(kid: &str) -> OidcProvider {
+        Self::start_with_env(kid, Vec::new()).await
+    }
+
+    /// Starts the provider with extra environment variables (see op.mjs).
+    pub async fn start_with_env(kid: &str, env: Vec<(String, String)>) -> OidcProvider {
         let node = node();
         assert_op_packages_installed();
         start_with_retries("oidc-provider", || {
             let node = node.clone();
+            let env = env.clone();
             async move {
                 let address = closed_address();
-                let process = Self::spawn(&node, address, kid).await?;
+                let process = Self::spawn(&node, address, kid, &env).await?;
                 Ok(OidcProvider {
                     process,
                     node,
                     address,
+                    env,
                     issuer: format!("http://{address}"),
                 })
             }
@@ -144,8 +153,14 @@ impl OidcProvider {
         .await
     }
 
-    async fn spawn(node: &Path, address: SocketAddr, kid: &str) -> Result<Process, StartError> {
+    async fn spawn(
+        node: &Path,
+        address: SocketAddr,
+        kid: &str,
+        env: &[(String, String)],
+    ) -> Result<Process, StartError> {
         let mut command = Command::new(node);
+        command.envs(env.iter().map(|(name, value)| (name, value)));
         command
             .arg(Path::new(OP_DIR).join("op.mjs"))
             .arg(address.port().to_string())
@@ -170,7 +185,7 @@ impl OidcProvider {
         self.process.kill();
         // The port was ours a moment ago; no retry on another port, since the issuer
         // URL must stay the same.
-        self.process = Self::spawn(&self.node, self.address, kid)
+        self.process = Self::spawn(&self.node, self.address, kid, &self.env)
             .await
             .unwrap_or_else(|error| panic!("oidc-provider did not restart: {}", error.message));
     }
@@ -187,6 +202,24 @@ impl OidcProvider {
             .lines()
             .filter(|line| *line == "oidc-provider served jwks")
             .count()
+    }
+
+    /// Logs `sub` out at client `tokengate` through the provider's own back-channel
+    /// logout (op.mjs): it signs a logout token and posts it to tokengate. Returns once
+    /// tokengate answered 200.
+    pub async fn backchannel_logout(&self, sub: &str) {
+        let response = client()
+            .post(format!(
+                "{}/e2e/backchannel-logout?{}",
+                self.issuer,
+                form(&[("sub", sub)])
+            ))
+            .send()
+            .await
+            .expect("back-channel logout request");
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}\n{}", self.logs());
     }
 
     /// A client-credentials access token of `client_id` (secret `<client_id>-secret`)

@@ -27,12 +27,22 @@
 //   comma      : preferred_username frank, groups [ops, "a,admins"]
 //   spaced     : preferred_username grace, groups "finance ops" (one string)
 //   rs     / rs-secret     : the resource server (tokengate): introspection only
+//   tokengate              : with OP_BACKCHANNEL_LOGOUT_URI set, the relying party that
+//                            receives OpenID Connect Back-Channel Logout tokens there
+//                            (features.backchannelLogout; `aud` tokengate, no `sid`
+//                            since backchannel_logout_session_required is false)
 // The extra claims (extraTokenClaims) go into JWT access tokens and into introspection
 // answers for opaque ones; a client-credentials token stands in for a user's token.
 // Resources (RFC 8707 `resource` parameter):
 //   https://opaque.local (default) -> opaque access tokens, audience https://opaque.local
 //   https://api.local              -> RS256 `at+jwt` access tokens, audience https://api.local
 // oidc-provider refuses to introspect JWT access tokens, hence opaque ones for that.
+//
+// Back-channel logout: `POST /e2e/backchannel-logout?sub=SUB[&sid=SID]` makes the provider
+// log SUB out at client `tokengate`, with its own Client#backchannelLogout (what its
+// end_session endpoint calls for every client of the session): it signs the logout token
+// and posts it to OP_BACKCHANNEL_LOGOUT_URI, and answers 204 once that answered 200, or
+// 502 with the error.
 //
 // Signing key: a fresh RSA key at every start, with kid $OP_KID (default `e2e-1`): restart
 // with another OP_KID to rotate. With OP_JWKS_FILE, the private JWKS in that file is used
@@ -104,6 +114,12 @@ const provider = new Provider(issuer, {
     ...['tabbed', 'sysuser', 'unverified', 'twoat', 'comma', 'spaced'].map(grantClient),
     { client_id: 'rs', client_secret: 'rs-secret', grant_types: [], redirect_uris: [],
       response_types: [] },
+    ...(process.env.OP_BACKCHANNEL_LOGOUT_URI ? [{
+      client_id: 'tokengate', client_secret: 'tokengate-secret', grant_types: [],
+      redirect_uris: [], response_types: [],
+      backchannel_logout_uri: process.env.OP_BACKCHANNEL_LOGOUT_URI,
+      backchannel_logout_session_required: false,
+    }] : []),
   ],
   jwks,
   scopes: ['openid', 'read', 'write'],
@@ -113,6 +129,7 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
+    backchannelLogout: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => 'https://opaque.local',
@@ -125,12 +142,36 @@ const provider = new Provider(issuer, {
     },
   },
   ttl: { ClientCredentials: 3600 },
+  // The provider's outgoing requests (back-channel logout) go to tokengate on loopback,
+  // which its SSRF protection refuses as a special-use address: this test provider
+  // lives on loopback only, so the plain fetch is used.
+  fetch: (url, options) => {
+    const { dispatcher, ...plain } = options;
+    return globalThis.fetch(url, plain);
+  },
 });
 provider.proxy = false;
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 
 // One stdout line per key fetch, for tests that count them.
 provider.use(async (ctx, next) => {
+  if (ctx.path === '/e2e/backchannel-logout' && ctx.method === 'POST') {
+    const sub = ctx.query.sub;
+    const client = await provider.Client.find('tokengate');
+    if (!sub || !client) {
+      ctx.status = 400;
+      ctx.body = 'sub and a configured tokengate client are required';
+      return;
+    }
+    try {
+      await client.backchannelLogout(sub, ctx.query.sid);
+      ctx.status = 204;
+    } catch (err) {
+      ctx.status = 502;
+      ctx.body = `${err.message}: ${err.cause ? err.cause.message || err.cause : ''}`;
+    }
+    return;
+  }
   await next();
   if (ctx.path === '/jwks') console.log('oidc-provider served jwks');
   if (ctx.path === '/.well-known/openid-configuration') {

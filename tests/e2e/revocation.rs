@@ -1,0 +1,477 @@
+//! Revocation across replicas: three real tokengate processes (the built binary) share a
+//! real Redis (Debian's `redis-server`, on a free loopback port, without persistence),
+//! with tokens and back-channel logouts from the real oidc-provider.
+//!
+//! Propagation times are printed, never asserted: the bounds below only tell a lost
+//! event from a slow one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::Value;
+
+use crate::provider::OidcProvider;
+use crate::support::{
+    client, closed_address, find_executable, start_with_retries, Process, ScratchDir, StartError,
+};
+
+/// Longer than any propagation we measured by orders of magnitude: past it an event is
+/// lost, not slow.
+const LOST: Duration = Duration::from_secs(5);
+/// A reconnect waits for the feed's backoff (at most 5 s) and a reload.
+const RECONNECTED: Duration = Duration::from_secs(20);
+const ADMIN_SECRET: &str = "e2e-admin-secret-0123456789";
+
+/// Debian's redis-server, on a free loopback port, with no persistence: a restart starts
+/// empty, as a cache-only Redis does.
+struct Redis {
+    process: Process,
+    address: SocketAddr,
+    binary: PathBuf,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let binary = find_executable("redis-server", "REDIS_SERVER", &["/usr/bin/redis-server"]);
+        start_with_retries("redis-server", || {
+            let binary = binary.clone();
+            async move {
+                let address = closed_address();
+                let process = Self::spawn(&binary, address).await?;
+                Ok(Redis {
+                    process,
+                    address,
+                    binary,
+                })
+            }
+        })
+        .await
+    }
+
+    async fn spawn(binary: &PathBuf, address: SocketAddr) -> Result<Process, StartError> {
+        let dir = ScratchDir::new("redis");
+        let mut command = Command::new(binary);
+        command
+            .args(["--bind", "127.0.0.1", "--port", &address.port().to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir.path);
+        Process::spawn("redis-server", command, dir, true)
+            .map_err(StartError::fatal)?
+            .listening(address, Duration::from_secs(10), "Address already in use")
+            .await
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}/", self.address)
+    }
+
+    fn stop(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts again on the same port, empty.
+    async fn restart(&mut self) {
+        self.process = Self::spawn(&self.binary, self.address)
+            .await
+            .unwrap_or_else(|error| panic!("redis-server did not restart: {}", error.message));
+    }
+}
+
+/// One tokengate process: the real binary, trusting the provider, on the shared Redis.
+struct Replica {
+    process: Process,
+    address: SocketAddr,
+    admin: SocketAddr,
+    /// One client, keeping its connections: a new one per request would measure TLS
+    /// setup and connects, not propagation.
+    http: reqwest::Client,
+}
+
+impl Replica {
+    /// Starts a replica and waits until `/readyz` says ready (its first feed load done).
+    async fn start(provider: &OidcProvider, redis: &Redis, address: Option<SocketAddr>) -> Replica {
+        start_with_retries("tokengate", || async {
+            let address = address.unwrap_or_else(closed_address);
+            let admin = closed_address();
+            let dir = ScratchDir::new("tokengate-replica");
+            let secret = dir.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
+            let config = dir.write(
+                "tokengate.yaml",
+                &format!(
+                    r#"
+listen: "{address}"
+admin_listen: "{admin}"
+workers: 1
+proxy_headers: nginx
+issuers:
+  - issuer: "{issuer}"
+    name: oidc-provider
+    audiences: ["{audience}"]
+    algorithms: [RS256]
+    required_typ: at+jwt
+    backchannel_logout:
+      client_id: tokengate
+revocation:
+  admin_token_file: "{secret}"
+  redis:
+    url: "{redis}"
+log:
+  format: json
+  filter: info
+shutdown:
+  drain_delay: 0s
+  grace: 1s
+"#,
+                    issuer = provider.issuer,
+                    audience = crate::provider::JWT_RESOURCE,
+                    secret = secret.display(),
+                    redis = redis.url(),
+                ),
+            );
+            let mut command = Command::new(env!("CARGO_BIN_EXE_tokengate"));
+            command.arg("--config").arg(&config);
+            let process = Process::spawn("tokengate", command, dir, false)
+                .map_err(StartError::fatal)?
+                .listening(admin, Duration::from_secs(20), "cannot listen")
+                .await?;
+            let replica = Replica {
+                process,
+                address,
+                admin,
+                http: client(),
+            };
+            replica.wait_ready().await;
+            Ok(replica)
+        })
+        .await
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + RECONNECTED;
+        loop {
+            let ready = self
+                .http
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await
+                .is_ok_and(|response| response.status() == 200);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica not ready:\n{}",
+                self.process.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn ready(&self) -> bool {
+        self.http
+            .get(format!("http://{}/readyz", self.admin))
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == 200)
+    }
+
+    /// The status of `/auth` for `token`.
+    async fn auth(&self, token: &str) -> u16 {
+        self.http
+            .get(format!("http://{}/auth", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("auth request")
+            .status()
+            .as_u16()
+    }
+
+    /// An operator's revoke of one token, by `jti`.
+    async fn revoke_jti(&self, issuer: &str, jti: &str) {
+        let response = self
+            .http
+            .post(format!("http://{}/revocations", self.admin))
+            .bearer_auth(ADMIN_SECRET)
+            .json(&serde_json::json!({"issuer": issuer, "jti": jti}))
+            .send()
+            .await
+            .expect("revoke request");
+        assert_eq!(response.status(), 200, "{}", self.process.logs());
+    }
+
+    /// The same with the `tokengate revoke` subcommand, as an operator types it.
+    fn revoke_jti_with_cli(&self, issuer: &str, jti: &str) {
+        let secret = self
+            .process
+            .dir
+            .write("cli-secret", &format!("{ADMIN_SECRET}\n"));
+        let output = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["revoke", "--admin", &format!("http://{}", self.admin)])
+            .arg("--token-file")
+            .arg(&secret)
+            .args(["--issuer", issuer, "--jti", jti])
+            .output()
+            .expect("tokengate revoke runs");
+        assert!(
+            output.status.success(),
+            "tokengate revoke: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A gauge or counter without labels, from `/metrics`.
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(-1.0)
+    }
+
+    /// Waits until `token` is refused here; returns how long that took, or `None` past
+    /// `bound`.
+    async fn refused_within(
+        &self,
+        token: &str,
+        started: Instant,
+        bound: Duration,
+    ) -> Option<Duration> {
+        loop {
+            if self.auth(token).await == 401 {
+                return Some(started.elapsed());
+            }
+            if started.elapsed() > bound {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+
+    async fn wait_metric(&self, name: &str, value: f64, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        while self.metric(name).await != value {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never became {value}:\n{}",
+                self.process.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The claims of a JWT, unverified (the test's own tokens).
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("JSON")
+}
+
+fn jti(token: &str) -> String {
+    claims(token)["jti"].as_str().expect("a jti").to_owned()
+}
+
+async fn replicas(
+    provider: &OidcProvider,
+    redis: &Redis,
+    first: Option<SocketAddr>,
+) -> Vec<Replica> {
+    let mut replicas = vec![Replica::start(provider, redis, first).await];
+    for _ in 0..2 {
+        replicas.push(Replica::start(provider, redis, None).await);
+    }
+    replicas
+}
+
+#[tokio::test]
+async fn a_logout_at_the_provider_refuses_that_users_tokens_at_every_replica() {
+    let first = closed_address();
+    let provider = OidcProvider::start_with_env(
+        "e2e-1",
+        vec![(
+            "OP_BACKCHANNEL_LOGOUT_URI".to_owned(),
+            format!("http://{first}/backchannel-logout"),
+        )],
+    )
+    .await;
+    let redis = Redis::start().await;
+    let replicas = replicas(&provider, &redis, Some(first)).await;
+    let alice = provider.jwt("alice", "read").await;
+    let bob = provider.jwt("bob", "read").await;
+    // What oidc-provider puts in its at+jwt access tokens decides what can be revoked:
+    // no `sid`, so its logouts (which then carry only `sub`) revoke by subject and time.
+    let alice_claims = claims(&alice);
+    assert!(alice_claims.get("sid").is_none(), "{alice_claims}");
+    assert_eq!(alice_claims["sub"], "alice");
+    for replica in &replicas {
+        assert_eq!(replica.auth(&alice).await, 202);
+        assert_eq!(replica.auth(&bob).await, 202);
+    }
+
+    let started = Instant::now();
+    provider.backchannel_logout("alice").await;
+    for (index, replica) in replicas.iter().enumerate() {
+        let took = replica.refused_within(&alice, started, LOST).await;
+        let took = took.unwrap_or_else(|| panic!("alice still passes at replica {index}"));
+        println!("logout at the provider -> alice refused at replica {index} after {took:?}");
+    }
+    for replica in &replicas {
+        assert_eq!(replica.auth(&bob).await, 202);
+    }
+    // Logged in again after the logout (a later second: `iat` has whole seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = provider.jwt("alice", "read").await;
+    for replica in &replicas {
+        assert_eq!(replica.auth(&again).await, 202);
+    }
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index]
+}
+
+#[tokio::test]
+async fn propagation_of_a_hundred_revocations_is_measured() {
+    let provider = OidcProvider::start().await;
+    let redis = Redis::start().await;
+    let replicas = replicas(&provider, &redis, None).await;
+    let mut tokens = Vec::new();
+    for _ in 0..100 {
+        tokens.push(provider.jwt("alice", "read").await);
+    }
+    let spare = provider.jwt("alice", "read").await;
+    for token in tokens.iter().chain([&spare]) {
+        for replica in &replicas {
+            assert_eq!(replica.auth(token).await, 202);
+        }
+    }
+    let mut lags = Vec::new();
+    for (index, token) in tokens.iter().enumerate() {
+        let at = &replicas[index % 3];
+        let started = Instant::now();
+        at.revoke_jti(&provider.issuer, &jti(token)).await;
+        assert_eq!(at.auth(token).await, 401);
+        for (other, replica) in replicas.iter().enumerate() {
+            if other == index % 3 {
+                continue;
+            }
+            let took = replica.refused_within(token, started, LOST).await;
+            lags.push(took.unwrap_or_else(|| panic!("revocation {index} lost at replica {other}")));
+        }
+    }
+    lags.sort();
+    println!(
+        "revocation propagation over {} events x 2 replicas (revoke call -> refused at another replica): p50 {:?}, p99 {:?}, max {:?}",
+        tokens.len(),
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags[lags.len() - 1]
+    );
+    for replica in &replicas {
+        assert_eq!(replica.auth(&spare).await, 202);
+    }
+}
+
+#[tokio::test]
+async fn a_replica_started_after_the_event_refuses_too() {
+    let provider = OidcProvider::start().await;
+    let redis = Redis::start().await;
+    let first = Replica::start(&provider, &redis, None).await;
+    let witness = Replica::start(&provider, &redis, None).await;
+    let revoked = provider.jwt("alice", "read").await;
+    let other = provider.jwt("alice", "read").await;
+    first.revoke_jti_with_cli(&provider.issuer, &jti(&revoked));
+    // The witness hears of it by the message that follows the key's write.
+    assert!(witness
+        .refused_within(&revoked, Instant::now(), LOST)
+        .await
+        .is_some());
+    let late = Replica::start(&provider, &redis, None).await;
+    assert_eq!(late.auth(&revoked).await, 401, "{}", late.process.logs());
+    assert_eq!(late.auth(&other).await, 202);
+}
+
+#[tokio::test]
+async fn redis_restarted_mid_run_loses_no_event_and_replicas_keep_serving() {
+    let provider = OidcProvider::start().await;
+    let mut redis = Redis::start().await;
+    let replicas = replicas(&provider, &redis, None).await;
+    let before = provider.jwt("alice", "read").await;
+    let during = provider.jwt("alice", "read").await;
+    let after = provider.jwt("alice", "read").await;
+    let valid = provider.jwt("bob", "read").await;
+    for replica in &replicas {
+        for token in [&before, &during, &after, &valid] {
+            assert_eq!(replica.auth(token).await, 202);
+        }
+    }
+    replicas[0]
+        .revoke_jti(&provider.issuer, &jti(&before))
+        .await;
+    for replica in &replicas {
+        assert!(replica
+            .refused_within(&before, Instant::now(), LOST)
+            .await
+            .is_some());
+    }
+
+    redis.stop();
+    for replica in &replicas {
+        replica
+            .wait_metric("tokengate_revocation_feed_up", 0.0, RECONNECTED)
+            .await;
+    }
+    // Redis down: every replica keeps serving, with the entries it holds, and stays ready.
+    for replica in &replicas {
+        assert_eq!(replica.auth(&valid).await, 202);
+        assert_eq!(replica.auth(&before).await, 401);
+        assert!(replica.ready().await);
+    }
+    // Accepted while Redis is down: applied at once where it was posted, shared later.
+    replicas[1]
+        .revoke_jti(&provider.issuer, &jti(&during))
+        .await;
+    assert_eq!(replicas[1].auth(&during).await, 401);
+
+    redis.restart().await;
+    let restarted = Instant::now();
+    for (index, replica) in replicas.iter().enumerate() {
+        let took = replica
+            .refused_within(&during, restarted, RECONNECTED)
+            .await;
+        let took = took.unwrap_or_else(|| {
+            panic!(
+                "event from the outage lost at replica {index}:\n{}",
+                replica.process.logs()
+            )
+        });
+        println!("event from the outage refused at replica {index} {took:?} after the restart");
+        replica
+            .wait_metric("tokengate_revocation_feed_up", 1.0, RECONNECTED)
+            .await;
+    }
+    replicas[2].revoke_jti(&provider.issuer, &jti(&after)).await;
+    for replica in &replicas {
+        assert!(replica
+            .refused_within(&after, Instant::now(), LOST)
+            .await
+            .is_some());
+        assert_eq!(replica.auth(&before).await, 401);
+        assert_eq!(replica.auth(&valid).await, 202);
+    }
+}
