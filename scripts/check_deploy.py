@@ -1084,6 +1084,40 @@ def check_proxies(root: Path) -> int:
                 check.expect(any(p.get("prefix", "").lower() == "impersonate" and p.get("ignore_case")
                                  for p in patterns),
                              f"{where}: ext_authz allowed_headers passes impersonate-* to tokengate")
+    # Envoy over gRPC: the same path handling; fail closed; HTTP/2 to tokengate, health
+    # checked over grpc.health.v1; every client header to tokengate (no allowed_headers),
+    # so that it sees and refuses a client-sent Impersonate-*.
+    grpc = yaml.safe_load((deploy / "envoy/envoy-grpc.yaml").read_text())
+    for listener in grpc["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network in chain["filters"]:
+                hcm = network["typed_config"]
+                where = f"envoy-grpc.yaml listener {listener['name']}"
+                check.expect(hcm.get("normalize_path") is True, f"{where}: normalize_path: true")
+                check.expect(hcm.get("merge_slashes") is True, f"{where}: merge_slashes: true")
+                check.expect(hcm.get("path_with_escaped_slashes_action")
+                             in ("REJECT_REQUEST", "UNESCAPE_AND_REDIRECT"),
+                             f"{where}: path_with_escaped_slashes_action REJECT_REQUEST "
+                             "or UNESCAPE_AND_REDIRECT")
+                underscores = hcm.get("common_http_protocol_options", {}).get(
+                    "headers_with_underscores_action")
+                check.expect(underscores in ("DROP_HEADER", "REJECT_REQUEST"),
+                             f"{where}: headers_with_underscores_action DROP_HEADER or REJECT_REQUEST")
+                ext_authz = next(f["typed_config"] for f in hcm["http_filters"]
+                                 if f["name"] == "envoy.filters.http.ext_authz")
+                check.expect(ext_authz.get("failure_mode_allow") is False,
+                             f"{where}: ext_authz failure_mode_allow: false")
+                check.expect("grpc_service" in ext_authz, f"{where}: ext_authz grpc_service")
+                check.expect("allowed_headers" not in ext_authz,
+                             f"{where}: no allowed_headers (tokengate must see every header)")
+    clusters = {c["name"]: c for c in grpc["static_resources"]["clusters"]}
+    tokengate = clusters.get("tokengate", {})
+    options = tokengate.get("typed_extension_protocol_options", {}).get(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", {})
+    check.expect("http2_protocol_options" in options.get("explicit_http_config", {}),
+                 "envoy-grpc.yaml cluster tokengate: HTTP/2")
+    check.expect(any("grpc_health_check" in h for h in tokengate.get("health_checks", [])),
+                 "envoy-grpc.yaml cluster tokengate: a grpc_health_check")
     gateway = [d for d in documents(deploy / "kubernetes/examples/envoy-gateway-securitypolicy.yaml")
                if d.get("kind") == "ClientTrafficPolicy"]
     for policy in gateway:

@@ -42,13 +42,21 @@ impl ConfigError {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Address of the auth listener that the proxies call (`/auth`).
+    /// Address of the auth listener that the proxies call (`/auth`, `/ext-authz/…`):
+    /// `host:port`, or `unix:/absolute/path` for a unix socket (a proxy in the same pod).
     #[serde(default = "defaults::listen")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddress,
     /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`); keep it
-    /// off the proxy-facing network.
+    /// off the proxy-facing network. `host:port` or `unix:/absolute/path`.
     #[serde(default = "defaults::admin_listen")]
-    pub admin_listen: SocketAddr,
+    pub admin_listen: ListenAddress,
+    /// Address of the gRPC listener (Envoy's `envoy.service.auth.v3.Authorization/Check`
+    /// and `grpc.health.v1`): `host:port` or `unix:/absolute/path`; unset, there is none.
+    #[serde(default)]
+    pub grpc_listen: Option<ListenAddress>,
+    /// The gRPC contract: HTTP/2 limits and what an answer carries.
+    #[serde(default)]
+    pub grpc: GrpcSettings,
     /// Status of an allowed request on `/auth` (nginx and Traefik accept any 2xx).
     #[serde(default = "defaults::success_status")]
     pub success_status: u16,
@@ -128,6 +136,10 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     /// Most request headers; more get 431. (The HTTP layer refuses more than 96.)
     pub max_headers: usize,
+    /// Permissions of every unix socket tokengate creates, in octal: who may connect
+    /// (connecting needs write permission). `0660`: the owner and the group, e.g. a
+    /// proxy container sharing the pod's `fsGroup`.
+    pub unix_socket_mode: String,
 }
 
 impl Default for ServerSettings {
@@ -139,6 +151,91 @@ impl Default for ServerSettings {
             client_request_timeout: Duration::from_secs(5),
             max_header_bytes: 32 * 1024,
             max_headers: 64,
+            unix_socket_mode: "0660".to_owned(),
+        }
+    }
+}
+
+/// The gRPC contract (`grpc_listen`): Envoy's ext_authz `Check` over HTTP/2.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcSettings {
+    /// Most concurrent streams (checks in flight) on one HTTP/2 connection; Envoy opens
+    /// few connections and multiplexes every check over them.
+    pub max_concurrent_streams: u32,
+    /// How often an idle connection is probed with an HTTP/2 PING, so that a peer that
+    /// vanished (a node gone, a NAT entry dropped) does not hold a connection forever.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Also remove the client's `Authorization` header on an allow, so that the upstream
+    /// never sees the token (it then cannot forward it either).
+    pub remove_authorization: bool,
+    /// The key under which an answer's `dynamic_metadata` sits in Envoy's
+    /// `envoy.filters.http.ext_authz` namespace (access logs, RBAC, rate limits:
+    /// `%DYNAMIC_METADATA(envoy.filters.http.ext_authz:tokengate:user)%`).
+    pub metadata_namespace: String,
+}
+
+impl Default for GrpcSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 1024,
+            keep_alive_interval: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(10),
+            remove_authorization: false,
+            metadata_namespace: "tokengate".to_owned(),
+        }
+    }
+}
+
+/// Where a listener listens: a TCP address, or a unix socket (`unix:/absolute/path`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ListenAddress {
+    /// `host:port` with an IP address; port 0 lets the kernel choose.
+    Tcp(SocketAddr),
+    /// An absolute path: a relative one would depend on the working directory.
+    Unix(PathBuf),
+}
+
+/// The prefix of a unix socket address, as nginx writes it (`http://unix:/path:`).
+const UNIX_PREFIX: &str = "unix:";
+
+impl FromStr for ListenAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = text.strip_prefix(UNIX_PREFIX) {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() || path.file_name().is_none() {
+                return Err(format!(
+                    "'{text}': a unix socket needs an absolute path to a file (unix:/run/tokengate/auth.sock)"
+                ));
+            }
+            return Ok(ListenAddress::Unix(path));
+        }
+        text.parse().map(ListenAddress::Tcp).map_err(|_| {
+            format!("'{text}' is neither an IP address with a port (0.0.0.0:8080) nor unix:/absolute/path")
+        })
+    }
+}
+
+impl TryFrom<String> for ListenAddress {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Tcp(address) => write!(f, "{address}"),
+            ListenAddress::Unix(path) => write!(f, "{UNIX_PREFIX}{}", path.display()),
         }
     }
 }
@@ -634,11 +731,11 @@ impl Default for LogSettings {
 mod defaults {
     use super::*;
 
-    pub fn listen() -> SocketAddr {
-        SocketAddr::from(([0, 0, 0, 0], 8080))
+    pub fn listen() -> ListenAddress {
+        ListenAddress::Tcp(SocketAddr::from(([0, 0, 0, 0], 8080)))
     }
-    pub fn admin_listen() -> SocketAddr {
-        SocketAddr::from(([0, 0, 0, 0], 9090))
+    pub fn admin_listen() -> ListenAddress {
+        ListenAddress::Tcp(SocketAddr::from(([0, 0, 0, 0], 9090)))
     }
     pub fn success_status() -> u16 {
         202
@@ -804,6 +901,8 @@ impl Settings {
         }
         self.server.validate()?;
         self.revocation.validate()?;
+        self.grpc.validate()?;
+        self.validate_listeners()?;
         if self.shutdown.grace > Duration::from_secs(120) {
             return Err(ConfigError::new("shutdown.grace", "must be at most 120s"));
         }
@@ -902,8 +1001,97 @@ impl Settings {
     }
 }
 
-impl ServerSettings {
+impl Settings {
+    /// Every listener on its own address: two on one would fail to bind, or (unix
+    /// sockets) the second would remove the first one's socket file.
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        let listeners = [
+            ("listen", Some(&self.listen)),
+            ("admin_listen", Some(&self.admin_listen)),
+            ("grpc_listen", self.grpc_listen.as_ref()),
+        ];
+        for (index, (key, address)) in listeners.iter().enumerate() {
+            let Some(address) = address else { continue };
+            let taken = listeners[..index].iter().find(|(_, other)| {
+                other.is_some_and(|other| match (other, address) {
+                    (ListenAddress::Tcp(a), ListenAddress::Tcp(b)) => a == b && a.port() != 0,
+                    (a, b) => a == *b,
+                })
+            });
+            if let Some((other, _)) = taken {
+                return Err(ConfigError::new(
+                    *key,
+                    format!("'{address}' is already the address of {other}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GrpcSettings {
     fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=100_000).contains(&self.max_concurrent_streams) {
+            return Err(ConfigError::new(
+                "grpc.max_concurrent_streams",
+                "must be between 1 and 100000",
+            ));
+        }
+        if self.keep_alive_interval < Duration::from_secs(1)
+            || self.keep_alive_interval > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::new(
+                "grpc.keep_alive_interval",
+                "must be between 1s and 1h",
+            ));
+        }
+        if self.keep_alive_timeout < Duration::from_secs(1)
+            || self.keep_alive_timeout > Duration::from_secs(300)
+        {
+            return Err(ConfigError::new(
+                "grpc.keep_alive_timeout",
+                "must be between 1s and 5m",
+            ));
+        }
+        // Envoy's metadata keys are free strings, but this one is typed into access-log
+        // format strings (`%DYNAMIC_METADATA(ns:key)%`), where `:` separates the path.
+        let namespace = &self.metadata_namespace;
+        if namespace.is_empty()
+            || namespace.len() > 128
+            || !namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(ConfigError::new(
+                "grpc.metadata_namespace",
+                "must be 1 to 128 letters, digits, '.', '_' or '-'",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ServerSettings {
+    /// `unix_socket_mode` as permission bits.
+    pub fn socket_mode(&self) -> Result<u32, ConfigError> {
+        let text = self.unix_socket_mode.trim();
+        let mode = (!text.is_empty()
+            && text.len() <= 4
+            && text.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+        .then(|| u32::from_str_radix(text, 8).ok())
+        .flatten()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| {
+            ConfigError::new(
+                "server.unix_socket_mode",
+                "must be permission bits in octal, such as 0660 (at most 0777)",
+            )
+        })?;
+        Ok(mode)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.socket_mode()?;
         if !(1..=1_000_000).contains(&self.max_connections) {
             return Err(ConfigError::new(
                 "server.max_connections",

@@ -76,11 +76,20 @@ pub enum Reason {
     /// tokengate speaks Kubernetes impersonation: refused, since no proxy can be trusted
     /// to remove every such header (`Impersonate-Extra-*` has no fixed name).
     ForgedImpersonation,
+    /// A gRPC `CheckRequest` that describes no HTTP request (no `attributes.request.http`,
+    /// no method or path) or carries a header that is no valid HTTP header (a bad name,
+    /// a control character, raw bytes that are not UTF-8): a broken call, refused.
+    BadCheckRequest,
+    /// Kubernetes impersonation with several groups over Envoy's gRPC `ext_authz`:
+    /// Envoy turns several `Impersonate-Group` options into one line (the last, or all
+    /// joined with `,`, which the API server reads as one group). Refused rather than
+    /// sent wrong; the HTTP `ext_authz` contract carries one line per group.
+    SeveralImpersonationGroups,
 }
 
 impl Reason {
     /// Every reason, for pre-registering one metric series per reason.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 30] = [
         Reason::MissingToken,
         Reason::TokenTooLarge,
         Reason::MalformedToken,
@@ -109,6 +118,8 @@ impl Reason {
         Reason::IdentityTooLarge,
         Reason::UnusableIdentity,
         Reason::ForgedImpersonation,
+        Reason::BadCheckRequest,
+        Reason::SeveralImpersonationGroups,
     ];
 
     /// Stable label for logs and metrics.
@@ -142,6 +153,8 @@ impl Reason {
             Reason::IdentityTooLarge => "identity_too_large",
             Reason::UnusableIdentity => "unusable_identity",
             Reason::ForgedImpersonation => "forged_impersonation",
+            Reason::BadCheckRequest => "bad_check_request",
+            Reason::SeveralImpersonationGroups => "several_impersonation_groups",
         }
     }
 
@@ -162,7 +175,10 @@ impl Reason {
             | Reason::IntrospectionOverloaded => 503,
             // A request that can be read two ways, or a broken call from the proxy: nginx
             // turns 400 into 500 (fail closed).
-            Reason::AmbiguousRequest | Reason::AmbiguousPath | Reason::BadPolicy => 400,
+            Reason::AmbiguousRequest
+            | Reason::AmbiguousPath
+            | Reason::BadPolicy
+            | Reason::BadCheckRequest => 400,
             Reason::HeadersTooLarge => 431,
             // A valid token that the policy does not let through (RFC 6750 §3.1).
             Reason::RouteDenied
@@ -171,7 +187,8 @@ impl Reason {
             | Reason::InsufficientScope
             | Reason::IdentityTooLarge
             | Reason::UnusableIdentity
-            | Reason::ForgedImpersonation => 403,
+            | Reason::ForgedImpersonation
+            | Reason::SeveralImpersonationGroups => 403,
             _ => 401,
         }
     }
@@ -272,7 +289,9 @@ mod tests {
                 | Reason::InsufficientScope
                 | Reason::IdentityTooLarge
                 | Reason::UnusableIdentity
-                | Reason::ForgedImpersonation => {}
+                | Reason::ForgedImpersonation
+                | Reason::BadCheckRequest
+                | Reason::SeveralImpersonationGroups => {}
             }
         }
         let labels: std::collections::HashSet<_> =

@@ -494,6 +494,15 @@ impl IdentityMapping {
         })
     }
 
+    /// Every header name an identity of this mapping may carry, whichever output is
+    /// configured: the `X-Auth-Request-*` names, `Impersonate-User` and
+    /// `Impersonate-Group`, then the configured claim headers. A contract that can remove
+    /// request headers removes the ones an answer does not set, so that a client's own
+    /// never stands in for a claim the token lacks.
+    pub fn header_names(&self) -> &[HeaderName] {
+        &self.names
+    }
+
     /// The identity carried by JWT claims, read by the default [`ClaimRules`].
     pub fn identity(&self, claims: &Value) -> Identity {
         self.build(claims, None, ClaimRules::default())

@@ -28,8 +28,18 @@ impl Requirements {
     /// parameter is refused: a typo such as `allowed_group=` must not silently turn a
     /// restricted route into one open to every valid token.
     pub fn from_query(query: &str) -> Result<Self, AuthError> {
+        Self::from_pairs(url::form_urlencoded::parse(query.as_bytes()))
+    }
+
+    /// The same keys and values as [`Requirements::from_query`], given as name/value
+    /// pairs (Envoy's `context_extensions`); an unknown name is refused alike.
+    pub fn from_pairs<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> Result<Self, AuthError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
         let mut requirements = Self::default();
-        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        for (name, value) in pairs {
             let list = match name.as_ref() {
                 "allowed_groups" => &mut requirements.groups,
                 "allowed_emails" => &mut requirements.emails,
@@ -39,6 +49,7 @@ impl Requirements {
             };
             list.extend(
                 value
+                    .as_ref()
                     .split(',')
                     .map(str::trim)
                     .filter(|item| !item.is_empty())

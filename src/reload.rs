@@ -214,6 +214,11 @@ fn keep_fixed_settings(running: &Settings, new: &mut Settings) {
     }
     fixed!(listen, "listen");
     fixed!(admin_listen, "admin_listen");
+    fixed!(grpc_listen, "grpc_listen");
+    fixed!(server.unix_socket_mode, "server.unix_socket_mode");
+    fixed!(grpc.max_concurrent_streams, "grpc.max_concurrent_streams");
+    fixed!(grpc.keep_alive_interval, "grpc.keep_alive_interval");
+    fixed!(grpc.keep_alive_timeout, "grpc.keep_alive_timeout");
     fixed!(workers, "workers");
     fixed!(server.max_connections, "server.max_connections");
     fixed!(server.admin_max_connections, "server.admin_max_connections");

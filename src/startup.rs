@@ -1,8 +1,8 @@
 //! Builds the application from validated settings: the compiled runtime, the first key
-//! fetch, background refreshers and both listeners. Binding to port 0 works, and the
-//! bound ports are exposed for tests.
+//! fetch, background refreshers and the listeners (auth, admin, and gRPC when
+//! configured; each on TCP or a unix socket). Binding to port 0 works, and the bound
+//! addresses are exposed for tests.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,9 +12,11 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use arc_swap::ArcSwap;
 use prometheus::Registry;
 
-use crate::config::{ConfigError, Settings, ShutdownSettings};
+use crate::config::{ConfigError, IdentityOutput, Settings, ShutdownSettings};
+use crate::grpc::GrpcServer;
 use crate::http::revocation::{self, AdminToken};
 use crate::http::{admin, auth, ext_authz, AppState};
+use crate::listener::{BoundAddress, Listener, SocketFile};
 use crate::metrics::{Metrics, RevocationMetrics};
 use crate::reload::Reloader;
 use crate::revocation::{feed, Revocations};
@@ -33,6 +35,10 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot listen on {address}: another process is listening on it (stop it, or choose another path)")]
+    SocketInUse { address: String },
+    #[error("cannot listen on {address}: the path exists and is not a socket")]
+    NotASocket { address: String },
     #[error("metrics registration failed")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot serve on {address}")]
@@ -45,13 +51,31 @@ pub enum StartupError {
     Serve(#[source] std::io::Error),
 }
 
+/// Adds a bound [`Listener`] to an `HttpServer`; a unix socket's file is kept in
+/// `$files` (removed when the application is gone). A macro: `HttpServer`'s type
+/// parameters carry the whole app factory.
+macro_rules! listen_on {
+    ($server:expr, $listener:expr, $files:ident) => {
+        match $listener {
+            Listener::Tcp(listener) => $server.listen(listener),
+            Listener::Unix(listener, file) => {
+                $files.push(file);
+                $server.listen_uds(listener)
+            }
+        }
+    };
+}
+
 /// A built, bound, not yet running application.
 pub struct Application {
     auth_server: Server,
     admin_server: Server,
+    grpc_server: Option<GrpcServer>,
     shutdown: ShutdownSettings,
-    port: u16,
-    admin_port: u16,
+    auth_address: BoundAddress,
+    admin_address: BoundAddress,
+    /// The HTTP listeners' socket files, removed once the application is gone.
+    _socket_files: Vec<SocketFile>,
     state: web::Data<AppState>,
     tasks: BackgroundTasks,
     /// Ends the background tasks: triggered when serving stops, or dropped with an
@@ -101,10 +125,26 @@ impl Application {
             }
         }
 
-        let listener = bind(&settings.listen.to_string())?;
-        let admin_listener = bind(&settings.admin_listen.to_string())?;
-        let port = local_port(&listener, &settings.listen.to_string())?;
-        let admin_port = local_port(&admin_listener, &settings.admin_listen.to_string())?;
+        if settings.grpc_listen.is_some()
+            && settings.identity.output == IdentityOutput::KubernetesImpersonation
+        {
+            tracing::warn!(
+                "identity.output is kubernetes_impersonation and grpc_listen is set: over gRPC, \
+                 an identity with several groups is refused (403 several_impersonation_groups), \
+                 because Envoy's gRPC ext_authz cannot pass several Impersonate-Group lines; \
+                 Envoy's HTTP ext_authz can (docs/grpc.md)"
+            );
+        }
+        let socket_mode = settings.server.socket_mode()?;
+        let listener = Listener::bind(&settings.listen, socket_mode)?;
+        let admin_listener = Listener::bind(&settings.admin_listen, socket_mode)?;
+        let grpc_listener = settings
+            .grpc_listen
+            .as_ref()
+            .map(|address| Listener::bind(address, socket_mode))
+            .transpose()?;
+        let auth_address = bound_address(&listener, &settings.listen.to_string())?;
+        let admin_address = bound_address(&admin_listener, &settings.admin_listen.to_string())?;
 
         let state = web::Data::new(AppState {
             runtime: ArcSwap::from_pointee(compiled.runtime),
@@ -144,13 +184,14 @@ impl Application {
         .client_request_timeout(settings.server.client_request_timeout)
         // Signals are handled in `run_until_stopped`: readiness must flip first.
         .disable_signals()
-        .shutdown_timeout(settings.shutdown.grace.as_secs().max(1))
-        .listen(listener)
-        .map_err(|source| StartupError::Listen {
-            address: settings.listen.to_string(),
-            source,
-        })?
-        .run();
+        .shutdown_timeout(settings.shutdown.grace.as_secs().max(1));
+        let mut socket_files = Vec::new();
+        let auth_server = listen_on!(auth_server, listener, socket_files)
+            .map_err(|source| StartupError::Listen {
+                address: settings.listen.to_string(),
+                source,
+            })?
+            .run();
         let admin_state = state.clone();
         let admin_server = HttpServer::new(move || {
             App::new()
@@ -169,20 +210,35 @@ impl Application {
         .keep_alive(settings.server.keep_alive)
         .client_request_timeout(settings.server.client_request_timeout)
         .disable_signals()
-        .shutdown_timeout(settings.shutdown.grace.as_secs().max(1))
-        .listen(admin_listener)
-        .map_err(|source| StartupError::Listen {
-            address: settings.admin_listen.to_string(),
-            source,
-        })?
-        .run();
+        .shutdown_timeout(settings.shutdown.grace.as_secs().max(1));
+        let admin_server = listen_on!(admin_server, admin_listener, socket_files)
+            .map_err(|source| StartupError::Listen {
+                address: settings.admin_listen.to_string(),
+                source,
+            })?
+            .run();
+        let grpc_server = match grpc_listener {
+            Some(listener) => Some(
+                GrpcServer::start(
+                    listener,
+                    state.clone(),
+                    &settings.grpc,
+                    workers,
+                    shutdown.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
 
         Ok(Self {
             auth_server,
             admin_server,
+            grpc_server,
             shutdown: settings.shutdown.clone(),
-            port,
-            admin_port,
+            auth_address,
+            admin_address,
+            _socket_files: socket_files,
             state,
             tasks,
             background,
@@ -198,14 +254,36 @@ impl Application {
         self
     }
 
-    /// Port of the auth listener.
+    /// Port of the auth listener (0 on a unix socket).
     pub fn port(&self) -> u16 {
-        self.port
+        self.auth_address.port()
     }
 
-    /// Port of the admin listener.
+    /// Port of the admin listener (0 on a unix socket).
     pub fn admin_port(&self) -> u16 {
-        self.admin_port
+        self.admin_address.port()
+    }
+
+    /// Port of the gRPC listener, if there is one on TCP.
+    pub fn grpc_port(&self) -> Option<u16> {
+        self.grpc_address()
+            .map(BoundAddress::port)
+            .filter(|port| *port != 0)
+    }
+
+    /// Where the auth listener is bound.
+    pub fn auth_address(&self) -> &BoundAddress {
+        &self.auth_address
+    }
+
+    /// Where the admin listener is bound.
+    pub fn admin_address(&self) -> &BoundAddress {
+        &self.admin_address
+    }
+
+    /// Where the gRPC listener is bound, if `grpc_listen` is set.
+    pub fn grpc_address(&self) -> Option<&BoundAddress> {
+        self.grpc_server.as_ref().map(GrpcServer::address)
     }
 
     /// Shared state, for tests and the demo.
@@ -219,20 +297,22 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `stop` resolves, then: `/readyz` turns not-ready at once; the
-    /// listeners keep serving for `drain_delay` (so endpoints controllers stop routing
-    /// here first); then they stop accepting and finish in-flight requests; the key
-    /// refreshers stop. All within `grace`.
+    /// Serves until `stop` resolves, then: `/readyz` and the gRPC health service turn
+    /// not-ready at once; the listeners keep serving for `drain_delay` (so endpoints
+    /// controllers and Envoy's health checks stop routing here first); then they stop
+    /// accepting and finish in-flight requests and streams; the key refreshers stop. All
+    /// within `grace`.
     pub async fn run_until(
-        self,
+        mut self,
         stop: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
         let auth_handle = self.auth_server.handle();
         let admin_handle = self.admin_server.handle();
         // The servers' futures process the stop commands: they must keep running, and
-        // they must not outlive this future if it is dropped (a caller's timeout).
+        // they must not outlive this future if it is dropped (a caller's timeout). The
+        // gRPC listener ends with `self.grpc_server` on drop.
         let _stop_on_drop = StopOnDrop([auth_handle.clone(), admin_handle.clone()]);
-        if let Some(path) = self.config_path {
+        if let Some(path) = self.config_path.take() {
             let reloader = Reloader::new(
                 path,
                 self.state.clone(),
@@ -243,22 +323,42 @@ impl Application {
         }
         let mut auth = tokio::spawn(self.auth_server);
         let mut admin = tokio::spawn(self.admin_server);
+        let mut grpc = self.grpc_server.as_mut().and_then(GrpcServer::take_task);
         let joined = |result: Result<std::io::Result<()>, tokio::task::JoinError>| {
             result.unwrap_or_else(|error| Err(std::io::Error::other(error)))
+        };
+        let grpc_ended = async {
+            match grpc.as_mut() {
+                Some(task) => joined(task.await),
+                None => std::future::pending().await,
+            }
         };
         let result = tokio::select! {
             result = &mut auth => joined(result),
             result = &mut admin => joined(result),
+            result = grpc_ended => result,
             () = stop => {
                 let started = std::time::Instant::now();
                 self.state.shutting_down.store(true, Ordering::Release);
+                if let Some(grpc) = &self.grpc_server {
+                    grpc.not_serving().await;
+                }
                 tracing::info!(drain_delay = ?self.shutdown.drain_delay, grace = ?self.shutdown.grace, "shutting down: not ready any more");
                 tokio::time::sleep(self.shutdown.drain_delay).await;
                 let left = self.shutdown.grace.saturating_sub(started.elapsed());
+                if let Some(grpc) = &mut self.grpc_server {
+                    grpc.stop_accepting();
+                }
+                let grpc_drained = async {
+                    if let Some(task) = grpc.as_mut() {
+                        let _ = task.await;
+                    }
+                };
                 let drained = tokio::time::timeout(left, async {
-                    // Stop accepting and wait for in-flight requests; the admin listener
-                    // goes last so that `/readyz` answers "not ready" until the end.
-                    auth_handle.stop(true).await;
+                    // Stop accepting and wait for in-flight requests and streams; the
+                    // admin listener goes last so that `/readyz` answers "not ready"
+                    // until the end.
+                    tokio::join!(auth_handle.stop(true), grpc_drained);
                     admin_handle.stop(true).await;
                 })
                 .await;
@@ -266,6 +366,9 @@ impl Application {
                     tracing::warn!("grace period over: stopping with requests still in flight");
                     auth_handle.stop(false).await;
                     admin_handle.stop(false).await;
+                    if let Some(task) = &grpc {
+                        task.abort();
+                    }
                 }
                 tracing::info!(took = ?started.elapsed(), "stopped");
                 Ok(())
@@ -276,6 +379,8 @@ impl Application {
         // Each ends at its next await point; a refresh in flight is bounded by the HTTP
         // client's timeout.
         self.tasks.join_all().await;
+        // The gRPC runtime and every socket file go with the application.
+        drop(self.grpc_server.take());
         result
     }
 }
@@ -353,19 +458,11 @@ pub(crate) async fn start_key_stores(stores: Vec<NewKeyStore>, tasks: &Backgroun
     }
 }
 
-fn local_port(listener: &TcpListener, address: &str) -> Result<u16, StartupError> {
+fn bound_address(listener: &Listener, address: &str) -> Result<BoundAddress, StartupError> {
     listener
-        .local_addr()
-        .map(|bound| bound.port())
+        .bound_address()
         .map_err(|source| StartupError::Listen {
             address: address.to_owned(),
             source,
         })
-}
-
-fn bind(address: &str) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(address).map_err(|source| StartupError::Bind {
-        address: address.to_owned(),
-        source,
-    })
 }

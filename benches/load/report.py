@@ -65,6 +65,32 @@ for key in order:
         f"| {ratio(c['rps'], best['rps'] if best else None)} | {ratio(c['cpu'], best_cpu)} "
         f"| {c['bad']} | {c['note']} |")
 
+# The comparisons the gRPC and unix-socket cells exist for, one run, side by side:
+# req/s ratio (higher is better) and auth CPU per request ratio (lower is better; the
+# envoy/* cells count Envoy and tokengate together).
+PAIRS = [
+    (("envoy", "tokengate-grpc"), ("direct", "envoy-jwt_authn"), "Envoy → tokengate gRPC ÷ Envoy jwt_authn"),
+    (("envoy", "tokengate-http"), ("direct", "envoy-jwt_authn"), "Envoy → tokengate HTTP ÷ Envoy jwt_authn"),
+    (("envoy", "tokengate-grpc"), ("envoy", "tokengate-http"), "Envoy → tokengate gRPC ÷ HTTP ext_authz"),
+    (("nginx", "tokengate-unix"), ("nginx", "tokengate"), "nginx → tokengate unix socket ÷ loopback TCP"),
+]
+side = []
+for (a_path, a_svc), (b_path, b_svc), label in PAIRS:
+    for alg in ("RS256", "ES256"):
+        for mix in ("same", "rotate10k", "new"):
+            a = cells.get((a_path, a_svc, alg, mix))
+            b = cells.get((b_path, b_svc, alg, mix))
+            if not a or not b:
+                continue
+            side.append(f"| {label} | {alg} | {mix} | {ratio(a['rps'], b['rps'])} | {ratio(a['cpu'], b['cpu'])} |")
+if side:
+    lines.append("")
+    lines.append("### Side by side")
+    lines.append("")
+    lines.append("| comparison | alg | tokens | req/s ratio | auth CPU/req ratio |")
+    lines.append("|---|---|---|---:|---:|")
+    lines.extend(side)
+
 lines.append("")
 lines.append("### tokengate memory")
 lines.append("")

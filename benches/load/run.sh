@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark: tokengate next to Envoy jwt_authn and Apache mod_oauth2, direct and
-# behind nginx auth_request, against an nginx `return 202` floor. See benches/load/README.md.
+# behind nginx auth_request (over loopback TCP and over a unix socket), and behind Envoy's
+# ext_authz (gRPC and HTTP), against an nginx `return 202` floor. See benches/load/README.md.
 #
 #   bash benches/load/run.sh                 # every cell, RUNS=3 repeats, median reported
 #   RUNS=1 bash benches/load/run.sh          # quick run
@@ -39,6 +40,10 @@ P_TG_ADMIN=18090   # tokengate admin
 P_ENVOY=18110      # Envoy jwt_authn
 P_APACHE=18300     # Apache mod_oauth2
 P_FRONT=18400      # nginx auth_request front
+P_TG_GRPC=18081    # tokengate grpc_listen (the envoy/tokengate-grpc cells)
+P_ENVOY_GRPC=18120 # Envoy ext_authz over gRPC -> tokengate, then direct_response 200
+P_ENVOY_HTTP=18130 # Envoy ext_authz over HTTP -> tokengate /ext-authz, then direct_response 200
+TG_SOCKET="$WORK/tokengate/auth.sock"   # tokengate /auth on a unix socket (nginx/tokengate-unix)
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -106,7 +111,7 @@ CPUS=$(nproc)
 [ "$AUTH_CPU" -lt "$CPUS" ] || AUTH_CPU=0
 [ "$LOAD_CPU" -lt "$CPUS" ] || LOAD_CPU=0
 
-for port in $P_FLOOR $P_TG $P_TG_ADMIN $P_ENVOY $P_APACHE $P_FRONT; do
+for port in $P_FLOOR $P_TG $P_TG_ADMIN $P_ENVOY $P_APACHE $P_FRONT $P_TG_GRPC $P_ENVOY_GRPC $P_ENVOY_HTTP; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port 127.0.0.1:$port is already in use"
     fi
@@ -116,8 +121,9 @@ done
 # Build once (release), then keys and tokens (reused while younger than 12 h).
 log "cargo build --release (tokengate + examples/gen_tokens)"
 (cd "$ROOT" && cargo build --release --quiet --bin tokengate --example gen_tokens)
-TOKENGATE="$ROOT/target/release/tokengate"
-GEN="$ROOT/target/release/examples/gen_tokens"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+TOKENGATE="$TARGET/release/tokengate"
+GEN="$TARGET/release/examples/gen_tokens"
 
 mkdir -p "$WORK"
 chmod 755 "$WORK"
@@ -141,10 +147,12 @@ first_token() { head -n1 "$(tokfile "$1")"; }
 # ---------------------------------------------------------------------------------------
 # Helpers: process tree CPU and memory, readiness, wrk parsing.
 CLK_TCK=$(getconf CLK_TCK)
-tree_pids() {  # the pid and all its descendants
-    local pid="$1" child
-    echo "$pid"
-    for child in $(pgrep -P "$pid" 2>/dev/null || true); do tree_pids "$child"; done
+tree_pids() {  # every pid given (space-separated) and all their descendants
+    local pid child
+    for pid in $1; do
+        echo "$pid"
+        for child in $(pgrep -P "$pid" 2>/dev/null || true); do tree_pids "$child"; done
+    done
 }
 tree_ticks() {  # utime+stime (clock ticks) summed over the process tree
     local total=0 pid stat rest
@@ -185,7 +193,7 @@ to_ms() {  # wrk latency (e.g. 812.00us, 1.23ms, 1.05s) -> ms
 
 # ---------------------------------------------------------------------------------------
 # Configs.
-mkdir -p "$WORK/floor" "$WORK/front" "$WORK/envoy" "$WORK/tokengate" "$WORK/apache/htdocs" "$WORK/apache/run" "$WORK/results"
+mkdir -p "$WORK/floor" "$WORK/front" "$WORK/envoy" "$WORK/envoy-extauthz" "$WORK/tokengate" "$WORK/apache/htdocs" "$WORK/apache/run" "$WORK/results"
 for d in floor front; do mkdir -p "$WORK/$d/logs" "$WORK/$d/tmp"; done
 echo ok > "$WORK/front/ok.txt"
 : > "$WORK/apache/htdocs/verify-jwt"
@@ -194,7 +202,11 @@ sed -e "s#@WORK@#$WORK#g" -e "s#@TOK@#$TOK#g" -e "s#@P_FLOOR@#$P_FLOOR#g" \
     "$HERE/nginx-floor.conf" > "$WORK/floor/nginx.conf"
 sed -e "s#@WORK@#$WORK#g" -e "s#@P_FLOOR@#$P_FLOOR#g" -e "s#@P_TG@#$P_TG#g" \
     -e "s#@P_ENVOY@#$P_ENVOY#g" -e "s#@P_APACHE@#$P_APACHE#g" -e "s#@P_FRONT@#$P_FRONT#g" \
+    -e "s#@TG_SOCKET@#$TG_SOCKET#g" \
     "$HERE/nginx-front.conf" > "$WORK/front/nginx.conf"
+sed -e "s#@P_ENVOY_GRPC@#$P_ENVOY_GRPC#g" -e "s#@P_ENVOY_HTTP@#$P_ENVOY_HTTP#g" \
+    -e "s#@P_TG_GRPC@#$P_TG_GRPC#g" -e "s#@P_TG@#$P_TG#g" \
+    "$HERE/envoy-extauthz.yaml" > "$WORK/envoy-extauthz/envoy.yaml"
 CACHE_SIZE=$((NEW_TOKENS > MEM_TOKENS ? NEW_TOKENS : MEM_TOKENS))
 sed -e "s#@P_ENVOY@#$P_ENVOY#g" -e "s#@P_FLOOR@#$P_FLOOR#g" -e "s#@ISSUER@#$ISSUER#g" -e "s#@CACHE@#$CACHE_SIZE#g" \
     -e "s#@AUDIENCE@#$AUDIENCE#g" "$HERE/envoy-jwt.yaml" > "$WORK/envoy/envoy.yaml"
@@ -227,6 +239,32 @@ start_tokengate() {  # start_tokengate ALLOW_LEVEL
     SVC_PID=$!; PIDS+=("$SVC_PID")
     wait_status "http://127.0.0.1:$P_TG/auth" "$(first_token RS256)" 202
 }
+start_tokengate_unix() {  # /auth on a unix socket; the front nginx reaches it there
+    # 0666: the front nginx's worker runs as another user (nobody) when started as root.
+    TOKENGATE__LISTEN="unix:$TG_SOCKET" TOKENGATE__SERVER__UNIX_SOCKET_MODE=0666 taskset -c "$AUTH_CPU" "$TOKENGATE" --config "$WORK/tokengate/tokengate.yaml" \
+        >"$WORK/tokengate/stdout-unix.log" 2>"$WORK/tokengate/stderr.log" &
+    SVC_PID=$!; PIDS+=("$SVC_PID")
+    local code=""
+    for _ in $(seq 1 100); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' -m 2 --unix-socket "$TG_SOCKET" \
+            -H "Authorization: Bearer $(first_token RS256)" http://tokengate/auth || true)
+        [ "$code" = 202 ] && return 0
+        sleep 0.1
+    done
+    log "  unix:$TG_SOCKET answered '$code', not 202"
+    return 1
+}
+start_envoy_tokengate() {  # Envoy ext_authz in front of tokengate, both on the auth core
+    TOKENGATE__GRPC_LISTEN="127.0.0.1:$P_TG_GRPC" taskset -c "$AUTH_CPU" "$TOKENGATE" \
+        --config "$WORK/tokengate/tokengate.yaml" \
+        >"$WORK/tokengate/stdout-envoy.log" 2>"$WORK/tokengate/stderr.log" &
+    local tg=$!; PIDS+=("$tg")
+    setsid taskset -c "$AUTH_CPU" "$ENVOY" -c "$WORK/envoy-extauthz/envoy.yaml" --concurrency 1 --disable-hot-restart \
+        -l warn --log-path "$WORK/envoy-extauthz/envoy.log" </dev/null >/dev/null 2>&1 &
+    local envoy=$!; PIDS+=("$envoy")
+    SVC_PID="$tg $envoy"
+    wait_status "$(direct_url "$1")" "$(first_token RS256)" 200
+}
 start_envoy() {
     setsid taskset -c "$AUTH_CPU" "$ENVOY" -c "$WORK/envoy/envoy.yaml" --concurrency 1 --disable-hot-restart \
         -l warn --log-path "$WORK/envoy/envoy.log" </dev/null >/dev/null 2>&1 &
@@ -247,15 +285,23 @@ start_service() {
         tokengate-log-info) start_tokengate info ;;
         envoy-jwt_authn) start_envoy ;;
         apache-mod_oauth2) start_apache ;;
+        tokengate-unix) start_tokengate_unix ;;
+        tokengate-grpc|tokengate-http) start_envoy_tokengate "$1" ;;
     esac
 }
-stop_service() { [ "$1" = floor-nginx ] || stop_pid "$SVC_PID"; }
+stop_service() {
+    [ "$1" = floor-nginx ] && return 0
+    local pid
+    for pid in $SVC_PID; do stop_pid "$pid"; done
+}
 direct_url() {
     case "$1" in
         floor-nginx) echo "http://127.0.0.1:$P_FLOOR/auth" ;;
         tokengate|tokengate-log-info) echo "http://127.0.0.1:$P_TG/auth" ;;
         envoy-jwt_authn) echo "http://127.0.0.1:$P_ENVOY/auth" ;;
         apache-mod_oauth2) echo "http://127.0.0.1:$P_APACHE/verify-jwt" ;;
+        tokengate-grpc) echo "http://127.0.0.1:$P_ENVOY_GRPC/orders" ;;
+        tokengate-http) echo "http://127.0.0.1:$P_ENVOY_HTTP/orders" ;;
     esac
 }
 front_url() {
@@ -264,6 +310,7 @@ front_url() {
         tokengate) echo "http://127.0.0.1:$P_FRONT/tokengate" ;;
         envoy-jwt_authn) echo "http://127.0.0.1:$P_FRONT/envoy" ;;
         apache-mod_oauth2) echo "http://127.0.0.1:$P_FRONT/apache" ;;
+        tokengate-unix) echo "http://127.0.0.1:$P_FRONT/tokengate-unix" ;;
     esac
 }
 
@@ -291,7 +338,8 @@ run_cell() {  # run_cell PATH SERVICE ALG MIX
         log "skip $cell: over the ${BUDGET}s budget"; SKIPPED+=("$cell (time budget)"); return 0
     fi
     local url token file count run out reqs rps p50 p99 non2xx sockerr t0 t1 ticks cpu hwm note
-    if [ "$path" = direct ]; then url=$(direct_url "$service"); else url=$(front_url "$service"); fi
+    # `envoy`: wrk -> Envoy ext_authz -> tokengate (both on the auth core), like direct.
+    if [ "$path" = nginx ]; then url=$(front_url "$service"); else url=$(direct_url "$service"); fi
     if [ "$path" = nginx ] && [ -z "$FRONT_PID" ]; then
         log "starting front nginx (auth_request) on core $LOAD_CPU"
         start_front_nginx
@@ -363,6 +411,12 @@ for alg in "${ALGS[@]}"; do for mix in "${MIXES[@]}"; do run_cell nginx tokengat
 for peer in envoy-jwt_authn apache-mod_oauth2; do
     for alg in "${ALGS[@]}"; do for mix in "${MIXES[@]}"; do run_cell direct "$peer" "$alg" "$mix"; done; done
 done
+# Envoy in front of tokengate (gRPC and HTTP ext_authz) beside Envoy's own jwt_authn, and
+# nginx auth_request to tokengate over a unix socket beside loopback TCP.
+for service in tokengate-grpc tokengate-http; do
+    for alg in "${ALGS[@]}"; do for mix in "${MIXES[@]}"; do run_cell envoy "$service" "$alg" "$mix"; done; done
+done
+for alg in "${ALGS[@]}"; do for mix in "${MIXES[@]}"; do run_cell nginx tokengate-unix "$alg" "$mix"; done; done
 for peer in envoy-jwt_authn apache-mod_oauth2; do
     for alg in "${ALGS[@]}"; do for mix in "${MIXES[@]}"; do run_cell nginx "$peer" "$alg" "$mix"; done; done
 done

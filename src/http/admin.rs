@@ -17,10 +17,21 @@ pub async fn healthz() -> HttpResponse {
 /// Ready once every issuer's keys are loaded and every configured introspection has an
 /// endpoint, and not while shutting down.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.shutting_down.load(Ordering::Acquire) {
-        return HttpResponse::ServiceUnavailable()
+    match readiness(&state) {
+        Ok(()) => HttpResponse::Ok()
             .content_type("text/plain")
-            .body("shutting down\n");
+            .body("ready\n"),
+        Err(why) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("{why}\n")),
+    }
+}
+
+/// Whether tokengate can decide requests right now, and if not, why: what `/readyz`
+/// answers, and what the gRPC health service reports.
+pub fn readiness(state: &AppState) -> Result<(), String> {
+    if state.shutting_down.load(Ordering::Acquire) {
+        return Err("shutting down".to_owned());
     }
     let runtime = state.runtime.load();
     let issuers = runtime.gate.verifier.issuers();
@@ -30,9 +41,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .map(|issuer| issuer.name.as_str())
         .collect();
     if !pending.is_empty() {
-        return HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body(format!("keys not loaded: {}\n", pending.join(", ")));
+        return Err(format!("keys not loaded: {}", pending.join(", ")));
     }
     let no_endpoint: Vec<&str> = issuers
         .iter()
@@ -40,21 +49,15 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         .map(|issuer| issuer.name.as_str())
         .collect();
     if !no_endpoint.is_empty() {
-        return HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body(format!(
-                "introspection endpoint unknown: {}\n",
-                no_endpoint.join(", ")
-            ));
+        return Err(format!(
+            "introspection endpoint unknown: {}",
+            no_endpoint.join(", ")
+        ));
     }
     if !state.revocations.is_ready() {
-        return HttpResponse::ServiceUnavailable()
-            .content_type("text/plain")
-            .body("revocation feed not loaded yet\n");
+        return Err("revocation feed not loaded yet".to_owned());
     }
-    HttpResponse::Ok()
-        .content_type("text/plain")
-        .body("ready\n")
+    Ok(())
 }
 
 /// Prometheus text exposition of the registry passed to the application.

@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{decide, AppState};
+use super::{decide, AppState, Contract};
 use crate::policy::Requirements;
 use crate::request::OriginalRequest;
 
@@ -15,5 +15,14 @@ pub async fn auth(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     let original =
         OriginalRequest::from_auth_headers(headers, runtime.proxy_headers, runtime.path_parameters);
     let query = Requirements::from_query(request.query_string());
-    decide(&runtime, &state.metrics, headers, original, query, None).await
+    decide(
+        &runtime,
+        &state.metrics,
+        Contract::Auth,
+        headers,
+        original,
+        query,
+        None,
+    )
+    .await
 }

@@ -5,7 +5,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{decide, AppState};
+use super::{decide, AppState, Contract};
 use crate::policy::Requirements;
 use crate::request::OriginalRequest;
 
@@ -31,6 +31,7 @@ pub async fn ext_authz(request: HttpRequest, state: web::Data<AppState>) -> Http
     decide(
         &runtime,
         &state.metrics,
+        Contract::ExtAuthzHttp,
         request.headers(),
         original,
         Ok(Requirements::default()),

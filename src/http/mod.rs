@@ -48,17 +48,68 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
 }
 
-/// Builds the query from an HTTP call, asks the gate, and answers with `allow_status` on
-/// success (the runtime's `success_status` when `None`). `original` and `requirements`
-/// are what the adapter read from its proxy with the same `runtime`.
+/// Which contract a call came in on, for the audit line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `/auth`: nginx `auth_request`, ingress-nginx, Traefik `forwardAuth`.
+    Auth,
+    /// `/ext-authz/…`: Envoy's HTTP `ext_authz`.
+    ExtAuthzHttp,
+    /// `Check` on the gRPC listener: Envoy's gRPC `ext_authz`.
+    ExtAuthzGrpc,
+}
+
+impl Contract {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contract::Auth => "auth",
+            Contract::ExtAuthzHttp => "ext_authz_http",
+            Contract::ExtAuthzGrpc => "ext_authz_grpc",
+        }
+    }
+}
+
+/// Answers an HTTP call: [`judge`], rendered as an HTTP response with `allow_status` on
+/// success (the runtime's `success_status` when `None`).
 async fn decide(
     runtime: &Runtime,
     metrics: &Metrics,
+    contract: Contract,
     headers: &HeaderMap,
     original: Result<OriginalRequest, AuthError>,
     requirements: Result<Requirements, AuthError>,
     allow_status: Option<StatusCode>,
 ) -> HttpResponse {
+    let allow_status = allow_status.unwrap_or(runtime.success_status);
+    judge(
+        runtime,
+        metrics,
+        contract,
+        headers,
+        original,
+        requirements,
+        |decision| respond::answer(decision, allow_status),
+    )
+    .await
+}
+
+/// The one path of every adapter's call, whatever its protocol: the head limits and the
+/// impersonation check, the token from the configured sources, the CORS preflight, the
+/// [`Gate`](crate::gate::Gate)'s decision, then `render` (the adapter's answer), the
+/// metrics and the audit line. `headers` are the client's request headers as the proxy
+/// passed them on; `original` and `requirements` are what the adapter read from its
+/// proxy's call with the same `runtime`. `render` may turn an allow into a denial that
+/// only its contract needs: it changes the decision, so that the metrics and the log
+/// line say what was answered.
+pub(crate) async fn judge<R>(
+    runtime: &Runtime,
+    metrics: &Metrics,
+    contract: Contract,
+    headers: &HeaderMap,
+    original: Result<OriginalRequest, AuthError>,
+    requirements: Result<Requirements, AuthError>,
+    render: impl FnOnce(&mut Decision<'_>) -> R,
+) -> R {
     let started = Instant::now();
     let _in_flight = metrics.in_flight();
     let query = check_head(runtime, headers).and_then(|()| {
@@ -71,14 +122,14 @@ async fn decide(
             token: extract_token(headers, &runtime.token_sources, runtime.max_token_length),
         })
     });
-    let (original, decision) = match query {
+    let (original, mut decision) = match query {
         Ok(query) => {
             let original = query.original.clone();
             (original, runtime.gate.decide(query).await)
         }
         Err(error) => (OriginalRequest::default(), Decision::refused(error)),
     };
-    let response = respond::answer(&decision, allow_status.unwrap_or(runtime.success_status));
+    let response = render(&mut decision);
     let elapsed = started.elapsed();
     let result = decision
         .outcome
@@ -86,7 +137,7 @@ async fn decide(
         .map(|_| ())
         .map_err(|error| error.reason);
     metrics.decided(result, elapsed);
-    audit(runtime, headers, &original, &decision, elapsed);
+    audit(runtime, contract, headers, &original, &decision, elapsed);
     response
 }
 
@@ -137,6 +188,7 @@ fn has_impersonation_header(headers: &HeaderMap) -> bool {
 /// and why. Never the token, a cookie or the query string.
 fn audit(
     runtime: &Runtime,
+    contract: Contract,
     headers: &HeaderMap,
     original: &OriginalRequest,
     decision: &Decision<'_>,
@@ -183,6 +235,7 @@ fn audit(
             tracing::$macro!(
                 target: "tokengate::audit",
                 request_id = %request_id,
+                contract = contract.as_str(),
                 outcome,
                 reason,
                 status,

@@ -50,15 +50,39 @@ pub fn body(reason: Reason) -> &'static str {
     }
 }
 
+/// The identity headers an allow carries, in every contract: the verified token's, or
+/// none for a request let through anonymously (and for a denial). A name may repeat
+/// (`Impersonate-Group`).
+pub fn identity_headers<'d>(
+    decision: &'d Decision<'_>,
+) -> impl Iterator<Item = (HeaderName, HeaderValue)> + 'd {
+    let identity = match (&decision.outcome, &decision.token) {
+        (Ok(Verdict::Authenticated), Some(token)) => Some(&token.identity),
+        _ => None,
+    };
+    identity.into_iter().flat_map(|identity| identity.headers())
+}
+
+/// The headers of a denial besides its status, in every contract: never cached by a
+/// proxy, a JSON body, and the RFC 6750 challenge when there is one.
+pub fn denial_headers(reason: Reason) -> impl Iterator<Item = (HeaderName, &'static str)> {
+    [
+        Some((header::CACHE_CONTROL, "no-store")),
+        Some((header::CONTENT_TYPE, "application/json")),
+        Some((X_ACCEL_EXPIRES, "0")),
+        challenge(reason).map(|challenge| (header::WWW_AUTHENTICATE, challenge)),
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// The answer to a decision: `allow_status` with identity headers, or the denial.
 pub fn answer(decision: &Decision<'_>, allow_status: StatusCode) -> HttpResponse {
     match &decision.outcome {
-        Ok(verdict) => {
+        Ok(_) => {
             let mut response = HttpResponse::build(allow_status);
-            if let (Verdict::Authenticated, Some(token)) = (verdict, &decision.token) {
-                for header in token.identity.headers() {
-                    response.append_header(header);
-                }
+            for header in identity_headers(decision) {
+                response.append_header(header);
             }
             // One caching statement, said the same way in both headers: nginx reads
             // `X-Accel-Expires` or `Cache-Control`, whichever its parser meets first.
@@ -82,17 +106,8 @@ pub fn answer(decision: &Decision<'_>, allow_status: StatusCode) -> HttpResponse
 /// A denial: its status, challenge and body, never cached by a proxy.
 pub fn denial(reason: Reason) -> HttpResponse {
     let mut response = HttpResponse::build(status(reason));
-    response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-    response.insert_header((
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    ));
-    response.insert_header((X_ACCEL_EXPIRES, HeaderValue::from_static("0")));
-    if let Some(challenge) = challenge(reason) {
-        response.insert_header((
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(challenge),
-        ));
+    for (name, value) in denial_headers(reason) {
+        response.insert_header((name, HeaderValue::from_static(value)));
     }
     response.body(body(reason))
 }

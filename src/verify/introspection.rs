@@ -402,23 +402,28 @@ impl IntrospectionClient {
     async fn call(&self, http: &reqwest::Client, token: &str) -> Result<Value, IntrospectionError> {
         let endpoint = self.endpoint().ok_or(IntrospectionError::NoEndpoint)?;
         let url = endpoint.to_string();
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("token", token)
-            .append_pair("token_type_hint", "access_token");
-        let mut request = http
-            .post(endpoint.as_str())
-            .header(ACCEPT, "application/json")
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .timeout(self.timeout);
-        match &self.auth {
-            ClientAuth::Basic(authorization) => {
-                request = request.header(AUTHORIZATION, authorization.clone());
+        // The form serializer is not `Send`: it lives in this block only, never across an
+        // await, so that the decision future can run on any thread (the gRPC runtime).
+        let (request, form) = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("token", token)
+                .append_pair("token_type_hint", "access_token");
+            let mut request = http
+                .post(endpoint.as_str())
+                .header(ACCEPT, "application/json")
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .timeout(self.timeout);
+            match &self.auth {
+                ClientAuth::Basic(authorization) => {
+                    request = request.header(AUTHORIZATION, authorization.clone());
+                }
+                ClientAuth::Post { client_id, secret } => {
+                    form.append_pair("client_id", client_id)
+                        .append_pair("client_secret", secret.expose());
+                }
             }
-            ClientAuth::Post { client_id, secret } => {
-                form.append_pair("client_id", client_id)
-                    .append_pair("client_secret", secret.expose());
-            }
-        }
+            (request, form.finish())
+        };
         let failed = |source: reqwest::Error| {
             if source.is_timeout() {
                 IntrospectionError::Timeout {
@@ -432,7 +437,7 @@ impl IntrospectionClient {
                 }
             }
         };
-        let mut response = request.body(form.finish()).send().await.map_err(failed)?;
+        let mut response = request.body(form).send().await.map_err(failed)?;
         let status = response.status();
         let body = outbound::read_capped(&mut response, MAX_ANSWER_BYTES)
             .await

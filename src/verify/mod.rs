@@ -248,6 +248,11 @@ impl Verifier {
         self.issuers.iter().all(|issuer| issuer.is_ready())
     }
 
+    /// How claims become identity headers.
+    pub fn identity_mapping(&self) -> &IdentityMapping {
+        &self.identity
+    }
+
     pub fn cache(&self) -> &TokenCache {
         &self.cache
     }

@@ -191,3 +191,43 @@ fn shipped_cloudflare_access_config_is_valid_once_filled_in() {
     let (code, stderr) = run_binary(&["--config", path.to_str().unwrap(), "--check-config"]);
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// The listener forms and the gRPC settings: each bad value names its key.
+#[test]
+fn listener_and_grpc_settings_are_validated() {
+    let with = |extra: &str| Settings::from_yaml(&format!("{extra}\n{VALID}"));
+    let key = |extra: &str| with(extra).expect_err(extra).key;
+    let unix = with(
+        "admin_listen: unix:/run/tokengate/admin.sock\ngrpc_listen: unix:/run/tokengate/grpc.sock",
+    )
+    .expect("unix sockets");
+    assert_eq!(
+        unix.grpc_listen.unwrap().to_string(),
+        "unix:/run/tokengate/grpc.sock"
+    );
+    assert_eq!(unix.server.socket_mode().unwrap(), 0o660);
+    assert!(
+        with("").unwrap().grpc_listen.is_none(),
+        "no gRPC listener by default"
+    );
+    for (extra, wanted) in [
+        ("grpc_listen: unix:relative.sock", "grpc_listen"),
+        ("grpc_listen: localhost:8081", "grpc_listen"),
+        ("admin_listen: unix:/", "admin_listen"),
+        (
+            "admin_listen: unix:/run/a.sock\ngrpc_listen: unix:/run/a.sock",
+            "grpc_listen",
+        ),
+        ("grpc_listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:9999\nserver:\n  unix_socket_mode: \"0999\"", "server.unix_socket_mode"),
+        ("server:\n  unix_socket_mode: \"rw\"", "server.unix_socket_mode"),
+        ("grpc:\n  max_concurrent_streams: 0", "grpc.max_concurrent_streams"),
+        ("grpc:\n  keep_alive_interval: 0s", "grpc.keep_alive_interval"),
+        ("grpc:\n  keep_alive_timeout: 1h", "grpc.keep_alive_timeout"),
+        ("grpc:\n  metadata_namespace: \"a:b\"", "grpc.metadata_namespace"),
+        ("grpc:\n  max_streams: 10", "grpc"),
+    ] {
+        assert!(key(extra).starts_with(wanted), "{extra}: {}", key(extra));
+    }
+    // Port 0 twice is two free ports, not one address.
+    assert!(with("admin_listen: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:0").is_ok());
+}

@@ -3,6 +3,7 @@
 
 use prometheus::Registry;
 use tokengate::config::Settings;
+use tokengate::listener::BoundAddress;
 use tokengate::startup::Application;
 
 pub use testkit::issuer::*;
@@ -11,6 +12,8 @@ pub use testkit::issuer::*;
 pub struct TestApp {
     pub address: String,
     pub admin_address: String,
+    /// The gRPC listener, when `grpc_listen` is set.
+    pub grpc: Option<BoundAddress>,
     pub registry: Registry,
     pub client: reqwest::Client,
 }
@@ -91,10 +94,12 @@ pub async fn spawn_settings(settings: Settings) -> TestApp {
         .expect("application builds");
     let address = format!("http://127.0.0.1:{}", application.port());
     let admin_address = format!("http://127.0.0.1:{}", application.admin_port());
+    let grpc = application.grpc_address().cloned();
     tokio::spawn(application.run_until_stopped());
     TestApp {
         address,
         admin_address,
+        grpc,
         registry,
         client: reqwest::Client::new(),
     }

@@ -7,6 +7,7 @@ mod contracts;
 mod demo;
 mod docs;
 mod duplicate_members;
+mod grpc;
 mod helpers;
 mod identity_claims;
 mod identity_output;

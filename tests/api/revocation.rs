@@ -463,6 +463,7 @@ revocation:
     let app = TestApp {
         address: format!("http://127.0.0.1:{}", application.port()),
         admin_address: format!("http://127.0.0.1:{}", application.admin_port()),
+        grpc: None,
         registry,
         client: reqwest::Client::new(),
     };

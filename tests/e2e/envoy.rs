@@ -16,8 +16,8 @@ use crate::scenarios::{
     self, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
 };
 use crate::support::{
-    closed_address, deployed_config, start_with_retries, venv_executable, Process, ScratchDir,
-    StartError,
+    closed_address, deployed_config, echoed_header, start_with_retries, venv_executable, Process,
+    ScratchDir, StartError,
 };
 
 /// Envoy routes carry no policy in the auth URL (the query string after `/ext-authz/…`
@@ -257,4 +257,36 @@ async fn every_spelling_of_the_identity_headers_is_removed() {
     for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
         crate::support::assert_no_identity_filled_in(&echo);
     }
+}
+
+/// Kubernetes impersonation with three groups (alice mapped to developers, ops and
+/// readers): through the HTTP contract, `allowed_upstream_headers_to_append` gives the
+/// upstream one `Impersonate-Group` line per group, as the API server needs them. (The
+/// gRPC contract cannot: tests/e2e/envoy_grpc.rs.)
+#[tokio::test]
+async fn three_impersonation_groups_reach_the_upstream_as_three_lines() {
+    let options = TokengateOptions {
+        extra: crate::identity::THREE_GROUPS,
+        ..TokengateOptions::default()
+    };
+    let stack = start_with(options, with_impersonation).await;
+    let token = stack.provider.jwt("alice", "read").await;
+    let answer = stack
+        .send(
+            crate::support::client()
+                .get(stack.url("/orders"))
+                .bearer_auth(&token),
+        )
+        .await;
+    let echo = answer.upstream_echo(|| stack.logs());
+    assert_eq!(
+        echoed_header(&echo, "impersonate-user"),
+        ["alice"],
+        "{echo}"
+    );
+    assert_eq!(
+        echoed_header(&echo, "impersonate-group"),
+        ["developers", "ops", "readers"],
+        "{echo}"
+    );
 }

@@ -23,6 +23,15 @@ identity:
     - { email: carol@example.com, user: carol-admin, groups: ["system:masters"] }
 "#;
 
+/// tokengate speaking Kubernetes impersonation, with alice (alice@example.com) mapped to
+/// three groups: what each contract makes of several `Impersonate-Group` lines.
+pub const THREE_GROUPS: &str = r#"
+identity:
+  output: kubernetes_impersonation
+  impersonation_map:
+    - { email: alice@example.com, user: alice, groups: [developers, ops, readers] }
+"#;
+
 /// The name as the Kubernetes API server would compare it: no whitespace or controls
 /// anywhere, lower case.
 fn squeezed(name: &str) -> String {
@@ -190,4 +199,48 @@ async fn email_that_is_not_one_address_is_no_email() {
         echoed_header(&echo, "x-auth-request-email").is_empty(),
         "{echo}"
     );
+}
+
+/// The `Impersonate-Group` lines the upstream receives for alice mapped to three groups
+/// ([`THREE_GROUPS`]), and her `Impersonate-User`.
+async fn impersonation_groups_upstream<P: Proxy>(
+    stack: &crate::scenarios::Stack<P>,
+) -> Vec<String> {
+    let token = stack.provider.jwt("alice", "read").await;
+    let answer = stack
+        .send(client().get(stack.url("/orders")).bearer_auth(&token))
+        .await;
+    let echo = answer.upstream_echo(|| stack.logs());
+    assert_eq!(
+        echoed_header(&echo, "impersonate-user"),
+        ["alice"],
+        "{echo}"
+    );
+    echoed_header(&echo, "impersonate-group")
+}
+
+fn three_groups() -> TokengateOptions<'static> {
+    TokengateOptions {
+        extra: THREE_GROUPS,
+        ..TokengateOptions::default()
+    }
+}
+
+/// Traefik's `authResponseHeaders` copies every line: one group per line, as the
+/// Kubernetes API server reads them.
+#[tokio::test]
+async fn three_impersonation_groups_through_traefik_are_three_lines() {
+    let stack = traefik::start_with(three_groups(), traefik::with_impersonation).await;
+    let groups = impersonation_groups_upstream(&stack).await;
+    assert_eq!(groups, ["developers", "ops", "readers"]);
+}
+
+/// nginx's `$upstream_http_impersonate_group` holds the first line only: the other
+/// groups are lost (never joined into one). Use Traefik or Envoy's HTTP `ext_authz` for
+/// several groups.
+#[tokio::test]
+async fn three_impersonation_groups_through_nginx_keep_the_first_only() {
+    let stack = nginx::start_with(three_groups(), nginx::with_impersonation).await;
+    let groups = impersonation_groups_upstream(&stack).await;
+    assert_eq!(groups, ["developers"]);
 }

@@ -34,6 +34,7 @@
 mod attacks;
 mod auth_cache;
 mod envoy;
+mod envoy_grpc;
 mod identity;
 mod ingress_nginx;
 mod introspection;

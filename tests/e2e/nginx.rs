@@ -22,7 +22,11 @@ use crate::support::{
 
 /// The shipped snippet with its placeholders replaced: where nginx listens, tokengate's
 /// auth listener and the protected application.
-pub fn site_config(listen: SocketAddr, tokengate: SocketAddr, app: SocketAddr) -> String {
+pub fn site_config(
+    listen: SocketAddr,
+    tokengate: impl std::fmt::Display,
+    app: SocketAddr,
+) -> String {
     deployed_config(
         "deploy/nginx/tokengate.conf",
         &[
@@ -215,6 +219,58 @@ async fn client_sent_groups_never_fill_in_for_a_token_without_groups() {
 async fn stopped_tokengate_fails_closed_with_500() {
     let mut stack = start().await;
     scenarios::stopped_tokengate_fails_closed(&mut stack, StatusCode::INTERNAL_SERVER_ERROR).await;
+}
+
+/// The sidecar layout: tokengate's auth listener on a unix socket in a shared directory,
+/// nginx's `upstream` pointing at it (`server unix:/path;`, the keep-alive form of
+/// `proxy_pass http://unix:/path:/auth`). The same contract as over TCP.
+#[tokio::test]
+async fn auth_request_over_a_unix_socket() {
+    let dir = ScratchDir::new("auth-socket");
+    let listen = format!("unix:{}", dir.join("auth.sock").display());
+    let options = TokengateOptions {
+        listen: &listen,
+        ..TokengateOptions::default()
+    };
+    let mut stack = Stack::start_around(options, |tokengate, app| {
+        let socket = tokengate
+            .auth
+            .unix_path()
+            .expect("a unix socket")
+            .to_owned();
+        Nginx::start(move |listen| site_config(listen, format!("unix:{}", socket.display()), app))
+    })
+    .await;
+    scenarios::missing_token_is_401_with_a_bearer_challenge(&stack).await;
+    scenarios::tampered_token_is_401_invalid_token(&stack).await;
+    scenarios::identity_reaches_the_upstream(
+        &stack,
+        "read",
+        "/orders?id=7",
+        &[FORGED_USER, FORGED_USER_UNDERSCORED],
+    )
+    .await;
+    // Stopped: the socket file is gone, nginx fails closed.
+    stack.tokengate.stop().await;
+    assert!(
+        !dir.join("auth.sock").exists(),
+        "the socket file is removed on shutdown"
+    );
+    let token = stack.provider.jwt("alice", "read").await;
+    let after = stack
+        .send(client().get(stack.url("/orders")).bearer_auth(&token))
+        .await;
+    assert_eq!(
+        after.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        stack.logs()
+    );
+    assert_eq!(
+        stack.upstream.requests(),
+        1,
+        "a request went through unchecked"
+    );
 }
 
 #[tokio::test]

@@ -299,7 +299,7 @@ impl OidcProvider {
         let secret = dir.write("rs-secret", "rs-secret\n");
         let yaml = format!(
             r#"
-listen: "127.0.0.1:0"
+listen: "{listen}"
 admin_listen: "127.0.0.1:0"
 workers: 1
 proxy_headers: {proxy_headers}
@@ -323,17 +323,18 @@ token:
   opaque_issuer: oidc-provider
 {token}
 shutdown:
-  drain_delay: 0s
-  grace: 1s
+{shutdown}
 {extra}
 "#,
             proxy_headers = options.proxy_headers,
+            listen = options.listen,
             issuer = self.issuer,
             refresh = options.key_refresh,
             secret = secret.display(),
             ttl = POSITIVE_TTL.as_secs(),
             issuer_extra = options.issuer,
             token = options.token,
+            shutdown = options.shutdown,
             extra = options.extra,
         );
         Tokengate::start(&yaml, dir).await
@@ -345,6 +346,11 @@ shutdown:
 pub struct TokengateOptions<'a> {
     /// `proxy_headers`: the proxy in front.
     pub proxy_headers: &'a str,
+    /// `listen`: the auth listener (`127.0.0.1:0`, or `unix:/path`).
+    pub listen: &'a str,
+    /// YAML lines of the `shutdown:` block, indented by two spaces: by default no drain
+    /// delay and a one-second grace, so that a stop closes the listeners at once.
+    pub shutdown: &'a str,
     /// YAML lines added to the provider's issuer entry, indented by four spaces
     /// (`    require_email_verified: true`).
     pub issuer: &'a str,
@@ -362,6 +368,8 @@ impl Default for TokengateOptions<'_> {
     fn default() -> Self {
         TokengateOptions {
             proxy_headers: "nginx",
+            listen: "127.0.0.1:0",
+            shutdown: "  drain_delay: 0s\n  grace: 1s",
             issuer: "",
             token: "",
             key_refresh: "10m",

@@ -55,10 +55,23 @@ impl<P: Proxy> Stack<P> {
         F: FnOnce(SocketAddr, SocketAddr) -> Fut,
         Fut: Future<Output = P>,
     {
+        Self::start_around(options, |tokengate, app| {
+            start_proxy(tokengate.address, app)
+        })
+        .await
+    }
+
+    /// [`Self::start_with`] for a proxy that needs more of tokengate than its auth
+    /// listener's TCP address (its gRPC listener, a unix socket).
+    pub async fn start_around<F, Fut>(options: TokengateOptions<'_>, start_proxy: F) -> Stack<P>
+    where
+        F: FnOnce(&Tokengate, SocketAddr) -> Fut,
+        Fut: Future<Output = P>,
+    {
         let provider = OidcProvider::start().await;
         let tokengate = provider.tokengate_with(options).await;
         let upstream = EchoUpstream::start();
-        let proxy = start_proxy(tokengate.address, upstream.address).await;
+        let proxy = start_proxy(&tokengate, upstream.address).await;
         Stack {
             provider,
             tokengate,

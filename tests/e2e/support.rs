@@ -19,6 +19,7 @@ use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokengate::config::Settings;
+use tokengate::listener::BoundAddress;
 use tokengate::startup::Application;
 
 pub use crate::upstream::{echoed_header, EchoUpstream};
@@ -35,10 +36,15 @@ pub const VENV_BIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.e2e/venv/bin")
 
 /// The real tokengate application, in this process, on free loopback ports.
 pub struct Tokengate {
-    /// tokengate's auth listener (`/auth`, `/ext-authz/…`).
+    /// tokengate's auth listener (`/auth`, `/ext-authz/…`) on TCP; `0.0.0.0:0` when it
+    /// listens on a unix socket ([`Tokengate::auth`]).
     pub address: SocketAddr,
+    /// The auth listener, TCP or unix socket.
+    pub auth: BoundAddress,
     /// Its admin listener (`/metrics`).
     pub admin: SocketAddr,
+    /// Its gRPC listener, when `grpc_listen` is set.
+    pub grpc: Option<BoundAddress>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     /// Files the settings name (the introspection client secret).
@@ -55,15 +61,27 @@ impl Tokengate {
         let application = Application::build(settings)
             .await
             .expect("tokengate starts");
-        let address = SocketAddr::from(([127, 0, 0, 1], application.port()));
+        let auth = application.auth_address().clone();
+        let address = match &auth {
+            BoundAddress::Tcp(_) => SocketAddr::from(([127, 0, 0, 1], application.port())),
+            BoundAddress::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         let admin = SocketAddr::from(([127, 0, 0, 1], application.admin_port()));
+        let grpc = application.grpc_address().map(|grpc| match grpc {
+            BoundAddress::Tcp(bound) => {
+                BoundAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], bound.port())))
+            }
+            unix => unix.clone(),
+        });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(application.run_until(async move {
             let _ = stopped.await;
         }));
         Tokengate {
             address,
+            auth,
             admin,
+            grpc,
             stop: Some(stop),
             server: Some(server),
             _dir: dir,
@@ -108,12 +126,19 @@ impl Tokengate {
         self.decisions().await.values().sum()
     }
 
-    /// Shuts tokengate down (its `shutdown` settings bound how long that takes) and
-    /// returns once nothing listens on its address any more.
-    pub async fn stop(&mut self) {
+    /// Starts shutting down, as SIGTERM would, and returns at once: readiness and the
+    /// gRPC health service turn not-ready while the listeners drain for
+    /// `shutdown.drain_delay`. [`Tokengate::stop`] waits for the end.
+    pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Shuts tokengate down (its `shutdown` settings bound how long that takes) and
+    /// returns once nothing listens on its addresses any more.
+    pub async fn stop(&mut self) {
+        self.begin_shutdown();
         if let Some(server) = self.server.take() {
             tokio::time::timeout(Duration::from_secs(30), server)
                 .await
@@ -122,14 +147,25 @@ impl Tokengate {
                 .expect("tokengate stops cleanly");
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&self.address, Duration::from_millis(200)).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "tokengate still listens on {} after being stopped",
-                self.address
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        for address in [Some(&self.auth), self.grpc.as_ref()].into_iter().flatten() {
+            while listens(address) {
+                assert!(
+                    Instant::now() < deadline,
+                    "tokengate still listens on {address} after being stopped",
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
         }
+    }
+}
+
+/// Whether something accepts connections on `address`.
+pub fn listens(address: &BoundAddress) -> bool {
+    match address {
+        BoundAddress::Tcp(address) => {
+            TcpStream::connect_timeout(address, Duration::from_millis(200)).is_ok()
+        }
+        BoundAddress::Unix(path) => std::os::unix::net::UnixStream::connect(path).is_ok(),
     }
 }
 
