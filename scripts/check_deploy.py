@@ -659,7 +659,7 @@ def parse_quantity(text: str) -> int:
     return int(match.group(1)) * units[match.group(2)]
 
 
-# What tokengate's memory is made of, measured on the real binary (README, "Memory"): the
+# What tokengate's memory is made of, measured on the real binary (docs/performance.md): the
 # process itself (11 MiB idle, counted with a margin); RSS per byte that the caches count
 # against their budgets; one connection once it has served a request. The defaults are
 # those of src/config.rs. The budget must leave a quarter of the limit free for requests

@@ -609,7 +609,7 @@ pub struct CacheSettings {
     /// verdict, and the cache's own bookkeeping (measured: about 1.2 KB for a 1 KB token,
     /// 6.8 KB for a 7 KB token whose bulk is groups). The default, 32 MiB, fits the
     /// shipped Kubernetes memory limit (128 MiB) with the introspection cache, the
-    /// connection limit and headroom; size them together (the README's memory section).
+    /// connection limit and headroom; size them together (docs/performance.md).
     pub max_bytes: u64,
     /// Most tokens kept, a second bound beside `max_bytes`: an entry counts for at least
     /// `max_bytes / max_entries` bytes.

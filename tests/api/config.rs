@@ -192,18 +192,6 @@ fn shipped_cloudflare_access_config_is_valid_once_filled_in() {
     assert_eq!(code, 0, "{stderr}");
 }
 
-#[test]
-fn readme_shows_the_example_config_as_it_is() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let example = std::fs::read_to_string(format!("{root}/deploy/tokengate.example.yaml")).unwrap();
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    assert!(
-        readme.contains(&format!("```yaml\n{example}```")),
-        "README.md's configuration block differs from deploy/tokengate.example.yaml: copy \
-         the file into it"
-    );
-}
-
 /// The listener forms and the gRPC settings: each bad value names its key.
 #[test]
 fn listener_and_grpc_settings_are_validated() {

@@ -57,7 +57,7 @@ async fn start_with(rules: &str, edit: fn(String) -> String) -> Stack {
     .await
 }
 
-/// An Ingress whose `auth-url` carries no policy (README: "No policy"): its route rules
+/// An Ingress whose `auth-url` carries no policy (deploy/ingress-nginx/README.md: "No policy"): its route rules
 /// in tokengate's config then decide alone.
 fn without_policy(conf: String) -> String {
     replace_once(

@@ -146,7 +146,7 @@ pub async fn start_with(options: TokengateOptions<'_>, edit: fn(String) -> Strin
     .await
 }
 
-/// The shipped snippet as the README's Kubernetes impersonation recipe changes it: the
+/// The shipped snippet as the Kubernetes impersonation recipe (docs/identity.md) changes it: the
 /// application gets tokengate's `Impersonate-User` and first `Impersonate-Group` (nginx
 /// keeps only the first line of a repeated upstream header).
 pub fn with_impersonation(site: String) -> String {

@@ -262,7 +262,7 @@ pub async fn start_with(options: TokengateOptions<'_>, edit: fn(String) -> Strin
 }
 
 /// Every forwardAuth middleware also copies tokengate's Kubernetes impersonation headers
-/// to the application (README: "Kubernetes impersonation").
+/// to the application (docs/identity.md, "Kubernetes impersonation").
 pub fn with_impersonation(dynamic: String) -> String {
     let list = "          - X-Auth-Request-Groups\n";
     assert_eq!(
