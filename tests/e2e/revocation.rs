@@ -32,27 +32,40 @@ struct Redis {
     process: Process,
     address: SocketAddr,
     binary: PathBuf,
+    /// `requirepass`, when the server demands one.
+    password: Option<String>,
 }
 
 impl Redis {
     async fn start() -> Redis {
+        Self::start_with_password(None).await
+    }
+
+    /// A server that refuses every command until `AUTH` with `password`, when given.
+    async fn start_with_password(password: Option<&str>) -> Redis {
         let binary = find_executable("redis-server", "REDIS_SERVER", &["/usr/bin/redis-server"]);
         start_with_retries("redis-server", || {
             let binary = binary.clone();
+            let password = password.map(str::to_owned);
             async move {
                 let address = closed_address();
-                let process = Self::spawn(&binary, address).await?;
+                let process = Self::spawn(&binary, address, password.as_deref()).await?;
                 Ok(Redis {
                     process,
                     address,
                     binary,
+                    password,
                 })
             }
         })
         .await
     }
 
-    async fn spawn(binary: &PathBuf, address: SocketAddr) -> Result<Process, StartError> {
+    async fn spawn(
+        binary: &PathBuf,
+        address: SocketAddr,
+        password: Option<&str>,
+    ) -> Result<Process, StartError> {
         let dir = ScratchDir::new("redis");
         let mut command = Command::new(binary);
         command
@@ -60,6 +73,9 @@ impl Redis {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir.path);
+        if let Some(password) = password {
+            command.args(["--requirepass", password]);
+        }
         Process::spawn("redis-server", command, dir, true)
             .map_err(StartError::fatal)?
             .listening(address, Duration::from_secs(10), "Address already in use")
@@ -76,7 +92,7 @@ impl Redis {
 
     /// Starts again on the same port, empty.
     async fn restart(&mut self) {
-        self.process = Self::spawn(&self.binary, self.address)
+        self.process = Self::spawn(&self.binary, self.address, self.password.as_deref())
             .await
             .unwrap_or_else(|error| panic!("redis-server did not restart: {}", error.message));
     }
@@ -100,6 +116,13 @@ impl Replica {
             let admin = closed_address();
             let dir = ScratchDir::new("tokengate-replica");
             let secret = dir.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
+            let password = match &redis.password {
+                Some(password) => {
+                    let file = dir.write("redis-password", &format!("{password}\n"));
+                    format!("    password_file: \"{}\"\n", file.display())
+                }
+                None => String::new(),
+            };
             let config = dir.write(
                 "tokengate.yaml",
                 &format!(
@@ -120,7 +143,7 @@ revocation:
   admin_token_file: "{secret}"
   redis:
     url: "{redis}"
-log:
+{password}log:
   format: json
   filter: info
 shutdown:
@@ -474,4 +497,27 @@ async fn redis_restarted_mid_run_loses_no_event_and_replicas_keep_serving() {
         assert_eq!(replica.auth(&before).await, 401);
         assert_eq!(replica.auth(&valid).await, 202);
     }
+}
+
+#[tokio::test]
+async fn a_password_protected_redis_carries_the_feed() {
+    let provider = OidcProvider::start().await;
+    let redis = Redis::start_with_password(Some("e2e-redis-password-0123")).await;
+    // Ready means each replica authenticated and loaded the feed once.
+    let first = Replica::start(&provider, &redis, None).await;
+    let second = Replica::start(&provider, &redis, None).await;
+    let revoked = provider.jwt("alice", "read").await;
+    let other = provider.jwt("alice", "read").await;
+    assert_eq!(second.auth(&revoked).await, 202);
+    first.revoke_jti(&provider.issuer, &jti(&revoked)).await;
+    assert!(
+        second
+            .refused_within(&revoked, Instant::now(), LOST)
+            .await
+            .is_some(),
+        "{}",
+        second.process.logs()
+    );
+    assert_eq!(second.auth(&other).await, 202);
+    assert_eq!(second.metric("tokengate_revocation_feed_up").await, 1.0);
 }
