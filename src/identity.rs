@@ -26,6 +26,8 @@ pub const EMAIL_HEADER: HeaderName = HeaderName::from_static("x-auth-request-ema
 pub const GROUPS_HEADER: HeaderName = HeaderName::from_static("x-auth-request-groups");
 pub const IMPERSONATE_USER: HeaderName = HeaderName::from_static("impersonate-user");
 pub const IMPERSONATE_GROUP: HeaderName = HeaderName::from_static("impersonate-group");
+/// A Kubernetes impersonation header tokengate never sets, and removes where it can.
+pub const IMPERSONATE_UID: HeaderName = HeaderName::from_static("impersonate-uid");
 
 /// Headers a claim may never set: they carry meaning for HTTP itself, for the proxy
 /// (nginx acts on `X-Accel-*`), or are our own identity and cache headers.
@@ -387,6 +389,8 @@ pub struct IdentityMapping {
     impersonation_map: HashMap<String, (String, Vec<String>)>,
     /// The built-in header names, then the claim headers' names.
     names: Arc<[HeaderName]>,
+    /// Every identity header name tokengate owns, each once (see [`Self::owned_header_names`]).
+    owned: Arc<[HeaderName]>,
 }
 
 #[derive(Debug, Clone)]
@@ -474,12 +478,19 @@ impl IdentityMapping {
             .enumerate()
             .map(|(index, entry)| impersonation_entry(index, entry))
             .collect::<Result<_, _>>()?;
-        let names = BUILT_IN_NAMES
+        let names: Arc<[HeaderName]> = BUILT_IN_NAMES
             .into_iter()
             .chain(claim_headers.iter().map(|(name, _)| name.clone()))
             .collect();
+        let mut owned: Vec<HeaderName> = Vec::with_capacity(names.len() + 1);
+        for name in names.iter().chain(std::iter::once(&IMPERSONATE_UID)) {
+            if !owned.contains(name) {
+                owned.push(name.clone());
+            }
+        }
         Ok(Self {
             names,
+            owned: owned.into(),
             user: ClaimPath::new(&settings.user_claim),
             email: ClaimPath::new(&settings.email_claim),
             groups: ClaimPath::new(&settings.groups_claim),
@@ -494,13 +505,13 @@ impl IdentityMapping {
         })
     }
 
-    /// Every header name an identity of this mapping may carry, whichever output is
-    /// configured: the `X-Auth-Request-*` names, `Impersonate-User` and
-    /// `Impersonate-Group`, then the configured claim headers. A contract that can remove
-    /// request headers removes the ones an answer does not set, so that a client's own
-    /// never stands in for a claim the token lacks.
-    pub fn header_names(&self) -> &[HeaderName] {
-        &self.names
+    /// Every identity header name tokengate owns, each once, whichever output is
+    /// configured: the `X-Auth-Request-*` names, `Impersonate-User`, `-Group` and `-Uid`
+    /// (never set, always owned), then the configured claim headers. Built once with the
+    /// mapping. A contract that can remove request headers removes the ones an answer
+    /// does not set, so that a client's own never stands in for a claim the token lacks.
+    pub fn owned_header_names(&self) -> &[HeaderName] {
+        &self.owned
     }
 
     /// The identity carried by JWT claims, read by the default [`ClaimRules`].

@@ -28,9 +28,6 @@ use crate::policy::Requirements;
 use crate::request::{OriginalRequest, PathParameters};
 use crate::runtime::Runtime;
 
-/// `Impersonate-Uid`: a Kubernetes impersonation header tokengate never sets, removed
-/// like the ones it does.
-const IMPERSONATE_UID: HeaderName = HeaderName::from_static("impersonate-uid");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const HOST: HeaderName = HeaderName::from_static("host");
 
@@ -105,25 +102,15 @@ fn render(runtime: &Runtime, decision: &mut Decision<'_>) -> CheckResponse {
 /// and removed would never reach the upstream: only names not set are removed.
 fn allow(runtime: &Runtime, decision: &Decision<'_>) -> OkHttpResponse {
     let set: Vec<(HeaderName, HeaderValue)> = respond::identity_headers(decision).collect();
-    let uid = IMPERSONATE_UID;
-    let owned = runtime
+    let mut headers_to_remove: Vec<String> = runtime
         .gate
         .verifier
         .identity_mapping()
-        .header_names()
+        .owned_header_names()
         .iter()
-        .chain(std::iter::once(&uid));
-    let mut headers_to_remove: Vec<String> = Vec::new();
-    for name in owned {
-        let is_set = set.iter().any(|(set, _)| set == name);
-        if !is_set
-            && !headers_to_remove
-                .iter()
-                .any(|listed| listed == name.as_str())
-        {
-            headers_to_remove.push(name.as_str().to_owned());
-        }
-    }
+        .filter(|name| !set.iter().any(|(set, _)| set == *name))
+        .map(|name| name.as_str().to_owned())
+        .collect();
     if runtime.settings.grpc.remove_authorization {
         headers_to_remove.push("authorization".to_owned());
     }
