@@ -2,21 +2,20 @@
 //! SIGTERM during load.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::process::{free_port, wait_ready, Child};
+use crate::process::{free_port, scratch_dir, start_tokengate, wait_ready, wait_status};
 
 #[tokio::test]
 async fn audit_lines_and_graceful_sigterm_during_load() {
     let issuer = TestIssuer::start().await;
     issuer.set_introspection_mode(IntrospectionMode::Slow(Duration::from_millis(1500)));
-    let dir = std::env::temp_dir().join(format!("tokengate-lifecycle-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("lifecycle");
     let secret = dir.join("secret");
     std::fs::write(&secret, INTROSPECTION_SECRET).unwrap();
     let (port, admin_port) = (free_port(), free_port());
@@ -50,15 +49,7 @@ shutdown:
         ),
     )
     .unwrap();
-    let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_tokengate"))
-            .args(["--config", config.to_str().unwrap()])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tokengate"),
-    );
+    let mut child = start_tokengate(&config, Stdio::piped());
     let client = reqwest::Client::new();
     let auth = format!("http://127.0.0.1:{port}/auth");
     let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
@@ -101,29 +92,11 @@ shutdown:
     }));
     let signal = async {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let status = Command::new("kill")
-            .args(["-TERM", &child.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let signalled = Instant::now();
-        // Readiness turns off at once, while the listener still drains.
-        let mut not_ready = false;
-        while signalled.elapsed() < Duration::from_millis(900) {
-            if client
-                .get(&readyz)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 503)
-            {
-                not_ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        (signalled, not_ready)
+        child.terminate();
+        // Readiness turns off at once, while the listener still drains (drain_delay).
+        wait_status(&client, &readyz, 503, Duration::from_secs(1)).await
     };
-    let (statuses, (signalled, not_ready)) = tokio::join!(in_flight, signal);
+    let (statuses, not_ready) = tokio::join!(in_flight, signal);
     assert!(
         not_ready,
         "/readyz must turn 503 as soon as SIGTERM arrives"
@@ -136,17 +109,13 @@ shutdown:
         );
     }
 
-    let exit = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(10),
-            "exits within the grace period"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(exit.code(), Some(0));
+    // Gone within shutdown.grace (10 s).
+    let exit = child.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(
+        exit.and_then(|status| status.code()),
+        Some(0),
+        "exits with 0 within the grace period"
+    );
 
     let mut stdout = String::new();
     child

@@ -5,6 +5,7 @@ mod auth_request;
 mod config;
 mod contracts;
 mod demo;
+mod deploy;
 mod docs;
 mod duplicate_members;
 mod grpc;

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::*;
-use crate::process::{free_port, wait_ready, Child};
+use crate::process::{free_port, scratch_dir, start_tokengate, wait_ready, Child};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -29,8 +29,7 @@ struct Tokengate {
 
 impl Tokengate {
     async fn start(issuer: &TestIssuer, name: &str, extra: &str) -> Tokengate {
-        let dir = std::env::temp_dir().join(format!("tokengate-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir(name);
         let (port, admin_port) = (free_port(), free_port());
         let config = dir.join("tokengate.yaml");
         std::fs::write(
@@ -54,14 +53,7 @@ log:
             ),
         )
         .unwrap();
-        let child = Child(
-            std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-                .args(["--config", config.to_str().unwrap()])
-                .env_remove("RUST_LOG")
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("start tokengate"),
-        );
+        let child = start_tokengate(&config, std::process::Stdio::null());
         let tokengate = Tokengate {
             child,
             auth: format!("127.0.0.1:{port}"),

@@ -1,6 +1,7 @@
 //! Child processes and loopback ports for tests that run real binaries.
 
 use std::future::Future;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 /// A loopback port that was free a moment ago (the OS picked it for a listener that is
@@ -34,6 +35,27 @@ impl Child {
             .expect("VmRSS in /proc/<pid>/status");
         kib * 1024
     }
+
+    /// Sends SIGTERM, as Kubernetes does to stop a pod.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {}", self.0.id());
+    }
+
+    /// The exit status once the child has exited, polled for `timeout` at most; `None`
+    /// while it still runs.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut exit = None;
+        poll_until(timeout, Duration::from_millis(50), || {
+            exit = self.0.try_wait().expect("try_wait on the child");
+            std::future::ready(exit.is_some())
+        })
+        .await;
+        exit
+    }
 }
 
 /// Polls `condition` every `interval` until it holds (true) or `timeout` passes (false).
@@ -56,17 +78,23 @@ where
 
 /// True once `url` answers 200 (polled for 10 s at most).
 pub async fn wait_ready(client: &reqwest::Client, url: &str) -> bool {
-    poll_until(
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || async {
-            client
-                .get(url)
-                .send()
-                .await
-                .is_ok_and(|response| response.status() == 200)
-        },
-    )
+    wait_status(client, url, 200, Duration::from_secs(10)).await
+}
+
+/// True once `url` answers `status` (polled every 50 ms for `timeout` at most).
+pub async fn wait_status(
+    client: &reqwest::Client,
+    url: &str,
+    status: u16,
+    timeout: Duration,
+) -> bool {
+    poll_until(timeout, Duration::from_millis(50), || async {
+        client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == status)
+    })
     .await
 }
 
