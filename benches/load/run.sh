@@ -45,26 +45,9 @@ P_ENVOY_GRPC=18120 # Envoy ext_authz over gRPC -> tokengate, then direct_respons
 P_ENVOY_HTTP=18130 # Envoy ext_authz over HTTP -> tokengate /ext-authz, then direct_response 200
 TG_SOCKET="$WORK/tokengate/auth.sock"   # tokengate /auth on a unix socket (nginx/tokengate-unix)
 
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=../common.sh
+source "$ROOT/benches/common.sh"
 START_TS=$(date +%s)
-
-# ---------------------------------------------------------------------------------------
-# Processes we start; all killed on exit.
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] || continue
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 forget_pid() {  # forget_pid PID: drop a stopped process from PIDS
     local keep=() p
@@ -90,12 +73,7 @@ command -v apache2 >/dev/null || need_apt+=(apache2)
 [ -f /usr/lib/apache2/modules/mod_oauth2.so ] || need_apt+=(libapache2-mod-oauth2)
 command -v taskset >/dev/null || need_apt+=(util-linux)
 command -v curl >/dev/null || need_apt+=(curl)
-if [ "${#need_apt[@]}" -gt 0 ]; then
-    log "apt-get install ${need_apt[*]}"
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+apt_install_missing "${need_apt[@]}"
 if [ ! -x "$VENV/bin/envoy" ]; then
     # shellcheck source=../../scripts/versions.env
     source "$ROOT/scripts/versions.env"
@@ -106,16 +84,8 @@ fi
 ENVOY="$VENV/bin/envoy"
 PY="$(command -v python3 || echo "$VENV/bin/python")"
 
-CPUS=$(nproc)
-[ "$CPUS" -ge 2 ] || log "WARNING: only $CPUS CPU: auth service and wrk share it"
-[ "$AUTH_CPU" -lt "$CPUS" ] || AUTH_CPU=0
-[ "$LOAD_CPU" -lt "$CPUS" ] || LOAD_CPU=0
-
-for port in $P_FLOOR $P_TG $P_TG_ADMIN $P_ENVOY $P_APACHE $P_FRONT $P_TG_GRPC $P_ENVOY_GRPC $P_ENVOY_HTTP; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        die "port 127.0.0.1:$port is already in use"
-    fi
-done
+use_cores "auth service and wrk"
+ports_free $P_FLOOR $P_TG $P_TG_ADMIN $P_ENVOY $P_APACHE $P_FRONT $P_TG_GRPC $P_ENVOY_GRPC $P_ENVOY_HTTP
 
 # ---------------------------------------------------------------------------------------
 # Build once (release), then keys and tokens (reused while younger than 12 h).

@@ -35,28 +35,11 @@ P_ISSUER=18500     # soak_load's issuer: discovery, JWKS, introspection
 P_TG=18580         # tokengate /auth
 P_TG_ADMIN=18590   # tokengate admin (/readyz)
 
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=../common.sh
+source "$ROOT/benches/common.sh"
 # Everything goes to 127.0.0.1 directly, never through a proxy from the environment.
 unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 export NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost
-
-# ---------------------------------------------------------------------------------------
-# Processes we start; all stopped on exit.
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]:-}"; do
-        [ -n "$pid" ] || continue
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------------------------------
 # Install what is missing: taskset, curl, gnuplot (for the PNG).
@@ -64,22 +47,9 @@ need_apt=()
 command -v taskset >/dev/null || need_apt+=(util-linux)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v gnuplot >/dev/null || need_apt+=(gnuplot-nox)
-if [ "${#need_apt[@]}" -gt 0 ]; then
-    log "apt-get install ${need_apt[*]}"
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-
-CPUS=$(nproc)
-[ "$CPUS" -ge 2 ] || log "WARNING: only $CPUS CPU: tokengate and the load generator share it"
-[ "$AUTH_CPU" -lt "$CPUS" ] || AUTH_CPU=0
-[ "$LOAD_CPU" -lt "$CPUS" ] || LOAD_CPU=0
-for port in $P_ISSUER $P_TG $P_TG_ADMIN; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        die "port 127.0.0.1:$port is already in use"
-    fi
-done
+apt_install_missing "${need_apt[@]}"
+use_cores "tokengate and the load generator"
+ports_free $P_ISSUER $P_TG $P_TG_ADMIN
 
 log "cargo build --release (tokengate + examples/soak_load)"
 (cd "$ROOT" && cargo build --release --quiet --bin tokengate --example soak_load)
