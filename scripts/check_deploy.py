@@ -89,6 +89,18 @@ except ImportError:
 # Fail closed, everywhere: every ext auth setting that can let a request through
 # unchecked (failOpen, percentageEnabled) must be spelled out with its closed value.
 
+
+def _closed(properties: dict[str, Any], required: list[str] | None = None,
+            **keywords: Any) -> dict[str, Any]:
+    """An object schema that refuses unknown fields: a misspelt field fails here instead
+    of being ignored by the cluster."""
+    schema: dict[str, Any] = {"type": "object", "additionalProperties": False,
+                              "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema | keywords
+
+
 _STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
 # The per-route requirements tokengate reads from the /auth query and from gRPC
 # context_extensions; any other key is refused by tokengate (400), so refuse it here too.
@@ -99,488 +111,282 @@ _DNS_LABEL = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "
 _TARGET_REFS = {
     "type": "array",
     "minItems": 1,
-    "items": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["group", "kind", "name"],
-        "properties": {
-            "group": {"type": "string"},
-            "kind": {"type": "string"},
-            "name": {"type": "string", "minLength": 1},
-            "sectionName": {"type": "string"},
-        },
-    },
+    "items": _closed({
+        "group": {"type": "string"},
+        "kind": {"type": "string"},
+        "name": {"type": "string", "minLength": 1},
+        "sectionName": {"type": "string"},
+    }, ["group", "kind", "name"]),
 }
 
 
-_SERVICE_REF = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "port"],
-    "properties": {
-        "group": {"const": ""},
-        "kind": {"const": "Service"},
-        "name": _DNS_LABEL,
-        "namespace": _DNS_LABEL,
-        "port": _PORT,
-    },
-}
+_SERVICE_REF = _closed({
+    "group": {"const": ""},
+    "kind": {"const": "Service"},
+    "name": _DNS_LABEL,
+    "namespace": _DNS_LABEL,
+    "port": _PORT,
+}, ["name", "port"])
 _SERVICE_REFS = {"type": "array", "minItems": 1, "items": _SERVICE_REF}
 
 
 def _object(spec: dict[str, Any], namespaced: bool = True) -> dict[str, Any]:
     metadata_required = ["name", "namespace"] if namespaced else ["name"]
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {
-                "type": "object",
-                "required": metadata_required,
-                "properties": {"name": _DNS_LABEL, "namespace": _DNS_LABEL},
-            },
-            "spec": spec,
+    return _closed({
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {
+            "type": "object",
+            "required": metadata_required,
+            "properties": {"name": _DNS_LABEL, "namespace": _DNS_LABEL},
         },
-    }
+        "spec": spec,
+    }, ["apiVersion", "kind", "metadata", "spec"])
 
 
 CRD_SUBSET_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    ("traefik.io/v1alpha1", "Middleware"): _object({
-        "type": "object",
-        "additionalProperties": False,
-        "minProperties": 1,
-        "maxProperties": 1,
-        "properties": {
+    ("traefik.io/v1alpha1", "Middleware"): _object(_closed(
+        {
             # The strip middleware: an empty value removes the header.
-            "headers": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["customRequestHeaders"],
-                "properties": {
-                    "customRequestHeaders": {
-                        "type": "object",
-                        "minProperties": 1,
-                        "additionalProperties": {"type": "string"},
-                    },
-                },
-            },
-            "forwardAuth": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["address"],
-                "properties": {
-                    "address": {"type": "string", "pattern": r"^https?://[^/]+/auth(\?.*)?$"},
-                    "trustForwardHeader": {"type": "boolean"},
-                    "authResponseHeaders": _STRINGS,
-                    "authResponseHeadersRegex": {"type": "string"},
-                    "authRequestHeaders": _STRINGS,
-                },
-            },
-        },
-    }),
-    ("gateway.envoyproxy.io/v1alpha1", "SecurityPolicy"): _object({
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["targetRefs", "extAuth"],
-        "properties": {
-            "targetRefs": _TARGET_REFS,
-            "extAuth": {
-                "type": "object",
-                "additionalProperties": False,
-                # Exactly one of http and grpc; failOpen spelled out, false.
-                "required": ["failOpen"],
-                "oneOf": [{"required": ["http"]}, {"required": ["grpc"]}],
-                "properties": {
-                    "failOpen": {"type": "boolean", "const": False},
-                    "timeout": _DURATION,
-                    "headersToExtAuth": _STRINGS,
-                    "contextExtensions": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["name", "type", "value"],
-                            "properties": {
-                                "name": {"enum": REQUIREMENT_KEYS},
-                                "type": {"const": "Value"},
-                                "value": {"type": "string", "minLength": 1},
-                            },
-                        },
-                    },
-                    "grpc": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["backendRefs"],
-                        "properties": {"backendRefs": _SERVICE_REFS},
-                    },
-                    "http": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["backendRefs", "path"],
-                        "properties": {
-                            "backendRefs": _SERVICE_REFS,
-                            # tokengate's Envoy endpoint; Envoy appends the original path.
-                            "path": {"const": "/ext-authz"},
-                            "headersToBackend": _STRINGS,
-                        },
-                    },
-                },
-            },
-        },
-    }),
-    ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"): _object({
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["targetRefs", "headers"],
-        "properties": {
-            "targetRefs": _TARGET_REFS,
-            "headers": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "withUnderscoresAction": {"enum": ["Allow", "RejectRequest", "DropHeader"]},
-                    "earlyRequestHeaders": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {"remove": _STRINGS},
-                    },
-                },
-            },
-            "path": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
-                    "escapedSlashesAction": {
-                        "enum": [
-                            "KeepUnchanged",
-                            "RejectRequest",
-                            "UnescapeAndForward",
-                            "UnescapeAndRedirect",
-                        ]
-                    },
-                    "disableMergeSlashes": {"type": "boolean"},
-                },
-            },
-        },
-    }),
-    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): _object({
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["from", "to"],
-        "properties": {
-            "from": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
+            "headers": _closed({
+                "customRequestHeaders": {
                     "type": "object",
-                    "additionalProperties": False,
-                    "required": ["group", "kind", "namespace"],
-                    "properties": {
-                        "group": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "namespace": _DNS_LABEL,
-                    },
+                    "minProperties": 1,
+                    "additionalProperties": {"type": "string"},
                 },
-            },
-            "to": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["group", "kind"],
-                    "properties": {
-                        "group": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "name": _DNS_LABEL,
-                    },
-                },
-            },
+            }, ["customRequestHeaders"]),
+            "forwardAuth": _closed({
+                "address": {"type": "string", "pattern": r"^https?://[^/]+/auth(\?.*)?$"},
+                "trustForwardHeader": {"type": "boolean"},
+                "authResponseHeaders": _STRINGS,
+                "authResponseHeadersRegex": {"type": "string"},
+                "authRequestHeaders": _STRINGS,
+            }, ["address"]),
         },
-    }),
+        minProperties=1,
+        maxProperties=1,
+    )),
+    ("gateway.envoyproxy.io/v1alpha1", "SecurityPolicy"): _object(_closed({
+        "targetRefs": _TARGET_REFS,
+        "extAuth": _closed(
+            {
+                "failOpen": {"type": "boolean", "const": False},
+                "timeout": _DURATION,
+                "headersToExtAuth": _STRINGS,
+                "contextExtensions": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _closed({
+                        "name": {"enum": REQUIREMENT_KEYS},
+                        "type": {"const": "Value"},
+                        "value": {"type": "string", "minLength": 1},
+                    }, ["name", "type", "value"]),
+                },
+                "grpc": _closed({"backendRefs": _SERVICE_REFS}, ["backendRefs"]),
+                "http": _closed({
+                    "backendRefs": _SERVICE_REFS,
+                    # tokengate's Envoy endpoint; Envoy appends the original path.
+                    "path": {"const": "/ext-authz"},
+                    "headersToBackend": _STRINGS,
+                }, ["backendRefs", "path"]),
+            },
+            # Exactly one of http and grpc; failOpen spelled out, false.
+            required=["failOpen"],
+            oneOf=[{"required": ["http"]}, {"required": ["grpc"]}],
+        ),
+    }, ["targetRefs", "extAuth"])),
+    ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"): _object(_closed({
+        "targetRefs": _TARGET_REFS,
+        "headers": _closed({
+            "withUnderscoresAction": {"enum": ["Allow", "RejectRequest", "DropHeader"]},
+            "earlyRequestHeaders": _closed({"remove": _STRINGS}),
+        }),
+        "path": _closed({
+            "escapedSlashesAction": {
+                "enum": [
+                    "KeepUnchanged",
+                    "RejectRequest",
+                    "UnescapeAndForward",
+                    "UnescapeAndRedirect",
+                ]
+            },
+            "disableMergeSlashes": {"type": "boolean"},
+        }),
+    }, ["targetRefs", "headers"])),
+    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): _object(_closed({
+        "from": {
+            "type": "array",
+            "minItems": 1,
+            "items": _closed({
+                "group": {"type": "string"},
+                "kind": {"type": "string"},
+                "namespace": _DNS_LABEL,
+            }, ["group", "kind", "namespace"]),
+        },
+        "to": {
+            "type": "array",
+            "minItems": 1,
+            "items": _closed({
+                "group": {"type": "string"},
+                "kind": {"type": "string"},
+                "name": _DNS_LABEL,
+            }, ["group", "kind"]),
+        },
+    }, ["from", "to"])),
     # Istio's mesh config, as an IstioOperator (istioctl install -f). Only the ext authz
     # provider and the path normalisation it relies on.
-    ("install.istio.io/v1alpha1", "IstioOperator"): _object({
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["meshConfig"],
-        "properties": {
-            "meshConfig": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["extensionProviders"],
-                "properties": {
-                    "extensionProviders": {
-                        "type": "array",
-                        "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["name", "envoyExtAuthzGrpc"],
-                            "properties": {
-                                "name": {"type": "string", "minLength": 1},
-                                "envoyExtAuthzGrpc": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "required": ["service", "port", "failOpen"],
-                                    "properties": {
-                                        "service": {"type": "string", "minLength": 1},
-                                        "port": _PORT,
-                                        "timeout": _DURATION,
-                                        "failOpen": {"const": False},
-                                        "statusOnError": {"type": "string", "pattern": r"^[1-5][0-9][0-9]$"},
-                                        "clearRouteCache": {"type": "boolean"},
-                                        "includeRequestBodyInCheck": {"type": "object"},
-                                    },
-                                },
-                            },
-                        },
-                    },
-                    "pathNormalization": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "normalization": {
-                                "enum": ["DEFAULT", "NONE", "BASE", "MERGE_SLASHES",
-                                         "DECODE_AND_MERGE_SLASHES"]
-                            },
-                        },
-                    },
-                },
-            },
-        },
-    }),
-    ("security.istio.io/v1", "AuthorizationPolicy"): _object({
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["action", "provider", "rules"],
-        "properties": {
-            "selector": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["matchLabels"],
-                "properties": {
-                    "matchLabels": {"type": "object", "minProperties": 1,
-                                    "additionalProperties": {"type": "string"}},
-                },
-            },
-            "targetRefs": _TARGET_REFS,
-            "action": {"const": "CUSTOM"},
-            "provider": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["name"],
-                "properties": {"name": {"type": "string", "minLength": 1}},
-            },
-            "rules": {
+    ("install.istio.io/v1alpha1", "IstioOperator"): _object(_closed({
+        "meshConfig": _closed({
+            "extensionProviders": {
                 "type": "array",
                 "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "to": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "required": ["operation"],
-                                "properties": {
-                                    "operation": {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "properties": {
-                                            key: _STRINGS
-                                            for key in ("hosts", "notHosts", "ports", "notPorts",
-                                                        "methods", "notMethods", "paths", "notPaths")
-                                        },
-                                    },
-                                },
-                            },
-                        },
-                    },
-                },
+                "items": _closed({
+                    "name": {"type": "string", "minLength": 1},
+                    "envoyExtAuthzGrpc": _closed({
+                        "service": {"type": "string", "minLength": 1},
+                        "port": _PORT,
+                        "timeout": _DURATION,
+                        "failOpen": {"const": False},
+                        "statusOnError": {"type": "string", "pattern": r"^[1-5][0-9][0-9]$"},
+                        "clearRouteCache": {"type": "boolean"},
+                        "includeRequestBodyInCheck": {"type": "object"},
+                    }, ["service", "port", "failOpen"]),
+                }, ["name", "envoyExtAuthzGrpc"]),
             },
+            "pathNormalization": _closed({
+                "normalization": {
+                    "enum": ["DEFAULT", "NONE", "BASE", "MERGE_SLASHES",
+                             "DECODE_AND_MERGE_SLASHES"]
+                },
+            }),
+        }, ["extensionProviders"]),
+    }, ["meshConfig"])),
+    ("security.istio.io/v1", "AuthorizationPolicy"): _object(_closed({
+        "selector": _closed({
+            "matchLabels": {"type": "object", "minProperties": 1,
+                            "additionalProperties": {"type": "string"}},
+        }, ["matchLabels"]),
+        "targetRefs": _TARGET_REFS,
+        "action": {"const": "CUSTOM"},
+        "provider": _closed({"name": {"type": "string", "minLength": 1}}, ["name"]),
+        "rules": {
+            "type": "array",
+            "minItems": 1,
+            "items": _closed({
+                "to": {
+                    "type": "array",
+                    "items": _closed({
+                        "operation": _closed({
+                            key: _STRINGS
+                            for key in ("hosts", "notHosts", "ports", "notPorts",
+                                        "methods", "notMethods", "paths", "notPaths")
+                        }),
+                    }, ["operation"]),
+                },
+            }),
         },
-    }),
-    ("gateway.kgateway.dev/v1alpha1", "GatewayExtension"): _object({
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["extAuth"],
-        "properties": {
-            # Deprecated upstream (no effect); allowed with its one meaningful value.
-            "type": {"const": "ExtAuth"},
-            "extAuth": {
+    }, ["action", "provider", "rules"])),
+    ("gateway.kgateway.dev/v1alpha1", "GatewayExtension"): _object(_closed({
+        # Deprecated upstream (no effect); allowed with its one meaningful value.
+        "type": {"const": "ExtAuth"},
+        "extAuth": _closed({
+            "failOpen": {"const": False},
+            "statusOnError": {"type": "integer", "minimum": 100, "maximum": 511},
+            "headersToForward": _STRINGS,
+            "clearRouteCache": {"type": "boolean"},
+            "statPrefix": {"type": "string", "minLength": 1},
+            # Below 100, the rest of the requests pass unchecked.
+            "percentageEnabled": {"const": 100},
+            "grpcService": _closed({
+                "backendRef": _SERVICE_REF,
+                "authority": {"type": "string", "minLength": 1},
+                "requestTimeout": _DURATION,
+            }, ["backendRef"]),
+        }, ["failOpen", "grpcService"]),
+    }, ["extAuth"])),
+    ("gateway.kgateway.dev/v1alpha1", "TrafficPolicy"): _object(_closed({
+        "targetRefs": _TARGET_REFS,
+        "extAuth": _closed({
+            "extensionRef": _closed({"name": _DNS_LABEL, "namespace": _DNS_LABEL}, ["name"]),
+            "contextExtensions": {
                 "type": "object",
-                "additionalProperties": False,
-                "required": ["failOpen", "grpcService"],
-                "properties": {
-                    "failOpen": {"const": False},
-                    "statusOnError": {"type": "integer", "minimum": 100, "maximum": 511},
-                    "headersToForward": _STRINGS,
-                    "clearRouteCache": {"type": "boolean"},
-                    "statPrefix": {"type": "string", "minLength": 1},
-                    # Below 100, the rest of the requests pass unchecked.
-                    "percentageEnabled": {"const": 100},
-                    "grpcService": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["backendRef"],
-                        "properties": {
-                            "backendRef": _SERVICE_REF,
-                            "authority": {"type": "string", "minLength": 1},
-                            "requestTimeout": _DURATION,
-                        },
-                    },
-                },
+                "minProperties": 1,
+                "propertyNames": {"enum": REQUIREMENT_KEYS},
+                "additionalProperties": {"type": "string", "minLength": 1},
             },
-        },
-    }),
-    ("gateway.kgateway.dev/v1alpha1", "TrafficPolicy"): _object({
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["targetRefs", "extAuth"],
-        "properties": {
-            "targetRefs": _TARGET_REFS,
-            "extAuth": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["extensionRef"],
-                "properties": {
-                    "extensionRef": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["name"],
-                        "properties": {"name": _DNS_LABEL, "namespace": _DNS_LABEL},
-                    },
-                    "contextExtensions": {
-                        "type": "object",
-                        "minProperties": 1,
-                        "propertyNames": {"enum": REQUIREMENT_KEYS},
-                        "additionalProperties": {"type": "string", "minLength": 1},
-                    },
-                },
-            },
-        },
-    }),
+        }, ["extensionRef"]),
+    }, ["targetRefs", "extAuth"])),
     # Gateway API v1 HTTPRoute, with the experimental ExternalAuth filter (Gateway API 1.3
     # and later, experimental channel) and ExtensionRef filters (Traefik's Middlewares).
-    ("gateway.networking.k8s.io/v1", "HTTPRoute"): _object({
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["parentRefs", "rules"],
-        "properties": {
-            "parentRefs": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["name"],
-                    "properties": {
-                        "group": {"const": "gateway.networking.k8s.io"},
-                        "kind": {"const": "Gateway"},
-                        "name": _DNS_LABEL,
-                        "namespace": _DNS_LABEL,
-                        "sectionName": _DNS_LABEL,
-                    },
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): _object(_closed({
+        "parentRefs": {
+            "type": "array",
+            "minItems": 1,
+            "items": _closed({
+                "group": {"const": "gateway.networking.k8s.io"},
+                "kind": {"const": "Gateway"},
+                "name": _DNS_LABEL,
+                "namespace": _DNS_LABEL,
+                "sectionName": _DNS_LABEL,
+            }, ["name"]),
+        },
+        "hostnames": _STRINGS,
+        "rules": {
+            "type": "array",
+            "minItems": 1,
+            "items": _closed({
+                "matches": {
+                    "type": "array",
+                    "items": _closed({
+                        "path": _closed({
+                            "type": {"enum": ["Exact", "PathPrefix",
+                                              "RegularExpression"]},
+                            "value": {"type": "string", "pattern": "^/"},
+                        }, ["type", "value"]),
+                    }),
                 },
-            },
-            "hostnames": _STRINGS,
-            "rules": {
-                "type": "array",
-                "minItems": 1,
-                "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["backendRefs"],
-                    "properties": {
-                        "matches": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
+                "filters": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "oneOf": [
+                            {
                                 "additionalProperties": False,
+                                "required": ["type", "externalAuth"],
                                 "properties": {
-                                    "path": {
-                                        "type": "object",
-                                        "additionalProperties": False,
-                                        "required": ["type", "value"],
-                                        "properties": {
-                                            "type": {"enum": ["Exact", "PathPrefix",
-                                                              "RegularExpression"]},
-                                            "value": {"type": "string", "pattern": "^/"},
-                                        },
-                                    },
+                                    "type": {"const": "ExternalAuth"},
+                                    "externalAuth": _closed({
+                                        "protocol": {"enum": ["GRPC", "HTTP"]},
+                                        "backendRef": _SERVICE_REF,
+                                        "grpc": _closed({"allowedHeaders": _STRINGS}),
+                                        "http": _closed({
+                                            "path": {"const": "/ext-authz"},
+                                            "allowedHeaders": _STRINGS,
+                                            # Empty would copy every header.
+                                            "allowedResponseHeaders": _STRINGS,
+                                        }, ["path", "allowedResponseHeaders"]),
+                                    }, ["protocol", "backendRef"]),
                                 },
                             },
-                        },
-                        "filters": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "oneOf": [
-                                    {
-                                        "additionalProperties": False,
-                                        "required": ["type", "externalAuth"],
-                                        "properties": {
-                                            "type": {"const": "ExternalAuth"},
-                                            "externalAuth": {
-                                                "type": "object",
-                                                "additionalProperties": False,
-                                                "required": ["protocol", "backendRef"],
-                                                "properties": {
-                                                    "protocol": {"enum": ["GRPC", "HTTP"]},
-                                                    "backendRef": _SERVICE_REF,
-                                                    "grpc": {
-                                                        "type": "object",
-                                                        "additionalProperties": False,
-                                                        "properties": {"allowedHeaders": _STRINGS},
-                                                    },
-                                                    "http": {
-                                                        "type": "object",
-                                                        "additionalProperties": False,
-                                                        "required": ["path", "allowedResponseHeaders"],
-                                                        "properties": {
-                                                            "path": {"const": "/ext-authz"},
-                                                            "allowedHeaders": _STRINGS,
-                                                            # Empty would copy every header.
-                                                            "allowedResponseHeaders": _STRINGS,
-                                                        },
-                                                    },
-                                                },
-                                            },
-                                        },
-                                    },
-                                    {
-                                        "additionalProperties": False,
-                                        "required": ["type", "extensionRef"],
-                                        "properties": {
-                                            "type": {"const": "ExtensionRef"},
-                                            "extensionRef": {
-                                                "type": "object",
-                                                "additionalProperties": False,
-                                                "required": ["group", "kind", "name"],
-                                                "properties": {
-                                                    "group": {"type": "string", "minLength": 1},
-                                                    "kind": {"type": "string", "minLength": 1},
-                                                    "name": _DNS_LABEL,
-                                                },
-                                            },
-                                        },
-                                    },
-                                ],
+                            {
+                                "additionalProperties": False,
+                                "required": ["type", "extensionRef"],
+                                "properties": {
+                                    "type": {"const": "ExtensionRef"},
+                                    "extensionRef": _closed({
+                                        "group": {"type": "string", "minLength": 1},
+                                        "kind": {"type": "string", "minLength": 1},
+                                        "name": _DNS_LABEL,
+                                    }, ["group", "kind", "name"]),
+                                },
                             },
-                        },
-                        "backendRefs": _SERVICE_REFS,
+                        ],
                     },
                 },
-            },
+                "backendRefs": _SERVICE_REFS,
+            }, ["backendRefs"]),
         },
-    }),
+    }, ["parentRefs", "rules"])),
 }
 
 
