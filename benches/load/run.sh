@@ -307,7 +307,7 @@ run_cell() {  # run_cell PATH SERVICE ALG MIX
     if [ $(( $(date +%s) - MEASURE_TS )) -gt "$BUDGET" ]; then
         log "skip $cell: over the ${BUDGET}s budget"; SKIPPED+=("$cell (time budget)"); return 0
     fi
-    local url token file count run out reqs rps p50 p99 non2xx sockerr t0 t1 ticks cpu hwm note
+    local url token file count run out reqs rps p50 p99 non2xx sockerr t0 t1 cpu hwm note
     # `envoy`: wrk -> Envoy ext_authz -> tokengate (both on the auth core), like direct.
     if [ "$path" = nginx ]; then url=$(front_url "$service"); else url=$(direct_url "$service"); fi
     if [ "$path" = nginx ] && [ -z "$FRONT_PID" ]; then
@@ -333,7 +333,6 @@ run_cell() {  # run_cell PATH SERVICE ALG MIX
         if [ "$mix" = rotate10k ]; then  # one pass over the 10k tokens: they are cached when measuring
             prime "$url" "$file" "$count" >/dev/null
         fi
-        hwm0=$(tree_kib "$SVC_PID" VmHWM)
         t0=$(tree_ticks "$SVC_PID")
         if [ "$mix" = same ]; then
             out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
