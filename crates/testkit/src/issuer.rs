@@ -259,6 +259,13 @@ impl TestIssuer {
         rsa_key("k1").sign(&self.claims())
     }
 
+    /// A token signed by `k1` over [`TestIssuer::claims`] after `edit` changed them.
+    pub fn token_with(&self, edit: impl FnOnce(&mut Value)) -> String {
+        let mut claims = self.claims();
+        edit(&mut claims);
+        rsa_key("k1").sign(&claims)
+    }
+
     /// URL of the RFC 7662 introspection endpoint (also named by discovery).
     pub fn introspection_endpoint(&self) -> String {
         format!("{}/introspect", self.url())
