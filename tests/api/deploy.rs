@@ -9,6 +9,7 @@
 //! security context (user 65532, a read-only root) is checked offline with the built
 //! image binary by `scripts/check_deploy.py`.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use serde_json::Value;
 use tokengate::config::Settings;
 
 use crate::helpers::*;
-use crate::process::{free_port, scratch_dir, start_tokengate, wait_status, Child};
+use crate::process::{free_port, wait_status, Child, Launch};
 
 const BASE_CONFIG: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -66,26 +67,28 @@ struct Pod {
 
 impl Pod {
     fn start(name: &str, issuer_url: &str) -> Pod {
-        let dir = scratch_dir(&format!("deploy-{name}"));
+        let launch = Launch::new(&format!("deploy-{name}"));
         // The Secret `tokengate-client-secret`, as the pod mounts it.
-        let secret = dir.join("client-secret");
+        let secret = launch.dir.join("client-secret");
         std::fs::write(&secret, INTROSPECTION_SECRET).unwrap();
-        let (port, admin_port) = (free_port(), free_port());
         let mut config = std::fs::read_to_string(BASE_CONFIG).expect("the shipped config");
         for (key, value) in [
-            ("listen", format!("127.0.0.1:{port}")),
-            ("admin_listen", format!("127.0.0.1:{admin_port}")),
+            ("listen", format!("127.0.0.1:{}", launch.port)),
+            ("admin_listen", format!("127.0.0.1:{}", launch.admin_port)),
             ("- issuer", issuer_url.to_owned()),
             ("client_secret_file", secret.display().to_string()),
         ] {
             config = replace_value(&config, key, &value);
         }
-        let path = dir.join("tokengate.yaml");
-        std::fs::write(&path, &config).unwrap();
         Pod {
-            child: start_tokengate(&path, Stdio::null()),
-            auth: format!("http://127.0.0.1:{port}"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
+            child: launch.spawn(
+                Path::new(env!("CARGO_BIN_EXE_tokengate")),
+                &config,
+                Stdio::null(),
+                Stdio::inherit(),
+            ),
+            auth: launch.url(""),
+            admin: launch.admin_url(""),
             settings: Settings::from_yaml(&config).expect("the shipped config parses"),
             client: reqwest::Client::new(),
         }

@@ -2,6 +2,7 @@
 //! SIGTERM during load.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -9,23 +10,18 @@ use futures_util::future::join_all;
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::process::{free_port, scratch_dir, start_tokengate, wait_ready, wait_status};
+use crate::process::{wait_ready, wait_status, Launch};
 
 #[tokio::test]
 async fn audit_lines_and_graceful_sigterm_during_load() {
     let issuer = TestIssuer::start().await;
     issuer.set_introspection_mode(IntrospectionMode::Slow(Duration::from_millis(1500)));
-    let dir = scratch_dir("lifecycle");
-    let secret = dir.join("secret");
+    let launch = Launch::new("lifecycle");
+    let secret = launch.dir.join("secret");
     std::fs::write(&secret, INTROSPECTION_SECRET).unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let config = dir.join("tokengate.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin_port}
+    let config = format!(
+        r#"
+{listeners}
 workers: 2
 issuers:
   - issuer: "{issuer}"
@@ -44,15 +40,19 @@ shutdown:
   drain_delay: 1s
   grace: 10s
 "#,
-            issuer = issuer.url(),
-            secret = secret.display(),
-        ),
-    )
-    .unwrap();
-    let mut child = start_tokengate(&config, Stdio::piped());
+        listeners = launch.listeners(),
+        issuer = issuer.url(),
+        secret = secret.display(),
+    );
+    let mut child = launch.spawn(
+        Path::new(env!("CARGO_BIN_EXE_tokengate")),
+        &config,
+        Stdio::piped(),
+        Stdio::piped(),
+    );
     let client = reqwest::Client::new();
-    let auth = format!("http://127.0.0.1:{port}/auth");
-    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    let auth = launch.url("/auth");
+    let readyz = launch.admin_url("/readyz");
     assert!(wait_ready(&client, &readyz).await, "tokengate became ready");
 
     // Two decisions with known request ids.
