@@ -6,8 +6,8 @@
 //!
 //! Only what a test must change is rewritten: the listen addresses (free loopback
 //! ports), the issuer URL (the test issuer) and the client secret's path. The Deployment's
-//! security context (user 65532, a read-only root) is checked offline with the built
-//! image binary by `scripts/check_deploy.py`.
+//! security context is checked offline by `scripts/check_deploy.py`, which also runs the
+//! image's binary as its user 65532 (`--check-config`).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -180,8 +180,8 @@ async fn shipped_kubernetes_config_serves_then_drains_on_sigterm() {
         "/readyz answers 200 once the issuer's keys are loaded"
     );
 
-    // The config introspects every JWT (introspect_jwts): a valid token passes once the
-    // issuer calls it active, and not before.
+    // The config introspects every JWT (introspect_jwts): a valid JWT that the issuer
+    // does not call active is refused, one it calls active passes.
     let token = issuer.token();
     assert_eq!(pod.status(auth.clone(), Some(&token)).await, 401);
     let mut claims = issuer.claims();
