@@ -94,6 +94,29 @@ pub async fn through<D: Deployment>(rows: fn() -> Vec<Row>) {
     crafted_requests(&stack, D::FRONT, &rows()).await;
 }
 
+/// The tests of the three request tables ([`ambiguous_paths`], [`case_slashes_and_globs`],
+/// [`host_tricks`]) through one deployment, each its own test so that they run in
+/// parallel and fail apart; `$host_tricks` names the last one.
+macro_rules! table_tests {
+    ($deployment:ty, $host_tricks:ident) => {
+        #[tokio::test]
+        async fn ambiguous_paths_never_reach_a_protected_handler() {
+            $crate::attacks::through::<$deployment>($crate::attacks::ambiguous_paths).await;
+        }
+
+        #[tokio::test]
+        async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
+            $crate::attacks::through::<$deployment>($crate::attacks::case_slashes_and_globs).await;
+        }
+
+        #[tokio::test]
+        async fn $host_tricks() {
+            $crate::attacks::through::<$deployment>($crate::attacks::host_tricks).await;
+        }
+    };
+}
+pub(crate) use table_tests;
+
 /// Runs [`forged_impersonation`] through deployment `D`, tokengate speaking Kubernetes
 /// impersonation and the proxy's config as `with_impersonation` makes it pass
 /// tokengate's `Impersonate-*` headers on.

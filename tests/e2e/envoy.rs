@@ -218,24 +218,11 @@ async fn stopped_tokengate_is_a_denial() {
     scenarios::stopped_tokengate_fails_closed(&mut stack, StatusCode::FORBIDDEN).await;
 }
 
-/// With normalize_path, merge_slashes and path_with_escaped_slashes_action:
-/// REJECT_REQUEST, Envoy resolves dot segments (encoded ones too) and `\` before the
-/// check and forwards the path it checked, and refuses %2F and %5C itself.
-#[tokio::test]
-async fn ambiguous_paths_never_reach_a_protected_handler() {
-    attacks::through::<ExtAuthz>(attacks::ambiguous_paths).await;
-}
-
-#[tokio::test]
-async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
-    attacks::through::<ExtAuthz>(attacks::case_slashes_and_globs).await;
-}
-
-/// Envoy hands tokengate the client's `Host` as sent.
-#[tokio::test]
-async fn host_tricks_never_dodge_a_host_rule() {
-    attacks::through::<ExtAuthz>(attacks::host_tricks).await;
-}
+// With normalize_path, merge_slashes and path_with_escaped_slashes_action:
+// REJECT_REQUEST, Envoy resolves dot segments (encoded ones too) and `\` before the
+// check and forwards the path it checked, and refuses %2F and %5C itself. It hands
+// tokengate the client's `Host` as sent.
+attacks::table_tests!(ExtAuthz, host_tricks_never_dodge_a_host_rule);
 
 #[tokio::test]
 async fn forged_impersonation_headers_are_refused_or_removed() {

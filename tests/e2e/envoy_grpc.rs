@@ -496,18 +496,5 @@ async fn envoy_applies_several_options_of_one_header_name_so() {
     }
 }
 
-/// The requests crafted to be read two ways, through Envoy's gRPC filter.
-#[tokio::test]
-async fn ambiguous_paths_never_reach_a_protected_handler() {
-    attacks::through::<GrpcExtAuthz>(attacks::ambiguous_paths).await;
-}
-
-#[tokio::test]
-async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
-    attacks::through::<GrpcExtAuthz>(attacks::case_slashes_and_globs).await;
-}
-
-#[tokio::test]
-async fn host_tricks_never_dodge_a_host_rule() {
-    attacks::through::<GrpcExtAuthz>(attacks::host_tricks).await;
-}
+// The requests crafted to be read two ways, through Envoy's gRPC filter.
+attacks::table_tests!(GrpcExtAuthz, host_tricks_never_dodge_a_host_rule);

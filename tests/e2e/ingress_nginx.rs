@@ -211,21 +211,8 @@ async fn public_rule_does_not_open_an_ingress_with_requirements() {
     assert_eq!(member.status, StatusCode::OK, "{}", stack.logs());
 }
 
-#[tokio::test]
-async fn ambiguous_paths_never_reach_a_protected_handler() {
-    attacks::through::<AuthUrl>(attacks::ambiguous_paths).await;
-}
-
-#[tokio::test]
-async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
-    attacks::through::<AuthUrl>(attacks::case_slashes_and_globs).await;
-}
-
-/// X-Original-URL is `$scheme://$http_host$request_uri`: the client's `Host` as sent.
-#[tokio::test]
-async fn host_tricks_in_the_original_url_are_refused() {
-    attacks::through::<AuthUrl>(attacks::host_tricks).await;
-}
+// X-Original-URL is `$scheme://$http_host$request_uri`: the client's `Host` as sent.
+attacks::table_tests!(AuthUrl, host_tricks_in_the_original_url_are_refused);
 
 #[tokio::test]
 async fn forged_impersonation_headers_are_refused_or_removed() {
