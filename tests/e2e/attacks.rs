@@ -94,9 +94,12 @@ pub async fn through<D: Deployment>(rows: fn() -> Vec<Row>) {
     crafted_requests(&stack, D::FRONT, &rows()).await;
 }
 
-/// The tests of the three request tables ([`ambiguous_paths`], [`case_slashes_and_globs`],
-/// [`host_tricks`]) through one deployment, each its own test so that they run in
-/// parallel and fail apart; `$host_tricks` names the last one.
+/// The tests of the attack classes through one deployment, each its own test so that
+/// they run in parallel and fail apart: the three request tables ([`ambiguous_paths`],
+/// [`case_slashes_and_globs`], [`host_tricks`], the last one named `$host_tricks`), and
+/// where the proxy passes impersonation headers on, [`forged_impersonation`] with its
+/// config as `impersonation` makes it and class 8 for the token `holders`
+/// ([`every_spelling_is_removed`]).
 macro_rules! table_tests {
     ($deployment:ty, $host_tricks:ident) => {
         #[tokio::test]
@@ -106,12 +109,27 @@ macro_rules! table_tests {
 
         #[tokio::test]
         async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
-            $crate::attacks::through::<$deployment>($crate::attacks::case_slashes_and_globs).await;
+            $crate::attacks::through::<$deployment>($crate::attacks::case_slashes_and_globs)
+                .await;
         }
 
         #[tokio::test]
         async fn $host_tricks() {
             $crate::attacks::through::<$deployment>($crate::attacks::host_tricks).await;
+        }
+    };
+    ($deployment:ty, $host_tricks:ident, impersonation: $with:path, holders: [$($holder:expr),+]) => {
+        $crate::attacks::table_tests!($deployment, $host_tricks);
+
+        #[tokio::test]
+        async fn forged_impersonation_headers_are_refused_or_removed() {
+            $crate::attacks::impersonation_through::<$deployment>($with).await;
+        }
+
+        #[tokio::test]
+        async fn every_spelling_of_the_identity_headers_is_removed() {
+            let stack = <$deployment as $crate::scenarios::Deployment>::start_plain().await;
+            $crate::attacks::every_spelling_is_removed(&stack, &[$($holder),+]).await;
         }
     };
 }

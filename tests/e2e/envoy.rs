@@ -221,21 +221,15 @@ async fn stopped_tokengate_is_a_denial() {
 // With normalize_path, merge_slashes and path_with_escaped_slashes_action:
 // REJECT_REQUEST, Envoy resolves dot segments (encoded ones too) and `\` before the
 // check and forwards the path it checked, and refuses %2F and %5C itself. It hands
-// tokengate the client's `Host` as sent.
-attacks::table_tests!(ExtAuthz, host_tricks_never_dodge_a_host_rule);
-
-#[tokio::test]
-async fn forged_impersonation_headers_are_refused_or_removed() {
-    attacks::impersonation_through::<ExtAuthz>(with_impersonation).await;
-}
-
-#[tokio::test]
-async fn every_spelling_of_the_identity_headers_is_removed() {
-    let stack = start().await;
-    // headers_with_underscores_action: DROP_HEADER drops each spelling with `_`; the
-    // header_mutation filter removes every case of the others.
-    attacks::every_spelling_is_removed(&stack, &[ALICE, NO_CLAIMS]).await;
-}
+// tokengate the client's `Host` as sent. headers_with_underscores_action: DROP_HEADER
+// drops each spelling of an identity header with `_`; the header_mutation filter removes
+// every case of the others.
+attacks::table_tests!(
+    ExtAuthz,
+    host_tricks_never_dodge_a_host_rule,
+    impersonation: with_impersonation,
+    holders: [ALICE, NO_CLAIMS]
+);
 
 /// Kubernetes impersonation with three groups (alice mapped to developers, ops and
 /// readers): through the HTTP contract, `allowed_upstream_headers_to_append` gives the

@@ -212,18 +212,12 @@ async fn public_rule_does_not_open_an_ingress_with_requirements() {
 }
 
 // X-Original-URL is `$scheme://$http_host$request_uri`: the client's `Host` as sent.
-attacks::table_tests!(AuthUrl, host_tricks_in_the_original_url_are_refused);
-
-#[tokio::test]
-async fn forged_impersonation_headers_are_refused_or_removed() {
-    attacks::impersonation_through::<AuthUrl>(with_impersonation).await;
-}
-
-#[tokio::test]
-async fn every_spelling_of_the_identity_headers_is_removed() {
-    let stack = start().await;
-    attacks::every_spelling_is_removed(&stack, &[ALICE]).await;
-}
+attacks::table_tests!(
+    AuthUrl,
+    host_tricks_in_the_original_url_are_refused,
+    impersonation: with_impersonation,
+    holders: [ALICE]
+);
 
 /// A group with the header's separator in it: the upstream splits
 /// `X-Auth-Request-Groups: ops,a,admins` into three, so `a,admins` must never be sent
