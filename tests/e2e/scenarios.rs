@@ -95,6 +95,13 @@ impl<P: Proxy> Stack<P> {
         send_raw(self.proxy.address(), request).await
     }
 
+    /// Sends `request` through the proxy; the client must get `status`.
+    pub async fn expect(&self, request: reqwest::RequestBuilder, status: StatusCode) -> Answer {
+        let answer = self.send(request).await;
+        assert_eq!(answer.status, status, "{}", self.logs());
+        answer
+    }
+
     /// GET `path` through the proxy with a fresh token of `client_id` with `scope`.
     pub async fn get_as(&self, client_id: &str, scope: &str, path: &str) -> Answer {
         let token = self.provider.jwt(client_id, scope).await;
@@ -300,6 +307,21 @@ pub async fn public_path_needs_no_token<P: Proxy>(stack: &Stack<P>) {
     let public = stack.send(client().get(stack.url("/healthz"))).await;
     assert_eq!(public.status, StatusCode::OK, "{}", stack.logs());
     assert!(echoed_header(&public.echo(), "x-auth-request-user").is_empty());
+}
+
+/// No token, and the client's own `X-Forwarded-Uri: /healthz` (Traefik's header for the
+/// original path) on a request for /orders: 401, the public rule of /healthz not
+/// applied.
+pub async fn forwarded_uri_from_the_client_is_not_the_original<P: Proxy>(stack: &Stack<P>) {
+    let forged = stack
+        .send(
+            client()
+                .get(stack.url("/orders"))
+                .header("X-Forwarded-Uri", "/healthz")
+                .header("X-Forwarded-Method", "GET"),
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{}", stack.logs());
 }
 
 /// A request with a real, valid token goes through; once tokengate is stopped the same
