@@ -638,7 +638,10 @@ where
     for _ in 0..3 {
         match attempt().await {
             Ok(started) => return started,
-            Err(error) if error.port_taken => failures.push(error.message),
+            Err(error) if error.port_taken => {
+                eprintln!("{what}: its port was taken, starting again on another one");
+                failures.push(error.message);
+            }
             Err(error) => panic!("{what} did not start: {}", error.message),
         }
     }
