@@ -7,10 +7,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use testkit::process::poll_until;
 use tokengate::listener::BoundAddress;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -86,16 +87,19 @@ impl EnvoyGrpc {
             .unwrap_or_else(|| panic!("no tokengate host in /clusters:\n{text}"))
     }
 
-    /// Waits (at most `within`) until the `tokengate` host's health flags are `wanted`.
+    /// Waits (at most `within`) until the `tokengate` host's health flags are `wanted`;
+    /// the flags last seen.
     pub async fn wait_for_health(&self, wanted: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
+        let seen = std::cell::RefCell::new(String::new());
+        let seen_ref = &seen;
+        poll_until(within, Duration::from_millis(100), || async move {
             let flags = self.tokengate_health().await;
-            if flags == wanted || Instant::now() >= deadline {
-                return flags;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let done = flags == wanted;
+            *seen_ref.borrow_mut() = flags;
+            done
+        })
+        .await;
+        seen.into_inner()
     }
 }
 

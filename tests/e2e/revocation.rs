@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
+use testkit::process::poll_until;
 
 use crate::provider::OidcProvider;
 use crate::support::{
@@ -190,24 +191,8 @@ shutdown:
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + RECONNECTED;
-        loop {
-            let ready = self
-                .http
-                .get(format!("http://{}/readyz", self.admin))
-                .send()
-                .await
-                .is_ok_and(|response| response.status() == 200);
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica not ready:\n{}",
-                self.process.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ready = poll_until(RECONNECTED, Duration::from_millis(50), || self.ready()).await;
+        assert!(ready, "replica not ready:\n{}", self.process.logs());
     }
 
     async fn ready(&self) -> bool {
