@@ -5,7 +5,7 @@
 //! get. Ports, the kill-on-drop guard, polling and scratch directories are the workspace
 //! test kit's (crates/testkit).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::future::Future;
 use std::net::{SocketAddr, TcpStream};
@@ -174,9 +174,18 @@ pub fn listens(address: &BoundAddress) -> bool {
 
 /// A loopback address on a port that was free a moment ago, for a child process to
 /// bind: [`Process::listening`] then checks that the child, not another process, holds
-/// it.
+/// it. Never the same port twice in one test run, so that two children started at once
+/// are never told the same one (Envoy binds with `SO_REUSEPORT`, and two Envoys on one
+/// port would share its connections).
 pub fn free_address() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let port = std::iter::repeat_with(free_port)
+        .find(|port| handed_out.insert(*port))
+        .expect("a port not handed out before");
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The upstream saw alice's identity as her token carries it (client `alice` of the
