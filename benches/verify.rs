@@ -7,17 +7,18 @@
 //! `cargo bench` runs them; compare numbers within one run only.
 
 use std::hint::black_box;
-use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
-use actix_web::{web, App, HttpResponse, HttpServer};
 use arc_swap::ArcSwap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
 use jsonwebtoken::Algorithm;
 use prometheus::Registry;
 use serde_json::{json, Value};
+use testkit::issuer::{
+    shared_key, TestIssuer, AUDIENCE, INTROSPECTION_CLIENT_ID, INTROSPECTION_SECRET,
+};
 use tokengate::config::Settings;
 use tokengate::demo::{jwks_document, SigningKey};
 use tokengate::identity::IdentityMapping;
@@ -32,7 +33,7 @@ const ISSUER: &str = "https://sso.example.com/realms/main";
 fn claims() -> Value {
     let now = unix_now();
     json!({
-        "iss": ISSUER, "sub": "f3b1c2d4-0000-4000-8000-000000000001", "aud": "orders-api",
+        "iss": ISSUER, "sub": "f3b1c2d4-0000-4000-8000-000000000001", "aud": AUDIENCE,
         "iat": now, "exp": now + 3600, "preferred_username": "alice",
         "email": "alice@example.com", "groups": ["admins", "developers", "ops"],
         "scope": "openid profile email orders:read",
@@ -42,7 +43,7 @@ fn claims() -> Value {
 /// An opaque token (not a JWT): it goes to introspection.
 const OPAQUE_TOKEN: &str = "bench-opaque-2YotnFZFEjr1zCsicMWpAA-tGzv3JOkF0XG5Qx2TlKWIA";
 
-/// What the in-process introspection endpoint answers, for every token.
+/// What the test kit's in-process issuer answers when [`OPAQUE_TOKEN`] is introspected.
 fn introspection_answer() -> Value {
     let mut answer = claims();
     answer["active"] = json!(true);
@@ -50,42 +51,30 @@ fn introspection_answer() -> Value {
     answer
 }
 
-/// Starts an in-process RFC 7662 endpoint; returns its URL. Only used to fill the cache
-/// once, the way a real request would.
+/// Starts the test kit's in-process issuer, answering [`OPAQUE_TOKEN`] as active; returns
+/// its RFC 7662 endpoint. Only used to fill the cache once, the way a real request would.
 fn start_introspection_endpoint() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!(
-        "http://{}/introspect",
-        listener.local_addr().expect("address")
+    let issuer = TestIssuer::start_on(
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+        Vec::new(),
     );
-    let server = HttpServer::new(|| {
-        App::new().route(
-            "/introspect",
-            web::post().to(|| async { HttpResponse::Ok().json(introspection_answer()) }),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .expect("listen")
-    .run();
-    tokio::spawn(server);
-    url
+    issuer.set_answer(OPAQUE_TOKEN, introspection_answer());
+    issuer.introspection_endpoint()
 }
 
 /// A verifier whose keys are loaded from a JWKS document, without any network, and
 /// whose opaque tokens are introspected at `introspection_endpoint`.
 fn verifier(keys: &[&SigningKey], introspection_endpoint: &str) -> Verifier {
     let secret = std::env::temp_dir().join(format!("tokengate-bench-{}", std::process::id()));
-    std::fs::write(&secret, "bench-secret\n").expect("secret file");
+    std::fs::write(&secret, format!("{INTROSPECTION_SECRET}\n")).expect("secret file");
     let settings = Settings::from_yaml(&format!(
         "issuers:
   - issuer: {ISSUER}
-    audiences: [orders-api]
+    audiences: [{AUDIENCE}]
     algorithms: [RS256, PS256, ES256, EdDSA]
     introspection:
       endpoint: {introspection_endpoint}
-      client_id: tokengate
+      client_id: {INTROSPECTION_CLIENT_ID}
       client_secret_file: {secret}
       positive_ttl: 1h
 token:
@@ -105,18 +94,19 @@ token:
 }
 
 fn benches(c: &mut Criterion) {
-    let keys: Vec<SigningKey> = [
+    let keys: Vec<Arc<SigningKey>> = [
         (Algorithm::RS256, "rs256"),
         (Algorithm::PS256, "ps256"),
         (Algorithm::ES256, "es256"),
         (Algorithm::EdDSA, "eddsa"),
     ]
     .into_iter()
-    .map(|(alg, kid)| SigningKey::generate(alg, kid))
+    .map(|(alg, kid)| shared_key(alg, kid))
     .collect();
+    let key_refs: Vec<&SigningKey> = keys.iter().map(Arc::as_ref).collect();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let endpoint = runtime.block_on(async { start_introspection_endpoint() });
-    let verifier = Arc::new(verifier(&keys.iter().collect::<Vec<_>>(), &endpoint));
+    let verifier = Arc::new(verifier(&key_refs, &endpoint));
 
     let token = keys[0].sign(&claims());
     let mut headers = HeaderMap::new();
@@ -187,8 +177,7 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify_cache_hit_revocations");
     for held in [0usize, 100_000] {
         // A verifier of its own, with a store of its own.
-        let checked = runtime
-            .block_on(async { crate::verifier(&keys.iter().collect::<Vec<_>>(), &endpoint) });
+        let checked = runtime.block_on(async { crate::verifier(&key_refs, &endpoint) });
         let kinds = [Kind::Sid, Kind::Jti, Kind::Sub];
         // `held` entries in all: the default `max_entries` (100 000) holds them.
         let mut events: Vec<Event> = (1..held)

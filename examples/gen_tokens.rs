@@ -9,11 +9,12 @@
 //! Tokens are signed on all available cores.
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use tokengate::demo::{jwks_document, SigningKey};
+use testkit::issuer::{shared_key, sign_many};
+use tokengate::demo::jwks_document;
+use tokengate::verify::cache::unix_now;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -28,54 +29,35 @@ fn main() {
     let ttl: u64 = args[5].parse().expect("ttl");
     std::fs::create_dir_all(&out).expect("out dir");
 
-    let rsa = SigningKey::generate(Algorithm::RS256, "bench-rs256");
-    let ec = SigningKey::generate(Algorithm::ES256, "bench-es256");
+    let rsa = shared_key(Algorithm::RS256, "bench-rs256");
+    let ec = shared_key(Algorithm::ES256, "bench-es256");
     std::fs::write(
         out.join("jwks.json"),
-        serde_json::to_string_pretty(&jwks_document([&rsa, &ec])).unwrap(),
+        serde_json::to_string_pretty(&jwks_document([rsa.as_ref(), ec.as_ref()])).unwrap(),
     )
     .expect("jwks.json");
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let now = unix_now();
     for (key, file) in [(&rsa, "rs256.txt"), (&ec, "es256.txt")] {
         let started = std::time::Instant::now();
-        let chunk = count.div_ceil(threads);
-        let parts: Vec<Vec<String>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads)
-                .map(|t| {
-                    let (issuer, audience) = (&issuer, &audience);
-                    scope.spawn(move || {
-                        let start = t * chunk;
-                        let end = ((t + 1) * chunk).min(count);
-                        (start..end)
-                            .map(|i| {
-                                let user = format!("user{i}");
-                                key.sign(&json!({
-                                    "iss": issuer,
-                                    "sub": format!("bench-{user}"),
-                                    "aud": audience,
-                                    "iat": now - 60,
-                                    "nbf": now - 60,
-                                    "exp": now + ttl,
-                                    "jti": format!("{}-{i}", key.kid),
-                                    "scope": "read",
-                                    "preferred_username": user,
-                                    "email": format!("{user}@example.com"),
-                                    "groups": ["developers", "ops"],
-                                }))
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let tokens = sign_many(key, count, |i| {
+            let user = format!("user{i}");
+            json!({
+                "iss": issuer,
+                "sub": format!("bench-{user}"),
+                "aud": audience,
+                "iat": now - 60,
+                "nbf": now - 60,
+                "exp": now + ttl,
+                "jti": format!("{}-{i}", key.kid),
+                "scope": "read",
+                "preferred_username": user,
+                "email": format!("{user}@example.com"),
+                "groups": ["developers", "ops"],
+            })
         });
         let mut writer = std::io::BufWriter::new(std::fs::File::create(out.join(file)).unwrap());
-        for token in parts.iter().flatten() {
+        for token in &tokens {
             writeln!(writer, "{token}").unwrap();
         }
         writer.flush().unwrap();

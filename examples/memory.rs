@@ -8,8 +8,8 @@
 //! target/release/examples/memory revocations --count 100000
 //! ```
 //!
-//! It serves a JWKS with one Ed25519 key on loopback (Ed25519 signs fast: 100 000 tokens
-//! take seconds), starts `tokengate` (next to this program, or `TOKENGATE_BIN`) with one
+//! It serves a JWKS with one Ed25519 key on loopback from the test kit's issuer (Ed25519
+//! signs fast: 100 000 tokens take seconds), starts `tokengate` (next to this program, or `TOKENGATE_BIN`) with one
 //! worker, and reads `VmRSS` from `/proc/<pid>/status`:
 //! - `cache`: RSS before and after `--tokens` distinct valid tokens of about `--size`
 //!   bytes, each sent once, and what the cache says it holds (`/metrics`). The tokens'
@@ -24,20 +24,24 @@
 //!   close; `--waves` times, to show whether closed connections' memory is reused.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
 use clap::{Parser, Subcommand};
 use futures_util::stream::{self, StreamExt};
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use testkit::process::{free_port, wait_ready, Child};
-use tokengate::demo::{jwks_document, SigningKey};
+use testkit::issuer::{shared_key, sign_many, TestIssuer, AUDIENCE};
+use testkit::process::{status_kib, wait_ready, Child, Launch};
+use tokengate::demo::SigningKey;
+use tokengate::verify::cache::unix_now;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const AUDIENCE: &str = "orders-api";
+/// The `iss` of every token: the JWKS comes from the test kit's issuer, named by
+/// `jwks_uri`, so the tokens do not depend on its port.
+const ISSUER: &str = "https://issuer.memory.test";
 
 #[derive(Parser)]
 struct Args {
@@ -100,22 +104,6 @@ impl Tokengate {
     }
 }
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .expect("field in /proc/<pid>/status")
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 /// Claims of user `index`, with as many groups as make the signed token about `size`
 /// bytes long (a short token has a few).
 fn claims(issuer: &str, index: usize, size: usize) -> Value {
@@ -145,43 +133,19 @@ fn claims(issuer: &str, index: usize, size: usize) -> Value {
     claims
 }
 
-async fn start(cache: &str, server: &str) -> (Tokengate, SigningKey) {
-    let key = SigningKey::generate(Algorithm::EdDSA, "mem");
-    let jwks = jwks_document([&key]);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let jwks_uri = format!("http://{}/jwks", listener.local_addr().unwrap());
-    let server_handle = HttpServer::new(move || {
-        let jwks = jwks.clone();
-        App::new().route(
-            "/jwks",
-            web::get().to(move || {
-                let jwks = jwks.clone();
-                async move { HttpResponse::Ok().json(jwks) }
-            }),
-        )
-    })
-    .workers(1)
-    .listen(listener)
-    .unwrap()
-    .run();
-    tokio::spawn(server_handle);
-
-    let (port, admin_port) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("tokengate-memory-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("tokengate.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin_port}
+async fn start(cache: &str, server: &str) -> (Tokengate, Arc<SigningKey>) {
+    let key = shared_key(Algorithm::EdDSA, "mem");
+    let issuer = TestIssuer::start_with_keys(vec![key.clone()]).await;
+    let launch = Launch::new("memory");
+    let config = format!(
+        r#"
+{listeners}
 workers: 1
 issuers:
-  - issuer: https://issuer.memory.test
+  - issuer: {ISSUER}
     audiences: [{AUDIENCE}]
     algorithms: [EdDSA]
-    jwks_uri: {jwks_uri}
+    jwks_uri: {jwks_uri}/jwks
 log:
   format: json
   filter: warn
@@ -190,26 +154,20 @@ cache:
 {cache}
 server:
 {server}
-"#
-        ),
-    )
-    .unwrap();
+"#,
+        listeners = launch.listeners(),
+        jwks_uri = issuer.url(),
+    );
     let binary = std::env::var_os("TOKENGATE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let me = std::env::current_exe().unwrap();
             me.parent().unwrap().parent().unwrap().join("tokengate")
         });
-    let child = Command::new(&binary)
-        .args(["--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
     let tokengate = Tokengate {
-        child: Child(child),
-        auth: format!("http://127.0.0.1:{port}/auth"),
-        admin: format!("http://127.0.0.1:{admin_port}"),
+        child: launch.spawn(&binary, &config, Stdio::null(), Stdio::inherit()),
+        auth: launch.url("/auth"),
+        admin: launch.admin_url(""),
     };
     let readyz = format!("{}/readyz", tokengate.admin);
     assert!(
@@ -236,26 +194,8 @@ async fn cache(tokens: usize, size: usize, max_bytes: Option<u64>, max_entries: 
         cache.push_str(&format!("  max_bytes: {max_bytes}\n"));
     }
     let (tokengate, key) = start(&cache, "  max_connections: 64").await;
-    let issuer = "https://issuer.memory.test";
     let started = std::time::Instant::now();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let signed: Vec<String> = std::thread::scope(|scope| {
-        let chunk = tokens.div_ceil(threads);
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let key = &key;
-                scope.spawn(move || {
-                    (t * chunk..((t + 1) * chunk).min(tokens))
-                        .map(|i| key.sign(&claims(issuer, i, size)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+    let signed = sign_many(&key, tokens, |i| claims(ISSUER, i, size));
     let average = signed.iter().map(String::len).sum::<usize>() / signed.len().max(1);
     eprintln!(
         "signed {tokens} tokens of {average} bytes on average in {:.1}s",
@@ -349,7 +289,6 @@ async fn cache(tokens: usize, size: usize, max_bytes: Option<u64>, max_entries: 
 }
 
 fn entry(count: usize, size: usize) {
-    use std::sync::Arc;
     use tokengate::config::IdentitySettings;
     use tokengate::identity::{Identity, IdentityMapping};
     use tokengate::verify::cache::{entry_bytes, token_hash, Budget, TokenCache, VerifiedToken};
@@ -363,35 +302,28 @@ fn entry(count: usize, size: usize) {
         Duration::from_secs(3600),
         prometheus::IntCounter::new("evictions", "evictions").unwrap(),
     );
-    let identity = |index: usize| match size {
-        0 => Identity::default(),
-        _ => mapping.jwt_identity(
-            Default::default(),
-            &claims("https://issuer.memory.test", index, size),
-        ),
-    };
-    // Warm up: the first entries allocate the cache's fixed structures.
-    for index in 0..1000 {
-        let token = Arc::new(VerifiedToken {
+    let verified = |index: usize| {
+        let identity = match size {
+            0 => Identity::default(),
+            _ => mapping.jwt_identity(Default::default(), &claims(ISSUER, index, size)),
+        };
+        Arc::new(VerifiedToken {
             issuer: tokengate::verify::issuer::IssuerId::next(),
             expires_at: unix_now() + 3600,
             key_generation: 0,
-            identity: identity(index),
+            identity,
             revocation: Default::default(),
-        });
-        cache.insert(token_hash(&format!("warm-{index}")), token);
+        })
+    };
+    // Warm up: the first entries allocate the cache's fixed structures.
+    for index in 0..1000 {
+        cache.insert(token_hash(&format!("warm-{index}")), verified(index));
     }
     cache.run_pending_tasks();
     let before = status_kib(std::process::id(), "VmRSS");
     let mut counted = 0;
     for index in 0..count {
-        let token = Arc::new(VerifiedToken {
-            issuer: tokengate::verify::issuer::IssuerId::next(),
-            expires_at: unix_now() + 3600,
-            key_generation: 0,
-            identity: identity(index),
-            revocation: Default::default(),
-        });
+        let token = verified(index);
         // What a cache hit does first: slice a header value, which shares the buffer.
         let _ = token.identity.headers().next();
         counted += entry_bytes(&token);
@@ -437,7 +369,7 @@ async fn open(address: &str, token: Option<&str>) -> TcpStream {
 async fn connections(count: usize, waves: usize) {
     let server = format!("  max_connections: {}\n  keep_alive: 10m", count + 100);
     let (tokengate, key) = start("  max_entries: 1000", &server).await;
-    let token = key.sign(&claims("https://issuer.memory.test", 0, 1024));
+    let token = key.sign(&claims(ISSUER, 0, 1024));
     let address = tokengate
         .auth
         .trim_start_matches("http://")

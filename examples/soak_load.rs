@@ -8,7 +8,7 @@
 //!
 //! 1. Makes three RS256 keys (`soak-stable`, `soak-rot-1`, `soak-rot-2`) and pre-mints the
 //!    tokens, on every core.
-//! 2. Serves the issuer on `--issuer`: static discovery, the JWKS and an RFC 7662
+//! 2. Serves the test kit's issuer on `--issuer`: discovery, the JWKS and an RFC 7662
 //!    introspection endpoint, on its own thread. The JWKS starts as {stable, rot-1}; at 35 %
 //!    of the run rot-2 is added (new tokens are signed with it from then on), at 50 % rot-1
 //!    is withdrawn; at 65 % the issuer stops answering for `--outage` seconds (it accepts
@@ -33,14 +33,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use clap::Parser;
 use jsonwebtoken::Algorithm;
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde_json::{json, Value};
-use tokengate::demo::{jwks_document, SigningKey};
+use testkit::issuer::{shared_key, sign_many, TestIssuer};
+use testkit::process::poll_until;
+use tokengate::demo::SigningKey;
+use tokengate::verify::cache::unix_now;
 
 const AUDIENCE: &str = "soak-api";
 const CLIENT_ID: &str = "tokengate-soak";
@@ -263,15 +265,12 @@ struct Timeline {
     outage_start: f64,
     outage_end: f64,
     refresh_interval: f64,
-    /// When the issuer first served the JWKS without the withdrawn key (f64 bits; unset is
-    /// `u64::MAX`).
-    withdrawal_served: AtomicU64,
-    /// When the issuer first served the JWKS with the added key.
-    addition_served: AtomicU64,
+    /// The issuer, which knows when it first served each JWKS.
+    issuer: Arc<TestIssuer>,
 }
 
 impl Timeline {
-    fn new(duration: u64, outage: u64, refresh_interval: u64) -> Self {
+    fn new(duration: u64, outage: u64, refresh_interval: u64, issuer: Arc<TestIssuer>) -> Self {
         let duration = duration as f64;
         let outage_start = (0.65 * duration).round();
         Self {
@@ -282,8 +281,7 @@ impl Timeline {
             outage_start,
             outage_end: (outage_start + outage as f64).min(duration),
             refresh_interval: refresh_interval as f64,
-            withdrawal_served: AtomicU64::new(u64::MAX),
-            addition_served: AtomicU64::new(u64::MAX),
+            issuer,
         }
     }
 
@@ -302,19 +300,11 @@ impl Timeline {
         }
     }
 
-    /// Time left in the outage, if `t` is inside it.
-    fn outage_left(&self, t: f64) -> Option<Duration> {
-        (t >= self.outage_start && t < self.outage_end)
-            .then(|| Duration::from_secs_f64(self.outage_end - t))
-    }
-
-    fn served(slot: &AtomicU64) -> Option<f64> {
-        let bits = slot.load(Ordering::Acquire);
-        (bits != u64::MAX).then(|| f64::from_bits(bits))
-    }
-
-    fn mark_served(slot: &AtomicU64, t: f64) {
-        let _ = slot.compare_exchange(u64::MAX, t.to_bits(), Ordering::AcqRel, Ordering::Acquire);
+    /// When the issuer first served this JWKS generation, in seconds from the start.
+    fn served(&self, generation: usize) -> Option<f64> {
+        let start = self.start.get()?;
+        let served = self.issuer.first_served(generation)?;
+        Some(served.saturating_duration_since(*start).as_secs_f64())
     }
 
     /// From when a token of the withdrawn key must be refused: a second after tokengate
@@ -322,7 +312,8 @@ impl Timeline {
     /// the withdrawal.
     fn withdrawal_deadline(&self) -> f64 {
         let latest = self.withdraw + self.refresh_interval + 5.0;
-        Self::served(&self.withdrawal_served).map_or(latest, |seen| (seen + 1.0).min(latest))
+        self.served(WITHDRAWN_JWKS)
+            .map_or(latest, |seen| (seen + 1.0).min(latest))
     }
 
     fn events(&self) -> String {
@@ -336,131 +327,75 @@ impl Timeline {
 // ---------------------------------------------------------------------------------------
 // The issuer.
 
-struct Issuer {
-    url: String,
-    timeline: Arc<Timeline>,
-    discovery: String,
-    /// The three JWKS documents: before the rotation, during the overlap, after.
-    jwks: [String; 3],
-    client_authorization: String,
-    jwks_fetches: AtomicU64,
-    introspections: AtomicU64,
-}
+/// The JWKS generations the issuer serves: {stable, rot-1} from the start, then with
+/// rot-2 added, then with rot-1 withdrawn (each `publish` makes the next).
+const ADDED_JWKS: usize = 1;
+const WITHDRAWN_JWKS: usize = 2;
 
-impl Issuer {
-    /// Holds a request for the rest of the outage: the issuer answers nothing meanwhile.
-    async fn outage(&self) {
-        if let Some(left) = self
-            .timeline
-            .now()
-            .and_then(|t| self.timeline.outage_left(t))
-        {
-            tokio::time::sleep(left).await;
-        }
-    }
-}
-
-async fn discovery(issuer: web::Data<Issuer>) -> HttpResponse {
-    issuer.outage().await;
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(issuer.discovery.clone())
-}
-
-async fn jwks(issuer: web::Data<Issuer>) -> HttpResponse {
-    issuer.outage().await;
-    issuer.jwks_fetches.fetch_add(1, Ordering::Relaxed);
-    let timeline = &issuer.timeline;
-    let version = match timeline.now() {
-        Some(t) if t >= timeline.withdraw => {
-            Timeline::mark_served(&timeline.withdrawal_served, t);
-            2
-        }
-        Some(t) if t >= timeline.rotate_add => {
-            Timeline::mark_served(&timeline.addition_served, t);
-            1
-        }
-        _ => 0,
-    };
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(issuer.jwks[version].clone())
-}
-
-/// RFC 7662 §2.1: a form POST with `token`, from a client authenticated with HTTP Basic.
-async fn introspect(
-    request: HttpRequest,
-    form: web::Form<BTreeMap<String, String>>,
-    issuer: web::Data<Issuer>,
-) -> HttpResponse {
-    issuer.outage().await;
-    issuer.introspections.fetch_add(1, Ordering::Relaxed);
-    let authorized = request
-        .headers()
-        .get("authorization")
-        .and_then(|value| value.to_str().ok())
-        == Some(issuer.client_authorization.as_str());
-    if !authorized {
-        return HttpResponse::Unauthorized()
-            .insert_header(("www-authenticate", "Basic"))
-            .json(json!({"error": "invalid_client"}));
-    }
-    let token = form.get("token").map(String::as_str).unwrap_or_default();
-    if !token.starts_with(ACTIVE_OPAQUE) {
-        return HttpResponse::Ok().json(json!({"active": false}));
-    }
-    let now = unix_now();
-    HttpResponse::Ok().json(json!({
-        "active": true,
-        "iss": issuer.url,
-        "sub": "soak-opaque-user",
-        "aud": AUDIENCE,
-        "iat": now,
-        "exp": now + 600,
-        "client_id": "soak-client",
-        "scope": "read",
-        "token_type": "Bearer",
-        "username": "opaque-user",
-        "email": "opaque-user@example.com",
-        "groups": ["developers"],
-    }))
-}
-
-/// Starts the issuer on its own thread (its own actix system, one worker).
-fn start_issuer(listener: std::net::TcpListener, issuer: Arc<Issuer>) {
+/// Starts the test kit's issuer on `listener`, on its own thread (a runtime of its own,
+/// one worker), publishing {stable, rot-1}; opaque tokens with the [`ACTIVE_OPAQUE`] prefix
+/// introspect as active, any other as inactive.
+fn start_issuer(
+    listener: std::net::TcpListener,
+    keys: Vec<Arc<SigningKey>>,
+    client_secret: &str,
+) -> Arc<TestIssuer> {
+    let (started, issuer) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let data = web::Data::from(issuer);
-        let served = actix_web::rt::System::new().block_on(async move {
-            HttpServer::new(move || {
-                App::new()
-                    .app_data(data.clone())
-                    .route(
-                        "/.well-known/openid-configuration",
-                        web::get().to(discovery),
-                    )
-                    .route("/jwks", web::get().to(jwks))
-                    .route("/introspect", web::post().to(introspect))
-            })
-            .workers(1)
-            .disable_signals()
-            .listen(listener)?
-            .run()
-            .await
-        });
-        if let Err(error) = served {
-            eprintln!("soak_load: issuer stopped: {error}");
-        }
+        actix_web::rt::System::new().block_on(async move {
+            let issuer = Arc::new(TestIssuer::start_on(listener, keys));
+            let _ = started.send(issuer);
+            std::future::pending::<()>().await
+        })
     });
+    let issuer = issuer.recv().expect("the issuer starts");
+    issuer.set_client(CLIENT_ID, client_secret);
+    let url = issuer.url().to_owned();
+    issuer.set_answer_rule(move |token| {
+        let now = unix_now();
+        token.starts_with(ACTIVE_OPAQUE).then(|| {
+            json!({
+                "active": true,
+                "iss": url,
+                "sub": "soak-opaque-user",
+                "aud": AUDIENCE,
+                "iat": now,
+                "exp": now + 600,
+                "client_id": "soak-client",
+                "scope": "read",
+                "token_type": "Bearer",
+                "username": "opaque-user",
+                "email": "opaque-user@example.com",
+                "groups": ["developers"],
+            })
+        })
+    });
+    issuer
+}
+
+/// Changes the issuer on the timeline: rot-2 added, rot-1 withdrawn, then the outage,
+/// during which it holds every request until the outage ends.
+async fn drive_issuer(timeline: Arc<Timeline>, keys: [Arc<SigningKey>; 3]) {
+    let Some(start) = timeline.start.get().copied() else {
+        return;
+    };
+    let at = |t: f64| tokio::time::sleep_until((start + Duration::from_secs_f64(t)).into());
+    let [stable, old, new] = keys;
+    at(timeline.rotate_add).await;
+    let added = timeline
+        .issuer
+        .publish(vec![stable.clone(), old, new.clone()]);
+    at(timeline.withdraw).await;
+    let withdrawn = timeline.issuer.publish(vec![stable, new]);
+    debug_assert_eq!((added, withdrawn), (ADDED_JWKS, WITHDRAWN_JWKS));
+    at(timeline.outage_start).await;
+    timeline
+        .issuer
+        .hold_until(start + Duration::from_secs_f64(timeline.outage_end));
 }
 
 // ---------------------------------------------------------------------------------------
 // Tokens.
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
-}
 
 /// xorshift64*: enough to make junk and distinct opaque tokens.
 struct Rng(u64);
@@ -506,28 +441,6 @@ fn bearer(token: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("Bearer {token}")).expect("tokens are header-safe")
 }
 
-/// Signs `count` tokens on every core; `make(i)` gives the claims of the i-th.
-fn mint_many(key: &SigningKey, count: usize, make: impl Fn(usize) -> Value + Sync) -> Vec<String> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = count.div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let make = &make;
-                scope.spawn(move || {
-                    (t * chunk..((t + 1) * chunk).min(count))
-                        .map(|i| key.sign(&make(i)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| handle.join().expect("minting thread"))
-            .collect()
-    })
-}
-
 /// One changed character in the middle of the signature.
 fn break_signature(token: &str) -> String {
     let at = token.rfind('.').expect("a JWT") + 10;
@@ -564,7 +477,7 @@ fn mint_tokens(
         }
     };
     let started = Instant::now();
-    let rotating: Vec<HeaderValue> = mint_many(stable, rotating, valid("user"))
+    let rotating: Vec<HeaderValue> = sign_many(stable, rotating, valid("user"))
         .iter()
         .map(|token| bearer(token))
         .collect();
@@ -573,13 +486,13 @@ fn mint_tokens(
         rotating.len(),
         started.elapsed().as_secs_f64()
     );
-    let cached = mint_many(stable, 4, valid("cached"));
-    let old_key = mint_many(old, 8, valid("oldkey"));
-    let bad_signature: Vec<String> = mint_many(stable, 16, valid("forged"))
+    let cached = sign_many(stable, 4, valid("cached"));
+    let old_key = sign_many(old, 8, valid("oldkey"));
+    let bad_signature: Vec<String> = sign_many(stable, 16, valid("forged"))
         .iter()
         .map(|token| break_signature(token))
         .collect();
-    let expired = mint_many(stable, 8, |i| {
+    let expired = sign_many(stable, 8, |i| {
         let user = format!("expired{i}");
         claims(issuer, &user, &user, now - 7200, now - 3600)
     });
@@ -954,15 +867,15 @@ impl Sampler {
     fn sample(
         &mut self,
         load: &Load,
-        issuer: &Issuer,
+        issuer: &TestIssuer,
         window_start: f64,
         t: f64,
     ) -> std::io::Result<bool> {
         let (Some(ticks), Some(rss)) = (cpu_ticks(self.pid), rss_kib(self.pid)) else {
             return Ok(false);
         };
-        let jwks = issuer.jwks_fetches.load(Ordering::Relaxed);
-        let introspections = issuer.introspections.load(Ordering::Relaxed);
+        let jwks = issuer.jwks_fetches() as u64;
+        let introspections = issuer.introspection_calls() as u64;
         let unsent = load.unsent.swap(0, Ordering::Relaxed);
         let tg_sockets = sockets(self.pid);
         let tg_wait = run_queue_wait_ns(&self.pid.to_string());
@@ -1065,9 +978,9 @@ fn main() {
     std::fs::create_dir_all(&args.out).expect("output directory");
 
     let issuer_url = format!("http://{}", args.issuer);
-    let stable = SigningKey::generate(Algorithm::RS256, "soak-stable");
-    let old = Arc::new(SigningKey::generate(Algorithm::RS256, "soak-rot-1"));
-    let new = Arc::new(SigningKey::generate(Algorithm::RS256, "soak-rot-2"));
+    let stable = shared_key(Algorithm::RS256, "soak-stable");
+    let old = shared_key(Algorithm::RS256, "soak-rot-1");
+    let new = shared_key(Algorithm::RS256, "soak-rot-2");
     let tokens = Arc::new(mint_tokens(
         &issuer_url,
         &stable,
@@ -1076,35 +989,18 @@ fn main() {
         args.duration,
     ));
 
+    let listener = std::net::TcpListener::bind(args.issuer).expect("issuer address");
+    let issuer = start_issuer(
+        listener,
+        vec![stable.clone(), old.clone()],
+        &args.client_secret,
+    );
     let timeline = Arc::new(Timeline::new(
         args.duration,
         args.outage,
         args.refresh_interval,
+        issuer,
     ));
-    let issuer = Arc::new(Issuer {
-        url: issuer_url.clone(),
-        timeline: timeline.clone(),
-        discovery: json!({
-            "issuer": issuer_url,
-            "jwks_uri": format!("{issuer_url}/jwks"),
-            "introspection_endpoint": format!("{issuer_url}/introspect"),
-            "id_token_signing_alg_values_supported": ["RS256"],
-        })
-        .to_string(),
-        jwks: [
-            jwks_document([&stable, old.as_ref()]).to_string(),
-            jwks_document([&stable, old.as_ref(), new.as_ref()]).to_string(),
-            jwks_document([&stable, new.as_ref()]).to_string(),
-        ],
-        client_authorization: format!(
-            "Basic {}",
-            STANDARD.encode(format!("{CLIENT_ID}:{}", args.client_secret))
-        ),
-        jwks_fetches: AtomicU64::new(0),
-        introspections: AtomicU64::new(0),
-    });
-    let listener = std::net::TcpListener::bind(args.issuer).expect("issuer address");
-    start_issuer(listener, issuer.clone());
     std::fs::write(args.work.join("issuer.ready"), format!("{issuer_url}\n")).expect("ready file");
 
     let pid_file = args.work.join("tokengate.pid");
@@ -1120,19 +1016,18 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let passed = runtime.block_on(run(&args, pid, issuer, timeline, tokens, old, new));
+    let passed = runtime.block_on(run(&args, pid, timeline, tokens, [stable, old, new]));
     std::process::exit(if passed { 0 } else { 1 });
 }
 
 async fn run(
     args: &Args,
     pid: u32,
-    issuer: Arc<Issuer>,
     timeline: Arc<Timeline>,
     tokens: Arc<Tokens>,
-    old: Arc<SigningKey>,
-    new: Arc<SigningKey>,
+    keys: [Arc<SigningKey>; 3],
 ) -> bool {
+    let issuer = timeline.issuer.clone();
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(CLIENT_TIMEOUT)
@@ -1145,16 +1040,18 @@ async fn run(
         .build()
         .expect("HTTP client");
     let readyz = format!("http://{}/readyz", args.admin);
-    let mut ready = false;
-    for _ in 0..300 {
-        if let Ok(response) = client.get(&readyz).send().await {
-            if response.status().is_success() {
-                ready = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            client
+                .get(&readyz)
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success())
+        },
+    )
+    .await;
     if !ready {
         eprintln!("soak_load: tokengate {readyz} not ready after 30 s");
         return false;
@@ -1211,11 +1108,16 @@ async fn run(
     let start = Instant::now();
     let _ = timeline.start.set(start);
 
+    let [stable, old, new] = keys;
+    tokio::spawn(drive_issuer(
+        timeline.clone(),
+        [stable, old.clone(), new.clone()],
+    ));
     let scheduler = tokio::spawn(schedule(load.clone(), tokens.clone(), args.scale));
     let minter = mint_new(
         load.clone(),
         tokio::runtime::Handle::current(),
-        issuer.url.clone(),
+        issuer.url().to_owned(),
         old,
         new,
         args.new_rate,
@@ -1363,9 +1265,9 @@ fn report(
         "RSS before the load: {:.1} MiB. Key added at {:.0} s (first served {}); old key withdrawn at {:.0} s (JWKS without it first served {}, first refusal of its tokens for a request sent at {}). First request with a token of the added key: {}. Requests not sent (load generator over {MAX_IN_FLIGHT} in flight): {}.",
         rss_start_kib as f64 / 1024.0,
         timeline.rotate_add,
-        Timeline::served(&timeline.addition_served).map_or("never".to_owned(), |t| format!("at {t:.1} s")),
+        timeline.served(ADDED_JWKS).map_or("never".to_owned(), |t| format!("at {t:.1} s")),
         timeline.withdraw,
-        Timeline::served(&timeline.withdrawal_served).map_or("never".to_owned(), |t| format!("at {t:.1} s")),
+        timeline.served(WITHDRAWN_JWKS).map_or("never".to_owned(), |t| format!("at {t:.1} s")),
         stats.first_old_key_refusal.map_or("never".to_owned(), |t| format!("{t:.1} s")),
         stats.first_new_key_answer.map_or("none".to_owned(), |(t, status, micros)| format!("sent at {t:.1} s, answered {status} in {:.1} ms", f64::from(micros) / 1000.0)),
         unsent.load(Ordering::Relaxed),

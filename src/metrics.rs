@@ -155,108 +155,148 @@ impl Outcome {
     }
 }
 
+/// Creates metric families and registers each into the registry it holds, if any, so
+/// one definition serves both a served registry and detached handles.
+struct Families<'a>(Option<&'a Registry>);
+
+impl Families<'_> {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        collector: C,
+    ) -> prometheus::Result<C> {
+        if let Some(registry) = self.0 {
+            registry.register(Box::new(collector.clone()))?;
+        }
+        Ok(collector)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        self.add(IntCounter::new(name, help)?)
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        self.add(IntGauge::new(name, help)?)
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn float_gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<GaugeVec> {
+        self.add(GaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
+        self.add(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        )?)
+    }
+
+    fn histograms(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> prometheus::Result<HistogramVec> {
+        self.add(HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )?)
+    }
+}
+
 impl Metrics {
     /// Registers every series up front, one per issuer name and per denial reason.
     pub fn new(registry: &Registry, issuer_names: &[String]) -> prometheus::Result<Self> {
-        let decisions = IntCounterVec::new(
-            Opts::new(
-                "tokengate_decisions_total",
-                "Auth decisions by outcome and reason",
-            ),
+        let families = Families(Some(registry));
+        let decisions = families.counters(
+            "tokengate_decisions_total",
+            "Auth decisions by outcome and reason",
             &["outcome", "reason"],
         )?;
-        registry.register(Box::new(decisions.clone()))?;
-        let cache = IntCounterVec::new(
-            Opts::new(
-                "tokengate_cache_requests_total",
-                "Cache lookups by cache and result",
-            ),
+        let cache = families.counters(
+            "tokengate_cache_requests_total",
+            "Cache lookups by cache and result",
             &["cache", "result"],
         )?;
-        registry.register(Box::new(cache.clone()))?;
-        let jwks = IntCounterVec::new(
-            Opts::new(
-                "tokengate_jwks_refreshes_total",
-                "JWKS fetches by issuer and result",
-            ),
+        let jwks = families.counters(
+            "tokengate_jwks_refreshes_total",
+            "JWKS fetches by issuer and result",
             &["issuer", "result"],
         )?;
-        registry.register(Box::new(jwks.clone()))?;
-        let introspection = IntCounterVec::new(
-            Opts::new(
-                "tokengate_introspection_requests_total",
-                "RFC 7662 introspection calls by issuer and result",
-            ),
+        let introspection = families.counters(
+            "tokengate_introspection_requests_total",
+            "RFC 7662 introspection calls by issuer and result",
             &["issuer", "result"],
         )?;
-        registry.register(Box::new(introspection.clone()))?;
-
-        let durations = HistogramVec::new(
-            HistogramOpts::new(
-                "tokengate_request_duration_seconds",
-                "Time to decide one auth request, by outcome",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let durations = families.histograms(
+            "tokengate_request_duration_seconds",
+            "Time to decide one auth request, by outcome",
+            LATENCY_BUCKETS,
             &["outcome"],
         )?;
-        registry.register(Box::new(durations.clone()))?;
-        let introspection_durations = HistogramVec::new(
-            HistogramOpts::new(
-                "tokengate_introspection_duration_seconds",
-                "Duration of RFC 7662 introspection calls, by issuer",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let introspection_durations = families.histograms(
+            "tokengate_introspection_duration_seconds",
+            "Duration of RFC 7662 introspection calls, by issuer",
+            LATENCY_BUCKETS,
             &["issuer"],
         )?;
-        registry.register(Box::new(introspection_durations.clone()))?;
-        let in_flight = IntGauge::new(
+        let in_flight = families.gauge(
             "tokengate_requests_in_flight",
             "Auth requests being decided right now",
         )?;
-        registry.register(Box::new(in_flight.clone()))?;
-        let evictions = IntCounterVec::new(
-            Opts::new(
-                "tokengate_cache_evictions_total",
-                "Entries evicted from a full cache, by cache",
-            ),
+        let evictions = families.counters(
+            "tokengate_cache_evictions_total",
+            "Entries evicted from a full cache, by cache",
             &["cache"],
         )?;
-        registry.register(Box::new(evictions.clone()))?;
-        let key_age = GaugeVec::new(
-            Opts::new(
-                "tokengate_jwks_key_age_seconds",
-                "Seconds since each issuer's keys in use were fetched (-1: never)",
-            ),
+        let key_age = families.float_gauges(
+            "tokengate_jwks_key_age_seconds",
+            "Seconds since each issuer's keys in use were fetched (-1: never)",
             &["issuer"],
         )?;
-        registry.register(Box::new(key_age.clone()))?;
-        let cache_entries = IntGaugeVec::new(
-            Opts::new(
-                "tokengate_cache_entries",
-                "Entries held, by cache (as of its last housekeeping)",
-            ),
+        let cache_entries = families.gauges(
+            "tokengate_cache_entries",
+            "Entries held, by cache (as of its last housekeeping)",
             &["cache"],
         )?;
-        registry.register(Box::new(cache_entries.clone()))?;
-        let cache_bytes = IntGaugeVec::new(
-            Opts::new(
-                "tokengate_cache_bytes",
-                "Memory the entries hold as the cache counts it against its max_bytes, by cache",
-            ),
+        let cache_bytes = families.gauges(
+            "tokengate_cache_bytes",
+            "Memory the entries hold as the cache counts it against its max_bytes, by cache",
             &["cache"],
         )?;
-        registry.register(Box::new(cache_bytes.clone()))?;
-        let introspection_waiting = IntGaugeVec::new(
-            Opts::new(
-                "tokengate_introspection_waiting",
-                "Requests waiting for a free introspection call slot, by issuer",
-            ),
+        let introspection_waiting = families.gauges(
+            "tokengate_introspection_waiting",
+            "Requests waiting for a free introspection call slot, by issuer",
             &["issuer"],
         )?;
-        registry.register(Box::new(introspection_waiting.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let reloads = families.counters(
+            "tokengate_config_reloads_total",
+            "Configuration reloads by result",
+            &["result"],
+        )?;
+        let last_reload = families.add(Gauge::new(
+            "tokengate_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration reload (0: none since start)",
+        )?)?;
 
         let denied = Reason::ALL
             .iter()
@@ -265,19 +305,6 @@ impl Metrics {
                 decisions.with_label_values(&[outcome, reason.as_str()])
             })
             .collect();
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "tokengate_config_reloads_total",
-                "Configuration reloads by result",
-            ),
-            &["result"],
-        )?;
-        registry.register(Box::new(reloads.clone()))?;
-        let last_reload = Gauge::new(
-            "tokengate_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful configuration reload (0: none since start)",
-        )?;
-        registry.register(Box::new(last_reload.clone()))?;
         let metrics = Self {
             allowed: decisions.with_label_values(&["allow", "ok"]),
             denied,
@@ -423,34 +450,13 @@ const PROPAGATION_BUCKETS: &[f64] = &[
 
 impl RevocationMetrics {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let metrics = Self::unregistered()?;
-        let events = IntCounterVec::new(
-            Opts::new(
-                "tokengate_revocation_events_total",
-                "Revocation events by source (backchannel, admin, feed) and result",
-            ),
-            &["source", "result"],
-        )?;
-        registry.register(Box::new(events.clone()))?;
-        registry.register(Box::new(metrics.entries.clone()))?;
-        registry.register(Box::new(metrics.feed_up.clone()))?;
-        registry.register(Box::new(metrics.feed_dropped.clone()))?;
-        registry.register(Box::new(metrics.propagation.clone()))?;
-        Ok(Self {
-            events: Source::ALL
-                .iter()
-                .map(|source| {
-                    EventResult::ALL
-                        .map(|result| events.with_label_values(&[source.as_str(), result.as_str()]))
-                })
-                .collect(),
-            ..metrics
-        })
+        Self::created(Families(Some(registry)))
     }
 
-    fn unregistered() -> prometheus::Result<Self> {
-        let events = IntCounterVec::new(
-            Opts::new("tokengate_revocation_events_total", "detached"),
+    fn created(families: Families<'_>) -> prometheus::Result<Self> {
+        let events = families.counters(
+            "tokengate_revocation_events_total",
+            "Revocation events by source (backchannel, admin, feed) and result",
             &["source", "result"],
         )?;
         Ok(Self {
@@ -461,28 +467,26 @@ impl RevocationMetrics {
                         .map(|result| events.with_label_values(&[source.as_str(), result.as_str()]))
                 })
                 .collect(),
-            entries: IntGauge::new("tokengate_revocation_entries", "Revocation entries held")?,
-            feed_up: IntGauge::new(
+            entries: families.gauge("tokengate_revocation_entries", "Revocation entries held")?,
+            feed_up: families.gauge(
                 "tokengate_revocation_feed_up",
                 "1 while the Redis revocation feed is subscribed and loaded, else 0",
             )?,
-            feed_dropped: IntCounter::new(
+            feed_dropped: families.counter(
                 "tokengate_revocation_feed_dropped_total",
                 "Local revocation events not shared: the feed's queue was full",
             )?,
-            propagation: Histogram::with_opts(
-                HistogramOpts::new(
-                    "tokengate_revocation_propagation_seconds",
-                    "From a revocation event's time to its application here (feed events)",
-                )
-                .buckets(PROPAGATION_BUCKETS.to_vec()),
+            propagation: families.histogram(
+                "tokengate_revocation_propagation_seconds",
+                "From a revocation event's time to its application here (feed events)",
+                PROPAGATION_BUCKETS,
             )?,
         })
     }
 
     /// Handles registered nowhere, for unit tests and benchmarks.
     pub fn detached() -> Self {
-        Self::unregistered().expect("valid metric definitions")
+        Self::created(Families(None)).expect("valid metric definitions")
     }
 
     /// Counts one event.

@@ -23,30 +23,83 @@ pub fn client(settings: &HttpClientSettings) -> Result<reqwest::Client, ConfigEr
         })
 }
 
-/// Why a body could not be read.
-#[derive(Debug)]
-pub enum BodyError {
-    /// Longer than the cap (announced or sent).
-    TooLarge,
-    Http(reqwest::Error),
+/// Why an outbound call (a key fetch, an introspection call) gave no usable answer: the
+/// transport's part, before the caller judges what it received.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url} did not answer in time")]
+    Timeout {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("request to {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} sent more than {max} bytes")]
+    TooLarge { url: String, max: usize },
+    #[error("{url} sent invalid JSON")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl FetchError {
+    /// A failed send or read; a timeout is told apart, since it names a slow party
+    /// rather than a broken one.
+    pub fn transport(url: &str, source: reqwest::Error) -> Self {
+        let url = url.to_owned();
+        if source.is_timeout() {
+            FetchError::Timeout { url, source }
+        } else {
+            FetchError::Http { url, source }
+        }
+    }
+}
+
+/// Sends `request` to `url` (named in the error).
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<reqwest::Response, FetchError> {
+    request
+        .send()
+        .await
+        .map_err(|source| FetchError::transport(url, source))
 }
 
 /// Reads the whole body, refusing more than `max` bytes: at once when the length is
 /// announced, else as soon as the chunks pass it.
 pub async fn read_capped(
     response: &mut reqwest::Response,
+    url: &str,
     max: usize,
-) -> Result<Vec<u8>, BodyError> {
+) -> Result<Vec<u8>, FetchError> {
+    let too_large = || FetchError::TooLarge {
+        url: url.to_owned(),
+        max,
+    };
     if response
         .content_length()
         .is_some_and(|length| length > max as u64)
     {
-        return Err(BodyError::TooLarge);
+        return Err(too_large());
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(BodyError::Http)? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|source| FetchError::transport(url, source))?
+    {
         if body.len() + chunk.len() > max {
-            return Err(BodyError::TooLarge);
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    if let Ok(metadata) = ProviderMetadata::parse(body, ISSUER) {
+    if let Ok(metadata) = ProviderMetadata::parse(body, "fuzz input", ISSUER) {
         let document: serde_json::Value = serde_json::from_slice(body).expect("parsed once");
         assert_eq!(document["issuer"], ISSUER);
         assert!(matches!(metadata.jwks_uri.scheme(), "https" | "http"));

@@ -4,7 +4,8 @@
 use serde::Deserialize;
 use url::Url;
 
-use super::jwks::FetchError;
+use super::jwks::KeyFetchError;
+use crate::outbound::FetchError;
 
 /// What tokengate takes from an issuer's discovery document (OpenID Connect Discovery
 /// 1.0, RFC 8414).
@@ -22,7 +23,8 @@ impl ProviderMetadata {
     /// configured one (Discovery §4), or an attacker-controlled document could substitute
     /// its own keys; duplicate member names are refused, so no other reader of the same
     /// document sees another issuer or key location.
-    pub fn parse(body: &[u8], issuer: &str) -> Result<ProviderMetadata, FetchError> {
+    /// `url` is where it was fetched from, for errors.
+    pub fn parse(body: &[u8], url: &str, issuer: &str) -> Result<ProviderMetadata, KeyFetchError> {
         #[derive(Deserialize)]
         struct Discovery {
             issuer: String,
@@ -30,15 +32,17 @@ impl ProviderMetadata {
             #[serde(default)]
             introspection_endpoint: Option<String>,
         }
-        let json_error = |source| FetchError::Json {
-            url: "discovery document".to_owned(),
-            source,
+        let json_error = |source| {
+            KeyFetchError::Fetch(FetchError::Json {
+                url: url.to_owned(),
+                source,
+            })
         };
         let document: Discovery = super::json::from_slice(body)
             .and_then(serde_json::from_value)
             .map_err(json_error)?;
         if document.issuer != issuer {
-            return Err(FetchError::IssuerMismatch {
+            return Err(KeyFetchError::IssuerMismatch {
                 found: document.issuer,
             });
         }
@@ -47,7 +51,7 @@ impl ProviderMetadata {
                 .ok()
                 .filter(|url| matches!(url.scheme(), "https" | "http"))
         };
-        let jwks_uri = http_url(&document.jwks_uri).ok_or(FetchError::BadJwksUri)?;
+        let jwks_uri = http_url(&document.jwks_uri).ok_or(KeyFetchError::BadJwksUri)?;
         // Only trusted because the document's `issuer` matched above: the endpoint
         // receives our client secret.
         let introspection_endpoint = document.introspection_endpoint.as_deref().map(http_url);

@@ -44,7 +44,7 @@ use crate::config::{ClientAuthMethod, ClientSecret, ConfigError, IntrospectionSe
 use crate::error::{AuthError, CauseChain, Reason};
 use crate::identity::IdentityMapping;
 use crate::metrics::{IntrospectionResult, IssuerMetrics, Metrics};
-use crate::outbound::{self, BodyError};
+use crate::outbound::{self, FetchError};
 use crate::revocation::RevocationKeys;
 
 /// Largest introspection answer we read: real ones are well under a KiB.
@@ -67,14 +67,8 @@ pub enum IntrospectionError {
     },
     #[error("no introspection endpoint: none is configured and discovery has not named one")]
     NoEndpoint,
-    #[error("{url} did not answer within {timeout:?}")]
-    Timeout { url: String, timeout: Duration },
-    #[error("request to {url} failed")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     #[error("{url} refused our client credentials (HTTP {status}{error}): check client_id and the client secret")]
     Unauthorized {
         url: String,
@@ -86,14 +80,6 @@ pub enum IntrospectionError {
         url: String,
         status: u16,
         error: OAuthErrorCode,
-    },
-    #[error("{url} sent more than {MAX_ANSWER_BYTES} bytes")]
-    TooLarge { url: String },
-    #[error("{url} sent invalid JSON")]
-    Json {
-        url: String,
-        #[source]
-        source: serde_json::Error,
     },
     #[error("{url} sent an invalid introspection answer: {why}")]
     InvalidAnswer { url: String, why: &'static str },
@@ -424,27 +410,9 @@ impl IntrospectionClient {
             }
             (request, form.finish())
         };
-        let failed = |source: reqwest::Error| {
-            if source.is_timeout() {
-                IntrospectionError::Timeout {
-                    url: url.clone(),
-                    timeout: self.timeout,
-                }
-            } else {
-                IntrospectionError::Http {
-                    url: url.clone(),
-                    source,
-                }
-            }
-        };
-        let mut response = request.body(form).send().await.map_err(failed)?;
+        let mut response = outbound::send(request.body(form), &url).await?;
         let status = response.status();
-        let body = outbound::read_capped(&mut response, MAX_ANSWER_BYTES)
-            .await
-            .map_err(|error| match error {
-                BodyError::TooLarge => IntrospectionError::TooLarge { url: url.clone() },
-                BodyError::Http(source) => failed(source),
-            })?;
+        let body = outbound::read_capped(&mut response, &url, MAX_ANSWER_BYTES).await?;
         if !status.is_success() {
             let error = OAuthErrorCode::from_body(&body);
             let status = status.as_u16();
@@ -458,7 +426,7 @@ impl IntrospectionClient {
         }
         // Strict: with a member named twice, another reader of the same answer could
         // see another verdict (`active`) or other claims, so it is no answer at all.
-        json::from_slice(&body).map_err(|source| IntrospectionError::Json { url, source })
+        json::from_slice(&body).map_err(|source| FetchError::Json { url, source }.into())
     }
 
     /// How long a judged answer may be kept: positive ones never past their `exp`.

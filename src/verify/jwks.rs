@@ -23,7 +23,7 @@ use super::jwk::{KeySet, VerifyingKey};
 use crate::config::{IssuerSettings, KeyRefreshSettings};
 use crate::error::CauseChain;
 use crate::metrics::IssuerMetrics;
-use crate::outbound::{self, BodyError};
+use crate::outbound::{self, FetchError};
 use crate::shutdown::Shutdown;
 
 /// Largest discovery document or JWKS we accept: real ones are a few KiB.
@@ -33,23 +33,9 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a discovery or JWKS fetch failed. The last good keys stay in use.
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("request to {url} failed")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("{url} answered HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("{url} sent more than {MAX_DOCUMENT_BYTES} bytes")]
-    TooLarge { url: String },
-    #[error("{url} sent invalid JSON")]
-    Json {
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
+pub enum KeyFetchError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     #[error("JWKS is not a valid key set document")]
     InvalidJwks(#[source] serde_json::Error),
     #[error("discovery document names issuer {found:?}, not the configured one")]
@@ -153,12 +139,15 @@ impl KeyStore {
     }
 
     /// Fetches the JWKS (after discovery if needed) and swaps it in.
-    pub async fn refresh(&self) -> Result<Refreshed, FetchError> {
+    pub async fn refresh(&self) -> Result<Refreshed, KeyFetchError> {
         let mut location = self.fetch_lock.lock().await;
         self.refresh_locked(&mut location).await
     }
 
-    async fn refresh_locked(&self, location: &mut JwksLocation) -> Result<Refreshed, FetchError> {
+    async fn refresh_locked(
+        &self,
+        location: &mut JwksLocation,
+    ) -> Result<Refreshed, KeyFetchError> {
         let result = self.fetch(location).await;
         match &result {
             Ok(refreshed) => {
@@ -174,7 +163,7 @@ impl KeyStore {
         result
     }
 
-    async fn fetch(&self, location: &mut JwksLocation) -> Result<Refreshed, FetchError> {
+    async fn fetch(&self, location: &mut JwksLocation) -> Result<Refreshed, KeyFetchError> {
         let jwks_uri = match location {
             JwksLocation::Configured(url) => url.clone(),
             JwksLocation::Discover {
@@ -193,10 +182,10 @@ impl KeyStore {
 
     /// Parses a JWKS document and swaps it in, keeping the old keys if it holds no usable
     /// key. Returns the number of usable keys.
-    pub fn load_jwks(&self, body: &[u8]) -> Result<usize, FetchError> {
-        let set = KeySet::parse(body, &self.algorithms).map_err(FetchError::InvalidJwks)?;
+    pub fn load_jwks(&self, body: &[u8]) -> Result<usize, KeyFetchError> {
+        let set = KeySet::parse(body, &self.algorithms).map_err(KeyFetchError::InvalidJwks)?;
         if set.is_empty() {
-            return Err(FetchError::NoUsableKeys);
+            return Err(KeyFetchError::NoUsableKeys);
         }
         let count = set.len();
         let current = Arc::new(set);
@@ -224,21 +213,14 @@ impl KeyStore {
 
     /// Learns the JWKS location (and the introspection endpoint) from the issuer's
     /// discovery document.
-    async fn discover(&self) -> Result<Url, FetchError> {
+    async fn discover(&self) -> Result<Url, KeyFetchError> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.issuer.trim_end_matches('/')
         );
-        let url = Url::parse(&url).map_err(|_| FetchError::BadJwksUri)?;
+        let url = Url::parse(&url).map_err(|_| KeyFetchError::BadJwksUri)?;
         let (body, _) = self.get_bounded(&url).await?;
-        let metadata =
-            ProviderMetadata::parse(&body, &self.issuer).map_err(|error| match error {
-                FetchError::Json { source, .. } => FetchError::Json {
-                    url: url.to_string(),
-                    source,
-                },
-                other => other,
-            })?;
+        let metadata = ProviderMetadata::parse(&body, url.as_str(), &self.issuer)?;
         if metadata.invalid_introspection_endpoint {
             tracing::warn!(issuer = %self.name, "discovery document has an invalid introspection_endpoint; ignored");
         }
@@ -249,17 +231,11 @@ impl KeyStore {
 
     /// GET with a size cap, returning the body and the response's `max-age`.
     async fn get_bounded(&self, url: &Url) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
-        let http_error = |source| FetchError::Http {
-            url: url.to_string(),
-            source,
-        };
-        let mut response = self
+        let request = self
             .client
             .get(url.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(http_error)?;
+            .header(reqwest::header::ACCEPT, "application/json");
+        let mut response = outbound::send(request, url.as_str()).await?;
         if !response.status().is_success() {
             return Err(FetchError::Status {
                 url: url.to_string(),
@@ -271,14 +247,7 @@ impl KeyStore {
             .get(reqwest::header::CACHE_CONTROL)
             .and_then(|value| value.to_str().ok())
             .and_then(parse_max_age);
-        let body = outbound::read_capped(&mut response, MAX_DOCUMENT_BYTES)
-            .await
-            .map_err(|error| match error {
-                BodyError::TooLarge => FetchError::TooLarge {
-                    url: url.to_string(),
-                },
-                BodyError::Http(source) => http_error(source),
-            })?;
+        let body = outbound::read_capped(&mut response, url.as_str(), MAX_DOCUMENT_BYTES).await?;
         Ok((body, max_age))
     }
 
@@ -309,7 +278,7 @@ impl KeyStore {
     /// configured bounds, on failure (already logged) with exponential backoff.
     pub async fn run_refresher(
         self: Arc<Self>,
-        first: Result<Refreshed, FetchError>,
+        first: Result<Refreshed, KeyFetchError>,
         mut shutdown: Shutdown,
     ) {
         let mut last = first;

@@ -6,23 +6,6 @@ use tokengate::request::ProxyHeaders;
 
 use crate::helpers::*;
 
-/// Rules that make the original request observable: `/public` is anonymous and
-/// `/admin` is denied, so the answer says which path tokengate understood.
-fn path_probe_rules() -> Vec<RuleSettings> {
-    vec![
-        RuleSettings {
-            paths: vec!["/public".into()],
-            allow_anonymous: true,
-            ..RuleSettings::default()
-        },
-        RuleSettings {
-            paths: vec!["/admin".into()],
-            deny: true,
-            ..RuleSettings::default()
-        },
-    ]
-}
-
 async fn probe(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> u16 {
     let mut request = app.client.get(format!("{}{path}", app.address));
     for (name, value) in headers {
@@ -34,7 +17,7 @@ async fn probe(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> u16 {
 #[tokio::test]
 async fn ingress_nginx_original_url_and_method() {
     let issuer = TestIssuer::start().await;
-    let app = spawn_app_with(&issuer, |s| s.rules = path_probe_rules()).await;
+    let app = spawn_app_with(&issuer, |s| s.rules = admin_denied_public_open()).await;
     let ingress = |url: &'static str| {
         [
             ("x-original-url", url),
@@ -69,7 +52,7 @@ async fn ingress_nginx_original_url_and_method() {
 #[tokio::test]
 async fn plain_nginx_original_uri() {
     let issuer = TestIssuer::start().await;
-    let app = spawn_app_with(&issuer, |s| s.rules = path_probe_rules()).await;
+    let app = spawn_app_with(&issuer, |s| s.rules = admin_denied_public_open()).await;
     assert_eq!(
         probe(
             &app,
@@ -96,7 +79,7 @@ async fn plain_nginx_original_uri() {
 #[tokio::test]
 async fn traefik_forwarded_headers() {
     let issuer = TestIssuer::start().await;
-    let app = spawn_app_with(&issuer, |s| s.rules = path_probe_rules()).await;
+    let app = spawn_app_with(&issuer, |s| s.rules = admin_denied_public_open()).await;
     let traefik = |uri: &'static str| {
         [
             ("x-forwarded-method", "GET"),
@@ -121,7 +104,7 @@ async fn traefik_forwarded_headers() {
 #[tokio::test]
 async fn envoy_ext_authz_allows_with_200_and_reads_the_path_after_the_prefix() {
     let issuer = TestIssuer::start().await;
-    let app = spawn_app_with(&issuer, |s| s.rules = path_probe_rules()).await;
+    let app = spawn_app_with(&issuer, |s| s.rules = admin_denied_public_open()).await;
 
     let allowed = app
         .client
@@ -150,7 +133,7 @@ async fn envoy_ext_authz_allows_with_200_and_reads_the_path_after_the_prefix() {
 #[tokio::test]
 async fn contradictory_proxy_headers_are_refused() {
     let issuer = TestIssuer::start().await;
-    let app = spawn_app_with(&issuer, |s| s.rules = path_probe_rules()).await;
+    let app = spawn_app_with(&issuer, |s| s.rules = admin_denied_public_open()).await;
     // ingress-nginx overwrites X-Original-URL, but passes a client-forged X-Forwarded-Uri
     // through: with both present and disagreeing, nothing can be trusted.
     let status = probe(
@@ -170,7 +153,7 @@ async fn contradictory_proxy_headers_are_refused() {
 async fn with_one_trusted_proxy_other_proxies_headers_are_ignored() {
     let issuer = TestIssuer::start().await;
     let app = spawn_app_with(&issuer, |s| {
-        s.rules = path_probe_rules();
+        s.rules = admin_denied_public_open();
         s.proxy_headers = Some(ProxyHeaders::IngressNginx);
     })
     .await;
@@ -190,7 +173,7 @@ async fn with_one_trusted_proxy_other_proxies_headers_are_ignored() {
 #[tokio::test]
 async fn missing_original_request_matches_every_restriction_and_no_grant() {
     let issuer = TestIssuer::start().await;
-    let app = spawn_app_with(&issuer, |s| s.rules = path_probe_rules()).await;
+    let app = spawn_app_with(&issuer, |s| s.rules = admin_denied_public_open()).await;
     // No proxy headers at all: the /admin restriction may be what was asked for, so it
     // holds, with or without a token; /public cannot be recognised.
     assert_eq!(probe(&app, "/auth", &[]).await, 403);
@@ -201,14 +184,12 @@ async fn missing_original_request_matches_every_restriction_and_no_grant() {
 fn host_probe_rules() -> Vec<RuleSettings> {
     vec![
         RuleSettings {
-            hosts: vec!["admin.example.com".into()],
             deny: true,
-            ..RuleSettings::default()
+            ..on_hosts(&["admin.example.com"])
         },
         RuleSettings {
-            hosts: vec!["public.example.com".into()],
             allow_anonymous: true,
-            ..RuleSettings::default()
+            ..on_hosts(&["public.example.com"])
         },
     ]
 }
@@ -257,7 +238,7 @@ async fn hosts_are_parsed_strictly_before_any_rule() {
 async fn ingress_nginx_original_url_is_split_at_the_first_slash() {
     let issuer = TestIssuer::start().await;
     let app = spawn_app_with(&issuer, |s| {
-        s.rules = path_probe_rules();
+        s.rules = admin_denied_public_open();
         s.proxy_headers = Some(ProxyHeaders::IngressNginx);
     })
     .await;

@@ -428,22 +428,109 @@ fn readme_nginx_excerpt_is_lines_of_the_shipped_snippet_in_order() {
     }
 }
 
-/// The README's minimal configuration is one that tokengate starts with.
+/// Top-level sections of a YAML document: each key at column 0 with the lines under it.
+fn top_level_sections(yaml: &str) -> Vec<(String, String)> {
+    let mut sections: Vec<(String, String)> = Vec::new();
+    for line in yaml.lines() {
+        let starts_section = !line.starts_with([' ', '#', '-']) && line.contains(':');
+        if starts_section {
+            let key = line.split(':').next().unwrap_or_default().trim().to_owned();
+            sections.push((key, String::new()));
+        }
+        if let Some((_, text)) = sections.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    sections
+}
+
+/// Every tokengate configuration shown in the docs, as `(where, complete config)`: a
+/// fenced `yaml` block whose top-level keys are all tokengate's. A block that shows only
+/// some sections (`identity:`, `revocation:`) is completed with the README's minimal
+/// configuration's other sections, as a reader would add it to theirs.
+fn documented_configs() -> Vec<(String, String)> {
+    let tokengate_keys: HashSet<String> = example_config_keys()
+        .into_iter()
+        .filter(|key| !key.contains('.'))
+        .collect();
+    let minimal = fenced_blocks(&read("README.md"), "yaml")
+        .into_iter()
+        .next()
+        .expect("README.md has a yaml block");
+    let mut configs = Vec::new();
+    for file in documentation_files() {
+        for (index, block) in fenced_blocks(&read(&file), "yaml").into_iter().enumerate() {
+            let sections = top_level_sections(&block);
+            if sections.is_empty()
+                || !sections
+                    .iter()
+                    .all(|(key, _)| tokengate_keys.contains(key.as_str()))
+            {
+                continue;
+            }
+            let mut config = block.clone();
+            for (key, text) in top_level_sections(&minimal) {
+                if !sections.iter().any(|(shown, _)| *shown == key) {
+                    config.push_str(&text);
+                }
+            }
+            configs.push((format!("{file}, yaml block {}", index + 1), config));
+        }
+    }
+    configs
+}
+
+/// `config` with every secret file it names (`client_secret_file: /var/run/…`, a
+/// Kubernetes Secret's mount in the docs) moved into `dir`, holding a secret of the size
+/// the product requires: the docs name where a cluster mounts it, a test cannot write there.
+fn with_secret_files_in(config: &str, dir: &Path) -> String {
+    let mut out = String::new();
+    for line in config.lines() {
+        let secret_path = line.split_once(':').and_then(|(key, value)| {
+            let value = value.split(" #").next().unwrap_or_default().trim();
+            (key.trim().ends_with("_file") && value.starts_with('/')).then_some(value)
+        });
+        match secret_path {
+            Some(path) => {
+                let file = dir.join(path.trim_start_matches('/').replace('/', "_"));
+                std::fs::write(&file, "an example secret of 32 bytes...").unwrap();
+                out.push_str(&line.replace(path, file.to_str().unwrap()));
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Every configuration the docs show is one that tokengate accepts: `--check-config`, the
+/// same compilation as a start or a reload, with the secret files it names provided.
 #[test]
-fn readme_minimal_config_passes_check_config() {
-    let blocks = fenced_blocks(&read("README.md"), "yaml");
-    assert_eq!(blocks.len(), 1, "README.md has one yaml block");
+fn every_config_in_the_docs_passes_check_config() {
+    let configs = documented_configs();
+    assert!(
+        configs.len() >= 11,
+        "the docs show configs; found only {}",
+        configs.len()
+    );
     let dir = std::env::temp_dir().join(format!("tokengate-docs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("readme.yaml");
-    std::fs::write(&path, &blocks[0]).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(["--config", path.to_str().unwrap(), "--check-config"])
-        .output()
-        .expect("run tokengate");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut failures = Vec::new();
+    for (index, (place, config)) in configs.iter().enumerate() {
+        let path = dir.join(format!("config-{index}.yaml"));
+        std::fs::write(&path, with_secret_files_in(config, &dir)).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["--config", path.to_str().unwrap(), "--check-config"])
+            .output()
+            .expect("run tokengate");
+        if !output.status.success() {
+            failures.push(format!(
+                "{place}:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -374,39 +374,25 @@ async fn context_extensions_are_per_route_requirements() {
     let app = spawn_grpc_app(&issuer, |_| {}).await;
     let authorization = bearer(&issuer.token());
     let headers = [("authorization", authorization.as_str())];
+    let with_extensions =
+        |extensions: &[(&str, &str)]| check(&app, check_request("/", &headers, extensions));
 
-    let member = check(
-        &app,
-        check_request("/", &headers, &[("allowed_groups", "ops,admins")]),
-    )
-    .await;
+    let member = with_extensions(&[("allowed_groups", "ops,admins")]).await;
     ok(&member);
 
-    let outsider = check(
-        &app,
-        check_request("/", &headers, &[("allowed_groups", "ops")]),
-    )
-    .await;
+    let outsider = with_extensions(&[("allowed_groups", "ops")]).await;
     let refused = denied(&outsider, tonic::Code::PermissionDenied, 403);
     assert_eq!(refused.body, r#"{"error":"access_denied"}"#);
     assert!(denial_header(refused, "www-authenticate").is_empty());
 
-    let scope = check(
-        &app,
-        check_request("/", &headers, &[("required_scopes", "orders:write")]),
-    )
-    .await;
+    let scope = with_extensions(&[("required_scopes", "orders:write")]).await;
     let refused = denied(&scope, tonic::Code::PermissionDenied, 403);
     assert_eq!(
         denial_header(refused, "www-authenticate"),
         [r#"Bearer error="insufficient_scope""#]
     );
 
-    let typo = check(
-        &app,
-        check_request("/", &headers, &[("allowed_group", "ops")]),
-    )
-    .await;
+    let typo = with_extensions(&[("allowed_group", "ops")]).await;
     let refused = denied(&typo, tonic::Code::InvalidArgument, 400);
     assert_eq!(refused.body, r#"{"error":"invalid_request"}"#);
     assert_eq!(app.decisions_with_reason("bad_policy"), 1.0);

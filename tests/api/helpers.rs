@@ -2,7 +2,7 @@
 //! test kit's in-process issuer (re-exported here, so every test reads `helpers::*`).
 
 use prometheus::Registry;
-use tokengate::config::Settings;
+use tokengate::config::{RuleSettings, Settings};
 use tokengate::listener::BoundAddress;
 use tokengate::startup::Application;
 
@@ -22,6 +22,16 @@ impl TestApp {
     pub async fn auth_with_token(&self, token: &str) -> reqwest::Response {
         self.client
             .get(format!("{}/auth", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request to /auth")
+    }
+
+    /// `/auth?<query>` with `token`: the per-route policy of the auth URL.
+    pub async fn auth_query(&self, query: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/auth?{query}", self.address))
             .bearer_auth(token)
             .send()
             .await
@@ -135,4 +145,35 @@ pub async fn assert_invalid_token(response: reqwest::Response) {
         response.text().await.unwrap(),
         r#"{"error":"invalid_token"}"#
     );
+}
+
+/// A rule on these paths, for a struct update that says what it does.
+pub fn on_paths(paths: &[&str]) -> RuleSettings {
+    RuleSettings {
+        paths: paths.iter().map(|path| path.to_string()).collect(),
+        ..RuleSettings::default()
+    }
+}
+
+/// A rule on these hosts, for a struct update that says what it does.
+pub fn on_hosts(hosts: &[&str]) -> RuleSettings {
+    RuleSettings {
+        hosts: hosts.iter().map(|host| host.to_string()).collect(),
+        ..RuleSettings::default()
+    }
+}
+
+/// Rules that make the original request observable: `/admin` is denied and `/public` is
+/// anonymous, so the answer says which path tokengate understood.
+pub fn admin_denied_public_open() -> Vec<RuleSettings> {
+    vec![
+        RuleSettings {
+            deny: true,
+            ..on_paths(&["/admin"])
+        },
+        RuleSettings {
+            allow_anonymous: true,
+            ..on_paths(&["/public"])
+        },
+    ]
 }

@@ -6,25 +6,10 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokengate::config::{IdentityOutput, ImpersonationEntry, IntrospectionSettings};
 
 use crate::helpers::*;
-
-async fn auth_query(app: &TestApp, query: &str, token: &str) -> reqwest::Response {
-    app.client
-        .get(format!("{}/auth?{query}", app.address))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
-
-fn token_with(issuer: &TestIssuer, edit: impl FnOnce(&mut Value)) -> String {
-    let mut claims = issuer.claims();
-    edit(&mut claims);
-    rsa_key("k1").sign(&claims)
-}
 
 /// The email header of an allowed answer, if any.
 fn email_header(response: &reqwest::Response) -> Option<&str> {
@@ -39,13 +24,17 @@ async fn unverified_email_is_refused_by_email_rules_and_not_sent() {
     let issuer = TestIssuer::start().await;
     let app = spawn_app(&issuer).await;
     for verified in [json!(false), json!("true"), json!(null), json!(0)] {
-        let token = token_with(&issuer, |claims| {
+        let token = issuer.token_with(|claims| {
             claims["email_verified"] = verified.clone();
         });
 
-        let denied = auth_query(&app, "allowed_emails=alice@example.com", &token).await;
+        let denied = app
+            .auth_query("allowed_emails=alice@example.com", &token)
+            .await;
         assert_eq!(denied.status(), 403, "email_verified: {verified}");
-        let denied = auth_query(&app, "allowed_email_domains=example.com", &token).await;
+        let denied = app
+            .auth_query("allowed_email_domains=example.com", &token)
+            .await;
         assert_eq!(denied.status(), 403, "email_verified: {verified}");
 
         let allowed = app.auth_with_token(&token).await;
@@ -55,8 +44,10 @@ async fn unverified_email_is_refused_by_email_rules_and_not_sent() {
     }
     assert_eq!(app.decisions_with_reason("email_not_allowed"), 8.0);
 
-    let verified = token_with(&issuer, |claims| claims["email_verified"] = true.into());
-    let allowed = auth_query(&app, "allowed_emails=alice@example.com", &verified).await;
+    let verified = issuer.token_with(|claims| claims["email_verified"] = true.into());
+    let allowed = app
+        .auth_query("allowed_emails=alice@example.com", &verified)
+        .await;
     assert_eq!(allowed.status(), 202);
     assert_eq!(email_header(&allowed), Some("alice@example.com"));
 }
@@ -65,20 +56,26 @@ async fn unverified_email_is_refused_by_email_rules_and_not_sent() {
 async fn absent_email_verified_is_accepted_unless_the_issuer_requires_it() {
     let issuer = TestIssuer::start().await;
     let token = issuer.token(); // no email_verified claim
-    let verified = token_with(&issuer, |claims| claims["email_verified"] = true.into());
+    let verified = issuer.token_with(|claims| claims["email_verified"] = true.into());
 
     let lenient = spawn_app(&issuer).await;
-    let allowed = auth_query(&lenient, "allowed_emails=alice@example.com", &token).await;
+    let allowed = lenient
+        .auth_query("allowed_emails=alice@example.com", &token)
+        .await;
     assert_eq!(allowed.status(), 202);
     assert_eq!(email_header(&allowed), Some("alice@example.com"));
 
     let strict = spawn_app_with(&issuer, |s| s.issuers[0].require_email_verified = true).await;
-    let denied = auth_query(&strict, "allowed_emails=alice@example.com", &token).await;
+    let denied = strict
+        .auth_query("allowed_emails=alice@example.com", &token)
+        .await;
     assert_eq!(denied.status(), 403);
     let allowed = strict.auth_with_token(&token).await;
     assert_eq!(allowed.status(), 202);
     assert_eq!(email_header(&allowed), None);
-    let allowed = auth_query(&strict, "allowed_emails=alice@example.com", &verified).await;
+    let allowed = strict
+        .auth_query("allowed_emails=alice@example.com", &verified)
+        .await;
     assert_eq!(allowed.status(), 202);
     assert_eq!(email_header(&allowed), Some("alice@example.com"));
 }
@@ -95,7 +92,7 @@ async fn unverified_email_does_not_match_the_impersonation_map() {
         }];
     })
     .await;
-    let unverified = token_with(&issuer, |claims| claims["email_verified"] = false.into());
+    let unverified = issuer.token_with(|claims| claims["email_verified"] = false.into());
 
     let response = app.auth_with_token(&unverified).await;
 
@@ -108,7 +105,7 @@ async fn unverified_email_does_not_match_the_impersonation_map() {
         .collect();
     assert_eq!(groups, ["admins", "developers"], "the token's own groups");
 
-    let verified = token_with(&issuer, |claims| claims["email_verified"] = true.into());
+    let verified = issuer.token_with(|claims| claims["email_verified"] = true.into());
     let response = app.auth_with_token(&verified).await;
     assert_eq!(response.headers()["impersonate-user"], "cluster-admin");
 }
@@ -121,7 +118,7 @@ async fn an_unverified_email_is_not_the_impersonated_user_either() {
         s.identity.user_claim = "email".into();
     })
     .await;
-    let unverified = token_with(&issuer, |claims| claims["email_verified"] = false.into());
+    let unverified = issuer.token_with(|claims| claims["email_verified"] = false.into());
     let response = app.auth_with_token(&unverified).await;
     assert_eq!(response.status(), 202);
     assert_eq!(
@@ -143,12 +140,12 @@ async fn an_email_that_is_not_one_plain_address_is_no_email() {
         (" alice@evil.com", "evil.com"),
         ("alice@evil.com,bob@example.com", "example.com"),
     ] {
-        let token = token_with(&issuer, |claims| {
+        let token = issuer.token_with(|claims| {
             claims["email"] = address.into();
             claims["email_verified"] = true.into();
         });
         let query = format!("allowed_email_domains={domain}");
-        let denied = auth_query(&app, &query, &token).await;
+        let denied = app.auth_query(&query, &token).await;
         assert_eq!(denied.status(), 403, "{address:?}");
         let allowed = app.auth_with_token(&token).await;
         assert_eq!(email_header(&allowed), None, "{address:?}");
@@ -159,14 +156,14 @@ async fn an_email_that_is_not_one_plain_address_is_no_email() {
 async fn a_group_holding_a_comma_is_dropped_for_policy_and_header() {
     let issuer = TestIssuer::start().await;
     let app = spawn_app(&issuer).await;
-    let token = token_with(&issuer, |claims| {
+    let token = issuer.token_with(|claims| {
         claims["groups"] = json!(["a,admins", "developers", " ops "]);
     });
 
-    let denied = auth_query(&app, "allowed_groups=admins", &token).await;
+    let denied = app.auth_query("allowed_groups=admins", &token).await;
     assert_eq!(denied.status(), 403);
     assert_eq!(app.decisions_with_reason("not_in_group"), 1.0);
-    let allowed = auth_query(&app, "allowed_groups=ops", &token).await;
+    let allowed = app.auth_query("allowed_groups=ops", &token).await;
     assert_eq!(allowed.status(), 202);
     assert_eq!(
         allowed.headers()["x-auth-request-groups"],
@@ -178,17 +175,19 @@ async fn a_group_holding_a_comma_is_dropped_for_policy_and_header() {
 #[tokio::test]
 async fn a_string_groups_claim_is_one_group() {
     let issuer = TestIssuer::start().await;
-    let token = token_with(&issuer, |claims| claims["groups"] = "Finance Admins".into());
+    let token = issuer.token_with(|claims| claims["groups"] = "Finance Admins".into());
 
     let app = spawn_app(&issuer).await;
-    let denied = auth_query(&app, "allowed_groups=Admins", &token).await;
+    let denied = app.auth_query("allowed_groups=Admins", &token).await;
     assert_eq!(denied.status(), 403);
-    let allowed = auth_query(&app, "allowed_groups=Finance%20Admins", &token).await;
+    let allowed = app
+        .auth_query("allowed_groups=Finance%20Admins", &token)
+        .await;
     assert_eq!(allowed.status(), 202);
     assert_eq!(allowed.headers()["x-auth-request-groups"], "Finance Admins");
 
     let spaced = spawn_app_with(&issuer, |s| s.issuers[0].space_separated_groups = true).await;
-    let allowed = auth_query(&spaced, "allowed_groups=Admins", &token).await;
+    let allowed = spaced.auth_query("allowed_groups=Admins", &token).await;
     assert_eq!(allowed.status(), 202);
     assert_eq!(allowed.headers()["x-auth-request-groups"], "Finance,Admins");
 }
@@ -224,7 +223,9 @@ async fn introspection_answers_follow_the_same_rules() {
     unverified["groups"] = json!(["ops", "x,support"]);
     let token = issuer.opaque_token_with(unverified);
 
-    let denied = auth_query(&app, "allowed_emails=bob@example.com", &token).await;
+    let denied = app
+        .auth_query("allowed_emails=bob@example.com", &token)
+        .await;
     assert_eq!(denied.status(), 403);
     let allowed = app.auth_with_token(&token).await;
     assert_eq!(allowed.status(), 202);
@@ -234,7 +235,9 @@ async fn introspection_answers_follow_the_same_rules() {
     let mut verified = issuer.active_answer();
     verified["email_verified"] = true.into();
     let token = issuer.opaque_token_with(verified);
-    let allowed = auth_query(&app, "allowed_emails=bob@example.com", &token).await;
+    let allowed = app
+        .auth_query("allowed_emails=bob@example.com", &token)
+        .await;
     assert_eq!(allowed.status(), 202);
     assert_eq!(email_header(&allowed), Some("bob@example.com"));
 }

@@ -28,13 +28,15 @@ async fn rotated_key_is_served_after_one_refetch() {
     let app = spawn_app(&issuer).await;
     assert_eq!(issuer.jwks_fetches(), 1);
 
-    issuer.publish(vec![rsa_key("k1"), rsa_key("k2")]);
-    let response = app
-        .auth_with_token(&rsa_key("k2").sign(&issuer.claims()))
-        .await;
-
-    assert_eq!(response.status(), 202);
+    assert_eq!(publish_and_use(&issuer, &app, "k2").await, 202);
     assert_eq!(issuer.jwks_fetches(), 2);
+}
+
+/// Publishes `k1` and `kid`, then sends a token signed by `kid`; the answer's status.
+async fn publish_and_use(issuer: &TestIssuer, app: &TestApp, kid: &str) -> reqwest::StatusCode {
+    issuer.publish(vec![rsa_key("k1"), rsa_key(kid)]);
+    let token = rsa_key(kid).sign(&issuer.claims());
+    app.auth_with_token(&token).await.status()
 }
 
 #[tokio::test]
@@ -60,11 +62,7 @@ async fn unknown_kid_flood_fetches_at_most_once_per_cooldown() {
     );
 
     // Still inside the cooldown: even a genuinely new key is not fetched yet.
-    issuer.publish(vec![rsa_key("k1"), rsa_key("k3")]);
-    let response = app
-        .auth_with_token(&rsa_key("k3").sign(&issuer.claims()))
-        .await;
-    assert_eq!(response.status(), 401);
+    assert_eq!(publish_and_use(&issuer, &app, "k3").await, 401);
     assert_eq!(issuer.jwks_fetches(), 2);
 }
 

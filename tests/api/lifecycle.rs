@@ -2,6 +2,7 @@
 //! SIGTERM during load.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,24 +10,18 @@ use futures_util::future::join_all;
 use serde_json::Value;
 
 use crate::helpers::*;
-use crate::process::{free_port, wait_ready, Child};
+use crate::process::{wait_ready, Launch};
 
 #[tokio::test]
 async fn audit_lines_and_graceful_sigterm_during_load() {
     let issuer = TestIssuer::start().await;
     issuer.set_introspection_mode(IntrospectionMode::Slow(Duration::from_millis(1500)));
-    let dir = std::env::temp_dir().join(format!("tokengate-lifecycle-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret = dir.join("secret");
+    let launch = Launch::new("lifecycle");
+    let secret = launch.dir.join("secret");
     std::fs::write(&secret, INTROSPECTION_SECRET).unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let config = dir.join("tokengate.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin_port}
+    let config = format!(
+        r#"
+{listeners}
 workers: 2
 issuers:
   - issuer: "{issuer}"
@@ -45,23 +40,19 @@ shutdown:
   drain_delay: 1s
   grace: 10s
 "#,
-            issuer = issuer.url(),
-            secret = secret.display(),
-        ),
-    )
-    .unwrap();
-    let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_tokengate"))
-            .args(["--config", config.to_str().unwrap()])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tokengate"),
+        listeners = launch.listeners(),
+        issuer = issuer.url(),
+        secret = secret.display(),
+    );
+    let mut child = launch.spawn(
+        Path::new(env!("CARGO_BIN_EXE_tokengate")),
+        &config,
+        Stdio::piped(),
+        Stdio::piped(),
     );
     let client = reqwest::Client::new();
-    let auth = format!("http://127.0.0.1:{port}/auth");
-    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    let auth = launch.url("/auth");
+    let readyz = launch.admin_url("/readyz");
     assert!(wait_ready(&client, &readyz).await, "tokengate became ready");
 
     // Two decisions with known request ids.

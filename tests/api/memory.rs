@@ -4,7 +4,8 @@
 //! answers stay within theirs. The bounds are generous: they tell a bounded process from
 //! an unbounded one, they do not measure (the example `examples/memory.rs` does).
 
-use std::sync::Arc;
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
@@ -15,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::*;
-use crate::process::{free_port, wait_ready, Child};
+use crate::process::{wait_ready, Child, Launch};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -29,16 +30,10 @@ struct Tokengate {
 
 impl Tokengate {
     async fn start(issuer: &TestIssuer, name: &str, extra: &str) -> Tokengate {
-        let dir = std::env::temp_dir().join(format!("tokengate-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (port, admin_port) = (free_port(), free_port());
-        let config = dir.join("tokengate.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin_port}
+        let launch = Launch::new(name);
+        let config = format!(
+            r#"
+{listeners}
 workers: 1
 issuers:
   - issuer: "{issuer}"
@@ -50,22 +45,19 @@ log:
   allow_level: "off"
 {extra}
 "#,
-                issuer = issuer.url(),
-            ),
-        )
-        .unwrap();
-        let child = Child(
-            std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-                .args(["--config", config.to_str().unwrap()])
-                .env_remove("RUST_LOG")
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("start tokengate"),
+            listeners = launch.listeners(),
+            issuer = issuer.url(),
+        );
+        let child = launch.spawn(
+            Path::new(env!("CARGO_BIN_EXE_tokengate")),
+            &config,
+            Stdio::null(),
+            Stdio::inherit(),
         );
         let tokengate = Tokengate {
             child,
-            auth: format!("127.0.0.1:{port}"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
+            auth: format!("127.0.0.1:{}", launch.port),
+            admin: launch.admin_url(""),
             client: reqwest::Client::new(),
         };
         let readyz = format!("{}/readyz", tokengate.admin);
@@ -112,7 +104,7 @@ fn large_token(issuer: &TestIssuer, key: &SigningKey, index: usize) -> String {
 
 #[tokio::test]
 async fn a_flood_of_large_valid_tokens_stays_within_the_cache_budget() {
-    let key = Arc::new(SigningKey::generate(Algorithm::EdDSA, "ed-1"));
+    let key = shared_key(Algorithm::EdDSA, "ed-1");
     let issuer = TestIssuer::start_with_keys(vec![key.clone()]).await;
     let budget = 8 * MIB;
     let extra = format!("cache:\n  max_bytes: {budget}\n  max_entries: 100000");
@@ -228,7 +220,7 @@ async fn one_connection(address: &str, token: &str, idle: Duration) -> bool {
 
 #[tokio::test]
 async fn memory_of_10_000_closed_connections_stays_near_the_baseline() {
-    let key = Arc::new(SigningKey::generate(Algorithm::EdDSA, "ed-1"));
+    let key = shared_key(Algorithm::EdDSA, "ed-1");
     let issuer = TestIssuer::start_with_keys(vec![key.clone()]).await;
     // 1 000 clients at once, each idle 50 ms after its answer, against 128 connection
     // slots: the others wait in the accept queue (1 024 deep). Served all at once, they

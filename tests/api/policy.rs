@@ -5,39 +5,24 @@ use tokengate::request::PathParameters;
 
 use crate::helpers::*;
 
-async fn auth_query(app: &TestApp, query: &str, token: &str) -> reqwest::Response {
-    app.client
-        .get(format!("{}/auth?{query}", app.address))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
-
-fn token_with(issuer: &TestIssuer, edit: impl FnOnce(&mut serde_json::Value)) -> String {
-    let mut claims = issuer.claims();
-    edit(&mut claims);
-    rsa_key("k1").sign(&claims)
-}
-
 #[tokio::test]
 async fn allowed_groups() {
     let issuer = TestIssuer::start().await;
     let app = spawn_app(&issuer).await;
     let token = issuer.token(); // groups: admins, developers
     assert_eq!(
-        auth_query(&app, "allowed_groups=ops,developers", &token)
+        app.auth_query("allowed_groups=ops,developers", &token)
             .await
             .status(),
         202
     );
     assert_eq!(
-        auth_query(&app, "allowed_groups=ops&allowed_groups=admins", &token)
+        app.auth_query("allowed_groups=ops&allowed_groups=admins", &token)
             .await
             .status(),
         202
     );
-    let denied = auth_query(&app, "allowed_groups=ops", &token).await;
+    let denied = app.auth_query("allowed_groups=ops", &token).await;
     assert_eq!(denied.status(), 403);
     assert!(denied.headers().get("www-authenticate").is_none());
     assert_eq!(denied.headers()["x-accel-expires"], "0");
@@ -50,37 +35,32 @@ async fn allowed_emails_and_domains() {
     let app = spawn_app(&issuer).await;
     let token = issuer.token(); // alice@example.com
     assert_eq!(
-        auth_query(
-            &app,
-            "allowed_emails=bob@example.com,ALICE@example.com",
-            &token
-        )
-        .await
-        .status(),
+        app.auth_query("allowed_emails=bob@example.com,ALICE@example.com", &token)
+            .await
+            .status(),
         202
     );
     assert_eq!(
-        auth_query(&app, "allowed_emails=bob@example.com", &token)
+        app.auth_query("allowed_emails=bob@example.com", &token)
             .await
             .status(),
         403
     );
     assert_eq!(
-        auth_query(&app, "allowed_email_domains=example.com", &token)
+        app.auth_query("allowed_email_domains=example.com", &token)
             .await
             .status(),
         202
     );
     assert_eq!(
-        auth_query(&app, "allowed_email_domains=example.org", &token)
+        app.auth_query("allowed_email_domains=example.org", &token)
             .await
             .status(),
         403
     );
     // Every parameter given must match.
     assert_eq!(
-        auth_query(
-            &app,
+        app.auth_query(
             "allowed_email_domains=example.com&allowed_groups=ops",
             &token
         )
@@ -94,28 +74,24 @@ async fn allowed_emails_and_domains() {
 async fn required_scopes_from_scope_or_scp() {
     let issuer = TestIssuer::start().await;
     let app = spawn_app(&issuer).await;
-    let with_scope = token_with(&issuer, |c| {
-        c["scope"] = "openid orders:read orders:write".into()
-    });
-    let with_scp = token_with(&issuer, |c| c["scp"] = serde_json::json!(["orders:read"]));
+    let with_scope = issuer.token_with(|c| c["scope"] = "openid orders:read orders:write".into());
+    let with_scp = issuer.token_with(|c| c["scp"] = serde_json::json!(["orders:read"]));
     assert_eq!(
-        auth_query(
-            &app,
-            "required_scopes=orders:read,orders:write",
-            &with_scope
-        )
-        .await
-        .status(),
+        app.auth_query("required_scopes=orders:read,orders:write", &with_scope)
+            .await
+            .status(),
         202
     );
     assert_eq!(
-        auth_query(&app, "required_scopes=orders:read", &with_scp)
+        app.auth_query("required_scopes=orders:read", &with_scp)
             .await
             .status(),
         202
     );
 
-    let denied = auth_query(&app, "required_scopes=orders:write", &with_scp).await;
+    let denied = app
+        .auth_query("required_scopes=orders:write", &with_scp)
+        .await;
     assert_eq!(denied.status(), 403);
     assert_eq!(
         denied.headers()["www-authenticate"],
@@ -132,7 +108,7 @@ async fn unknown_policy_parameter_fails_closed() {
     let issuer = TestIssuer::start().await;
     let app = spawn_app(&issuer).await;
     // A typo must not open the route to every valid token.
-    let response = auth_query(&app, "allowed_group=ops", &issuer.token()).await;
+    let response = app.auth_query("allowed_group=ops", &issuer.token()).await;
     assert_eq!(response.status(), 400);
     assert_eq!(app.decisions_with_reason("bad_policy"), 1.0);
 }
@@ -143,15 +119,13 @@ async fn policy_is_checked_on_cache_hits_too() {
     let app = spawn_app(&issuer).await;
     let token = issuer.token();
     assert_eq!(
-        auth_query(&app, "allowed_groups=admins", &token)
+        app.auth_query("allowed_groups=admins", &token)
             .await
             .status(),
         202
     );
     assert_eq!(
-        auth_query(&app, "allowed_groups=ops", &token)
-            .await
-            .status(),
+        app.auth_query("allowed_groups=ops", &token).await.status(),
         403
     );
     assert_eq!(
@@ -276,7 +250,7 @@ async fn rules_match_host_path_and_method_first_match_wins() {
         original(&app, "GET", host, "/admin/users", Some(&token), &[]).await,
         202
     );
-    let developer = token_with(&issuer, |c| c["groups"] = serde_json::json!(["developers"]));
+    let developer = issuer.token_with(|c| c["groups"] = serde_json::json!(["developers"]));
     assert_eq!(
         original(&app, "GET", host, "/admin/users", Some(&developer), &[]).await,
         403
@@ -290,7 +264,7 @@ async fn rules_match_host_path_and_method_first_match_wins() {
         403,
         "method rule needs a scope"
     );
-    let writer = token_with(&issuer, |c| c["scope"] = "orders:write".into());
+    let writer = issuer.token_with(|c| c["scope"] = "orders:write".into());
     assert_eq!(
         original(&app, "DELETE", host, "/api/orders/1", Some(&writer), &[]).await,
         202
@@ -344,22 +318,6 @@ async fn cors_preflight_passes_only_where_allowed() {
         401,
         "rule without allow_cors_preflight"
     );
-}
-
-/// The rules of the bypass tests: `/admin` denied, `/public` anonymous.
-fn admin_denied_public_open() -> Vec<RuleSettings> {
-    vec![
-        RuleSettings {
-            paths: vec!["/admin".into()],
-            deny: true,
-            ..Default::default()
-        },
-        RuleSettings {
-            paths: vec!["/public".into()],
-            allow_anonymous: true,
-            ..Default::default()
-        },
-    ]
 }
 
 #[tokio::test]

@@ -74,6 +74,14 @@ impl Served {
     /// Starts the binary on `config`. With `configmap`, the file sits in a kubelet-style
     /// `..data` layout in the watched directory; otherwise the path is a symlink into
     /// another directory.
+    /// A test issuer, a config naming it alone, and the binary started on that config.
+    async fn one_issuer(name: &str, configmap: bool) -> (TestIssuer, Config, Served) {
+        let issuer = TestIssuer::start().await;
+        let config = Config::one(&issuer);
+        let served = Served::start(name, &config, configmap).await;
+        (issuer, config, served)
+    }
+
     async fn start(name: &str, config: &Config, configmap: bool) -> Served {
         let dir =
             std::env::temp_dir().join(format!("tokengate-reload-{name}-{}", std::process::id()));
@@ -243,9 +251,7 @@ impl Drop for Served {
 
 #[tokio::test]
 async fn a_rule_change_applies_on_sighup() {
-    let issuer = TestIssuer::start().await;
-    let config = Config::one(&issuer);
-    let served = Served::start("sighup", &config, false).await;
+    let (issuer, config, served) = Served::one_issuer("sighup", false).await;
     let token = issuer.token();
     assert_eq!(served.auth(&token, "/admin").await, 202);
 
@@ -272,9 +278,7 @@ async fn a_rule_change_applies_on_sighup() {
 
 #[tokio::test]
 async fn a_configmap_swap_applies_without_a_signal() {
-    let issuer = TestIssuer::start().await;
-    let config = Config::one(&issuer);
-    let served = Served::start("configmap", &config, true).await;
+    let (issuer, config, served) = Served::one_issuer("configmap", true).await;
     let token = issuer.token();
     assert_eq!(served.auth(&token, "/admin").await, 202);
 
@@ -358,9 +362,7 @@ async fn a_bad_file_on_reload_keeps_the_running_config() {
 
 #[tokio::test]
 async fn an_unchanged_issuer_keeps_its_keys_and_cached_verdicts() {
-    let issuer = TestIssuer::start().await;
-    let config = Config::one(&issuer);
-    let served = Served::start("unchanged", &config, false).await;
+    let (issuer, config, served) = Served::one_issuer("unchanged", false).await;
     let token = issuer.token();
     assert_eq!(served.auth(&token, "/orders").await, 202);
     let fetches = issuer.jwks_fetches();
@@ -522,9 +524,7 @@ async fn steady_load_through_twenty_reloads_gets_every_answer_right() {
 
 #[tokio::test]
 async fn a_setting_that_needs_a_restart_is_kept_with_a_warning_and_the_rest_applies() {
-    let issuer = TestIssuer::start().await;
-    let config = Config::one(&issuer);
-    let served = Served::start("fixed", &config, false).await;
+    let (issuer, config, served) = Served::one_issuer("fixed", false).await;
     let token = issuer.token();
     let text = config
         .with_rules(DENY_ADMIN)

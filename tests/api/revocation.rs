@@ -125,6 +125,16 @@ async fn refused_and_nothing_revoked(claims: impl FnOnce(&TestIssuer) -> String)
     );
 }
 
+/// [`refused_and_nothing_revoked`] for user-1's logout claims after `edit`, signed by `k1`.
+async fn refused_after(edit: impl FnOnce(&mut Value)) {
+    refused_and_nothing_revoked(|issuer| {
+        let mut claims = logout_claims(issuer, "user-1");
+        edit(&mut claims);
+        sign_logout("k1", &claims)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_logout_token_signed_by_another_key_is_refused() {
     refused_and_nothing_revoked(|issuer| {
@@ -135,70 +145,56 @@ async fn a_logout_token_signed_by_another_key_is_refused() {
 
 #[tokio::test]
 async fn a_logout_token_for_another_audience_is_refused() {
-    refused_and_nothing_revoked(|issuer| {
-        let mut claims = logout_claims(issuer, "user-1");
+    refused_after(|claims| {
         claims["aud"] = json!("some-other-client");
-        sign_logout("k1", &claims)
     })
     .await;
 }
 
 #[tokio::test]
 async fn a_logout_token_with_a_nonce_is_refused() {
-    refused_and_nothing_revoked(|issuer| {
-        let mut claims = logout_claims(issuer, "user-1");
+    refused_after(|claims| {
         claims["nonce"] = json!("n-0S6_WzA2Mj");
-        sign_logout("k1", &claims)
     })
     .await;
 }
 
 #[tokio::test]
 async fn a_logout_token_without_events_is_refused() {
-    refused_and_nothing_revoked(|issuer| {
-        let mut claims = logout_claims(issuer, "user-1");
+    refused_after(|claims| {
         claims.as_object_mut().unwrap().remove("events");
-        sign_logout("k1", &claims)
     })
     .await;
 }
 
 #[tokio::test]
 async fn a_logout_token_with_another_event_is_refused() {
-    refused_and_nothing_revoked(|issuer| {
-        let mut claims = logout_claims(issuer, "user-1");
+    refused_after(|claims| {
         claims["events"] = json!({"http://schemas.openid.net/event/other": {}});
-        sign_logout("k1", &claims)
     })
     .await;
 }
 
 #[tokio::test]
 async fn a_logout_token_without_sid_and_sub_is_refused() {
-    refused_and_nothing_revoked(|issuer| {
-        let mut claims = logout_claims(issuer, "user-1");
+    refused_after(|claims| {
         claims.as_object_mut().unwrap().remove("sub");
-        sign_logout("k1", &claims)
     })
     .await;
 }
 
 #[tokio::test]
 async fn a_logout_token_without_jti_is_refused() {
-    refused_and_nothing_revoked(|issuer| {
-        let mut claims = logout_claims(issuer, "user-1");
+    refused_after(|claims| {
         claims.as_object_mut().unwrap().remove("jti");
-        sign_logout("k1", &claims)
     })
     .await;
 }
 
 #[tokio::test]
 async fn an_old_logout_token_is_refused() {
-    refused_and_nothing_revoked(|issuer| {
-        let mut claims = logout_claims(issuer, "user-1");
+    refused_after(|claims| {
         claims["iat"] = json!(unix_now() - 3600);
-        sign_logout("k1", &claims)
     })
     .await;
 }

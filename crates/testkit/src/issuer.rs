@@ -1,12 +1,12 @@
 //! An in-process OpenID issuer whose keys and introspection answers a test controls:
 //! discovery, JWKS and an RFC 7662 endpoint on a free loopback port, with counters of
 //! what it served. Also the shared signing keys and a signer for tokens no JWT library
-//! would produce.
+//! would produce, and [`sign_many`] for benchmarks that need thousands of tokens.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -35,22 +35,63 @@ pub enum IntrospectionMode {
 
 /// RSA key generation is slow in debug builds: share a few keys across tests.
 pub fn rsa_key(kid: &str) -> Arc<SigningKey> {
+    shared_key(Algorithm::RS256, kid)
+}
+
+/// The key of this algorithm and `kid`, generated once per process and shared by every
+/// caller that names the same pair.
+pub fn shared_key(alg: Algorithm, kid: &str) -> Arc<SigningKey> {
     static KEYS: OnceLock<Mutex<Vec<Arc<SigningKey>>>> = OnceLock::new();
     let keys = KEYS.get_or_init(|| Mutex::new(Vec::new()));
     let mut keys = keys.lock().unwrap();
-    if let Some(key) = keys.iter().find(|key| key.kid == kid) {
+    if let Some(key) = keys.iter().find(|key| key.kid == kid && key.alg == alg) {
         return key.clone();
     }
-    let key = Arc::new(SigningKey::generate(Algorithm::RS256, kid));
+    let key = Arc::new(SigningKey::generate(alg, kid));
     keys.push(key.clone());
     key
 }
+
+/// Signs `count` tokens on every core; `claims(i)` gives the claims of the i-th. In order.
+pub fn sign_many(
+    key: &SigningKey,
+    count: usize,
+    claims: impl Fn(usize) -> Value + Sync,
+) -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = count.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let claims = &claims;
+                scope.spawn(move || {
+                    (t * chunk..((t + 1) * chunk).min(count))
+                        .map(|i| key.sign(&claims(i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("signing thread"))
+            .collect()
+    })
+}
+
+/// Answers introspection for tokens that have no registered answer (`None`: inactive).
+pub type AnswerRule = Box<dyn Fn(&str) -> Option<Value> + Send + Sync>;
 
 /// What the test issuer serves, and what it has seen.
 pub struct IssuerState {
     pub url: String,
     /// Keys published in the JWKS.
     pub keys: Mutex<Vec<Arc<SigningKey>>>,
+    /// Bumped by every `publish`: which key set the JWKS serves.
+    pub jwks_generation: AtomicUsize,
+    /// When each generation of the JWKS was first served, by generation.
+    pub jwks_first_served: Mutex<HashMap<usize, Instant>>,
+    /// Until then every endpoint holds its requests, as a hung issuer does.
+    pub hold_until: Mutex<Option<Instant>>,
     /// When set, the JWKS served instead of `keys`' (for odd documents: keys without a
     /// `kid`, a `kid` reused for other material, keys of a [`RawSigner`]).
     pub jwks_override: Mutex<Option<Value>>,
@@ -66,6 +107,10 @@ pub struct IssuerState {
     pub introspection_answers: Mutex<HashMap<String, Value>>,
     /// Introspection answers by token, as raw bodies (for JSON a `Value` cannot hold).
     pub raw_introspection_answers: Mutex<HashMap<String, String>>,
+    /// Asked for tokens without a registered answer.
+    pub answer_rule: Mutex<Option<AnswerRule>>,
+    /// The client id and secret the introspection endpoint accepts.
+    pub client: Mutex<(String, String)>,
     pub introspection_mode: Mutex<IntrospectionMode>,
     /// Calls to the introspection endpoint, whatever they were answered.
     pub introspection_calls: AtomicUsize,
@@ -85,10 +130,19 @@ impl TestIssuer {
 
     pub async fn start_with_keys(keys: Vec<Arc<SigningKey>>) -> TestIssuer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(listener, keys)
+    }
+
+    /// Starts an issuer on `listener` (on the current Tokio runtime), publishing `keys`.
+    /// It installs no signal handler: Ctrl-C still ends the program it runs in.
+    pub fn start_on(listener: std::net::TcpListener, keys: Vec<Arc<SigningKey>>) -> TestIssuer {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(IssuerState {
             url,
             keys: Mutex::new(keys),
+            jwks_generation: AtomicUsize::new(0),
+            jwks_first_served: Mutex::new(HashMap::new()),
+            hold_until: Mutex::new(None),
             jwks_override: Mutex::new(None),
             discovery_issuer: Mutex::new(None),
             up: AtomicBool::new(true),
@@ -97,6 +151,11 @@ impl TestIssuer {
             discovery_fetches: AtomicUsize::new(0),
             introspection_answers: Mutex::new(HashMap::new()),
             raw_introspection_answers: Mutex::new(HashMap::new()),
+            answer_rule: Mutex::new(None),
+            client: Mutex::new((
+                INTROSPECTION_CLIENT_ID.to_owned(),
+                INTROSPECTION_SECRET.to_owned(),
+            )),
             introspection_mode: Mutex::new(IntrospectionMode::Answer),
             introspection_calls: AtomicUsize::new(0),
             last_client_auth: Mutex::new(None),
@@ -113,6 +172,7 @@ impl TestIssuer {
                 .route("/introspect", web::post().to(introspect))
         })
         .workers(1)
+        .disable_signals()
         .listen(listener)
         .unwrap()
         .run();
@@ -138,9 +198,40 @@ impl TestIssuer {
             .store(on, Ordering::SeqCst);
     }
 
-    pub fn publish(&self, keys: Vec<Arc<SigningKey>>) {
-        *self.state.keys.lock().unwrap() = keys;
+    /// Serves these keys from now on; returns the new JWKS generation (see
+    /// [`TestIssuer::first_served`]).
+    pub fn publish(&self, keys: Vec<Arc<SigningKey>>) -> usize {
+        let mut published = self.state.keys.lock().unwrap();
+        *published = keys;
         *self.state.jwks_override.lock().unwrap() = None;
+        self.state.jwks_generation.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// When the JWKS of this generation (0: the keys the issuer started with) was first
+    /// served.
+    pub fn first_served(&self, generation: usize) -> Option<Instant> {
+        self.state
+            .jwks_first_served
+            .lock()
+            .unwrap()
+            .get(&generation)
+            .copied()
+    }
+
+    /// Every endpoint holds the requests it gets until `until`, then answers them: an
+    /// issuer that accepts connections and hangs.
+    pub fn hold_until(&self, until: Instant) {
+        *self.state.hold_until.lock().unwrap() = Some(until);
+    }
+
+    /// Asked for every token that has no registered answer.
+    pub fn set_answer_rule(&self, rule: impl Fn(&str) -> Option<Value> + Send + Sync + 'static) {
+        *self.state.answer_rule.lock().unwrap() = Some(Box::new(rule));
+    }
+
+    /// The client id and secret the introspection endpoint accepts from now on.
+    pub fn set_client(&self, id: &str, secret: &str) {
+        *self.state.client.lock().unwrap() = (id.to_owned(), secret.to_owned());
     }
 
     /// Serves a JWKS of exactly these JWKs from now on (until the next `publish`).
@@ -166,6 +257,13 @@ impl TestIssuer {
     /// A valid token signed by `k1`.
     pub fn token(&self) -> String {
         rsa_key("k1").sign(&self.claims())
+    }
+
+    /// A token signed by `k1` over [`TestIssuer::claims`] after `edit` changed them.
+    pub fn token_with(&self, edit: impl FnOnce(&mut Value)) -> String {
+        let mut claims = self.claims();
+        edit(&mut claims);
+        rsa_key("k1").sign(&claims)
     }
 
     /// URL of the RFC 7662 introspection endpoint (also named by discovery).
@@ -246,7 +344,16 @@ impl TestIssuer {
     }
 }
 
+/// Waits out a [`TestIssuer::hold_until`].
+async fn held(state: &IssuerState) {
+    let until = *state.hold_until.lock().unwrap();
+    if let Some(until) = until {
+        tokio::time::sleep_until(until.into()).await;
+    }
+}
+
 async fn discovery(state: web::Data<IssuerState>) -> HttpResponse {
+    held(&state).await;
     state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
     if !state.up.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable().finish();
@@ -273,6 +380,7 @@ async fn introspect(
     form: web::Form<HashMap<String, String>>,
     state: web::Data<IssuerState>,
 ) -> HttpResponse {
+    held(&state).await;
     state.introspection_calls.fetch_add(1, Ordering::SeqCst);
     if !state.up.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable().finish();
@@ -281,7 +389,7 @@ async fn introspect(
     if let IntrospectionMode::Slow(delay) = mode {
         tokio::time::sleep(delay).await;
     }
-    let client_auth = authenticated_client(&request, &form);
+    let client_auth = authenticated_client(&request, &form, &state.client.lock().unwrap());
     if mode == IntrospectionMode::RejectClient || client_auth.is_none() {
         return HttpResponse::Unauthorized()
             .insert_header(("www-authenticate", "Basic"))
@@ -314,6 +422,10 @@ async fn introspect(
                 .get(token)
                 .cloned()
         })
+        .or_else(|| {
+            let rule = state.answer_rule.lock().unwrap();
+            rule.as_ref()?(form.get("token")?)
+        })
         .unwrap_or_else(|| json!({"active": false}));
     HttpResponse::Ok().json(answer)
 }
@@ -322,8 +434,9 @@ async fn introspect(
 fn authenticated_client(
     request: &HttpRequest,
     form: &HashMap<String, String>,
+    (id, secret): &(String, String),
 ) -> Option<&'static str> {
-    let expected = (INTROSPECTION_CLIENT_ID, INTROSPECTION_SECRET);
+    let expected = (id.as_str(), secret.as_str());
     if let Some(value) = request.headers().get("authorization") {
         let encoded = value.to_str().ok()?.strip_prefix("Basic ")?;
         let decoded = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
@@ -343,6 +456,7 @@ fn authenticated_client(
 }
 
 async fn jwks(state: web::Data<IssuerState>) -> HttpResponse {
+    held(&state).await;
     state.jwks_fetches.fetch_add(1, Ordering::SeqCst);
     if !state.up.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable().finish();
@@ -350,7 +464,18 @@ async fn jwks(state: web::Data<IssuerState>) -> HttpResponse {
     if let Some(document) = state.jwks_override.lock().unwrap().clone() {
         return HttpResponse::Ok().json(document);
     }
-    let keys = state.keys.lock().unwrap().clone();
+    let keys = {
+        // Under the keys' lock, so that the generation is the one of these keys.
+        let keys = state.keys.lock().unwrap();
+        let generation = state.jwks_generation.load(Ordering::SeqCst);
+        state
+            .jwks_first_served
+            .lock()
+            .unwrap()
+            .entry(generation)
+            .or_insert_with(Instant::now);
+        keys.clone()
+    };
     HttpResponse::Ok().json(jwks_document(keys.iter().map(|key| key.as_ref())))
 }
 

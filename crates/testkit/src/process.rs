@@ -1,6 +1,8 @@
 //! Child processes and loopback ports for tests that run real binaries.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A loopback port that was free a moment ago (the OS picked it for a listener that is
@@ -25,14 +27,73 @@ impl Drop for Child {
 impl Child {
     /// Resident memory, from `VmRSS` in `/proc/<pid>/status`, in bytes.
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))
-            .expect("/proc/<pid>/status of the child");
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.split_whitespace().next()?.parse().ok())
-            .expect("VmRSS in /proc/<pid>/status");
-        kib * 1024
+        status_kib(self.0.id(), "VmRSS") * 1024
+    }
+}
+
+/// A field of `/proc/<pid>/status` counted in KiB (`VmRSS`, `VmHWM`, …).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|error| panic!("/proc/{pid}/status: {error}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// Where a tokengate binary started by a test or an example lives: a directory of its
+/// own for its config and files, and two free loopback ports (auth and admin).
+pub struct Launch {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub admin_port: u16,
+}
+
+impl Launch {
+    /// A directory `tokengate-<name>-<pid>` under the temp dir, and two free ports.
+    pub fn new(name: &str) -> Launch {
+        let dir = std::env::temp_dir().join(format!("tokengate-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("launch directory");
+        Launch {
+            dir,
+            port: free_port(),
+            admin_port: free_port(),
+        }
+    }
+
+    /// The `listen` and `admin_listen` lines of a config, for these ports.
+    pub fn listeners(&self) -> String {
+        format!(
+            "listen: 127.0.0.1:{}\nadmin_listen: 127.0.0.1:{}",
+            self.port, self.admin_port
+        )
+    }
+
+    /// `http://127.0.0.1:<port>` followed by `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `http://127.0.0.1:<admin port>` followed by `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    /// Writes `config` to `tokengate.yaml` in the directory and starts `binary` on it,
+    /// without `RUST_LOG` (the config's log filter applies).
+    pub fn spawn(&self, binary: &Path, config: &str, stdout: Stdio, stderr: Stdio) -> Child {
+        let path = self.dir.join("tokengate.yaml");
+        std::fs::write(&path, config).expect("tokengate.yaml");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|error| panic!("start {}: {error}", binary.display()));
+        Child(child)
     }
 }
 
