@@ -17,7 +17,7 @@ use crate::provider::TokengateOptions;
 use crate::scenarios::{
     self, Deployment, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
 };
-use crate::support::{deployed_config, venv_executable, Launch, Process};
+use crate::support::{deployed_config, venv_executable, ChildKind, Process};
 
 /// Envoy routes carry no policy in the auth URL (the query string after `/ext-authz/…`
 /// is the client's own), so per-route policy is tokengate's route rules, matched on
@@ -34,7 +34,7 @@ rules:
 
 /// How Envoy starts (both contracts): in its own process group, detached from the test
 /// runner's signals and killed as a group on drop.
-pub const ENVOY: Launch = Launch {
+pub const ENVOY: ChildKind = ChildKind {
     name: "envoy",
     own_group: true,
     timeout: Duration::from_secs(20),

@@ -17,7 +17,7 @@ use crate::scenarios::{
     FORGED_USER_UNDERSCORED,
 };
 use crate::support::{
-    client, deployed_config, echoed_header, find_executable, Launch, Process, RawRequest,
+    client, deployed_config, echoed_header, find_executable, ChildKind, Process, RawRequest,
     ScratchDir,
 };
 
@@ -68,7 +68,7 @@ http {{
 }
 
 /// How nginx starts.
-const NGINX: Launch = Launch {
+const NGINX: ChildKind = ChildKind {
     name: "nginx",
     own_group: false,
     timeout: Duration::from_secs(10),

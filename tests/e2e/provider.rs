@@ -17,7 +17,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::support::{
-    client, find_executable, Launch, Process, ScratchDir, Tokengate, TEST_COMMAND,
+    client, find_executable, ChildKind, Process, ScratchDir, Tokengate, TEST_COMMAND,
 };
 
 /// Where op.mjs, its package.json and (once installed) its node_modules are.
@@ -110,7 +110,7 @@ fn assert_op_packages_installed() {
 
 /// How the provider's process starts: Node.js loads oidc-provider for a second or more
 /// before it binds its port.
-const OP: Launch = Launch {
+const OP: ChildKind = ChildKind {
     name: "oidc-provider",
     own_group: false,
     timeout: Duration::from_secs(30),

@@ -17,7 +17,7 @@ use testkit::process::poll_until;
 
 use crate::provider::OidcProvider;
 use crate::support::{
-    client, find_executable, free_address, start_with_retries, Launch, Process, ScratchDir,
+    client, find_executable, free_address, start_with_retries, ChildKind, Process, ScratchDir,
     StartError,
 };
 
@@ -29,7 +29,7 @@ const RECONNECTED: Duration = Duration::from_secs(20);
 const ADMIN_SECRET: &str = "e2e-admin-secret-0123456789";
 
 /// How redis-server starts.
-const REDIS: Launch = Launch {
+const REDIS: ChildKind = ChildKind {
     name: "redis-server",
     own_group: true,
     timeout: Duration::from_secs(10),
@@ -38,7 +38,7 @@ const REDIS: Launch = Launch {
 
 /// How a replica (the tokengate binary) starts: ready to listen once its admin listener
 /// does.
-const REPLICA: Launch = Launch {
+const REPLICA: ChildKind = ChildKind {
     name: "tokengate",
     own_group: false,
     timeout: Duration::from_secs(20),

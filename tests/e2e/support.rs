@@ -406,7 +406,7 @@ fn is_executable(path: &Path) -> bool {
 
 /// How one kind of child process (a proxy, the OpenID Provider, Redis) is started on a
 /// port picked for it.
-pub struct Launch {
+pub struct ChildKind {
     pub name: &'static str,
     /// Whether it leads its own process group ([`Process::spawn`]).
     pub own_group: bool,
@@ -416,7 +416,7 @@ pub struct Launch {
     pub port_in_use: &'static str,
 }
 
-impl Launch {
+impl ChildKind {
     /// Starts the child on a free loopback port: `command(dir, address)` writes what it
     /// needs into its scratch directory and returns the command that runs it. Started
     /// again on another port (three tries) when another process holds the port.

@@ -20,7 +20,7 @@ use crate::provider::TokengateOptions;
 use crate::scenarios::{
     self, Deployment, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
 };
-use crate::support::{client, deployed_config, echoed_header, venv_executable, Launch, Process};
+use crate::support::{client, deployed_config, echoed_header, venv_executable, ChildKind, Process};
 
 /// A public path, to show that tokengate reads the original request from the
 /// X-Forwarded-* headers Traefik sets.
@@ -32,7 +32,7 @@ rules:
 "#;
 
 /// How Traefik starts.
-const TRAEFIK: Launch = Launch {
+const TRAEFIK: ChildKind = ChildKind {
     name: "traefik",
     own_group: false,
     timeout: Duration::from_secs(15),
