@@ -5,19 +5,23 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: settings file + `TOKENGATE__…` overrides, validated at start-up;
+//! - [`config`]: the settings file + `TOKENGATE__…` overrides, as plain data (it imports
+//!   no domain module);
 //! - [`runtime`]: `compile(Settings) -> Runtime`, once, for start-up, `--check-config`
-//!   and reloads;
-//! - [`startup`]: [`startup::Application`] binds both listeners and runs them;
+//!   and reloads: every domain object is built and checked there;
+//! - [`startup`]: [`startup::Application`] binds the listeners and runs them;
+//! - [`listener`]: TCP or unix-socket listeners, the same for every server;
 //! - [`reload`]: SIGHUP and file changes compile the file again and swap the runtime;
 //! - [`shutdown`]: the signal every background task watches to end by itself;
 //! - [`telemetry`]: the tracing subscriber;
 //! - [`error`]: the one denial type (reason → status and label) and the cause-chain printer;
-//! - [`outbound`]: the one HTTP client for key fetches and introspection, size-capped reads;
+//! - [`outbound`]: the one HTTP client for key fetches and introspection, its size-capped
+//!   reads and its one fetch error type;
 //! - [`metrics`]: typed Prometheus handles in a registry passed in;
 //! - [`gate`]: the one decision path: an [`gate::AuthQuery`] in, a [`gate::Decision`] out;
 //! - [`http`]: thin adapters for `/auth`, `/ext-authz` and the admin listener, and
 //!   [`http::respond`]: reasons and decisions on the wire;
+//! - [`grpc`]: the Envoy gRPC `ext_authz` adapter on the same decision path;
 //! - [`request`]: where the token is, and the original request, in the proxy's call;
 //! - [`identity`]: claims → sanitised identity headers (or Kubernetes impersonation);
 //! - [`policy`]: per-route requirements and route rules (grants narrow, restrictions

@@ -19,8 +19,12 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::scenarios::{Proxy, Stack};
-use crate::support::{RawRequest, APP_HOST};
+use crate::provider::TokengateOptions;
+use crate::scenarios::{Deployment, Proxy, Stack};
+use crate::support::{
+    assert_alice, assert_no_header_name_with_underscore, assert_no_identity_filled_in, RawRequest,
+    APP_HOST,
+};
 use crate::upstream::{echoed_header, Handler};
 
 /// Route rules that the tables attack: restrictions first, then the grants (first match
@@ -75,6 +79,88 @@ impl Front {
         match self {
             Front::Nginx | Front::IngressNginx if status != 401 && status != 403 => 500,
             _ => status,
+        }
+    }
+}
+
+/// Runs the table `rows` through deployment `D`: tokengate with [`RULES`], the proxy's
+/// shipped config as `D` runs the tables.
+pub async fn through<D: Deployment>(rows: fn() -> Vec<Row>) {
+    let options = TokengateOptions {
+        extra: RULES,
+        ..TokengateOptions::default()
+    };
+    let stack = D::start(options, D::attacked).await;
+    crafted_requests(&stack, D::FRONT, &rows()).await;
+}
+
+/// The tests of the attack classes through one deployment, each its own test so that
+/// they run in parallel and fail apart: the three request tables ([`ambiguous_paths`],
+/// [`case_slashes_and_globs`], [`host_tricks`], the last one named `$host_tricks`), and
+/// where the proxy passes impersonation headers on, [`forged_impersonation`] with its
+/// config as `impersonation` makes it and class 8 for the token `holders`
+/// ([`every_spelling_is_removed`]).
+macro_rules! table_tests {
+    ($deployment:ty, $host_tricks:ident) => {
+        #[tokio::test]
+        async fn ambiguous_paths_never_reach_a_protected_handler() {
+            $crate::attacks::through::<$deployment>($crate::attacks::ambiguous_paths).await;
+        }
+
+        #[tokio::test]
+        async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
+            $crate::attacks::through::<$deployment>($crate::attacks::case_slashes_and_globs)
+                .await;
+        }
+
+        #[tokio::test]
+        async fn $host_tricks() {
+            $crate::attacks::through::<$deployment>($crate::attacks::host_tricks).await;
+        }
+    };
+    ($deployment:ty, $host_tricks:ident, impersonation: $with:path, holders: [$($holder:expr),+]) => {
+        $crate::attacks::table_tests!($deployment, $host_tricks);
+
+        #[tokio::test]
+        async fn forged_impersonation_headers_are_refused_or_removed() {
+            $crate::attacks::impersonation_through::<$deployment>($with).await;
+        }
+
+        #[tokio::test]
+        async fn every_spelling_of_the_identity_headers_is_removed() {
+            let stack = <$deployment as $crate::scenarios::Deployment>::start_plain().await;
+            $crate::attacks::every_spelling_is_removed(&stack, &[$($holder),+]).await;
+        }
+    };
+}
+pub(crate) use table_tests;
+
+/// Runs [`forged_impersonation`] through deployment `D`, tokengate speaking Kubernetes
+/// impersonation and the proxy's config as `with_impersonation` makes it pass
+/// tokengate's `Impersonate-*` headers on.
+pub async fn impersonation_through<D: Deployment>(with_impersonation: fn(String) -> String) {
+    let options = TokengateOptions {
+        extra: crate::identity::IMPERSONATION,
+        ..TokengateOptions::default()
+    };
+    let stack = D::start(options, with_impersonation).await;
+    crafted_requests(&stack, D::FRONT, &forged_impersonation()).await;
+}
+
+/// Whose token [`every_spelling_is_removed`] sends, and what the upstream must then see
+/// of the identity.
+pub type Holder = (&'static str, fn(&Value));
+/// alice: her own user, email and groups.
+pub const ALICE: Holder = ("alice", assert_alice);
+/// client: a token without user claims, so no email or groups at all.
+pub const NO_CLAIMS: Holder = ("client", assert_no_identity_filled_in);
+
+/// Class 8 ([`every_spelling_of_the_identity_headers_is_removed`]) with the token of
+/// each of `holders`, and what the upstream then received checked by its assertion.
+pub async fn every_spelling_is_removed<P: Proxy>(stack: &Stack<P>, holders: &[Holder]) {
+    for (client_id, assert_identity) in holders {
+        for echo in every_spelling_of_the_identity_headers_is_removed(stack, client_id).await {
+            assert_identity(&echo);
         }
     }
 }
@@ -559,14 +645,7 @@ pub async fn every_spelling_of_the_identity_headers_is_removed<P: Proxy>(
             .unwrap_or_else(|error| panic!("{error}\n{}", stack.logs()));
 
         let echo = answer.upstream_echo(|| stack.logs());
-        let names: Vec<&String> = echo["headers"]
-            .as_object()
-            .map(|headers| headers.keys().filter(|name| name.contains('_')).collect())
-            .unwrap_or_default();
-        assert!(
-            names.is_empty(),
-            "spellings of {name} with `_` reached the upstream: {names:?}"
-        );
+        assert_no_header_name_with_underscore(&echo, name);
         assert!(
             no_forged_identity(&answer.body),
             "a client-sent {name} reached the upstream: {}",

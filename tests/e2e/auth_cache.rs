@@ -90,29 +90,20 @@ async fn token_only_key_never_serves_an_allow_for_another_route() {
     let token = stack.provider.jwt("alice", "read").await;
     let get = |path: &str| client().get(stack.url(path)).bearer_auth(&token);
 
-    let first = stack.send(get("/orders")).await;
-    assert_eq!(first.status, StatusCode::OK, "{}", stack.logs());
-    let again = stack.send(get("/orders")).await;
-    assert_eq!(again.status, StatusCode::OK, "{}", stack.logs());
+    let delete = || client().delete(stack.url("/orders")).bearer_auth(&token);
 
-    let delete = stack
-        .send(client().delete(stack.url("/orders")).bearer_auth(&token))
-        .await;
-    assert_eq!(delete.status, StatusCode::FORBIDDEN, "{}", stack.logs());
-    let admin = stack.send(get("/admin")).await;
-    assert_eq!(admin.status, StatusCode::FORBIDDEN, "{}", stack.logs());
+    stack.expect(get("/orders"), StatusCode::OK).await;
+    stack.expect(get("/orders"), StatusCode::OK).await;
+    stack.expect(delete(), StatusCode::FORBIDDEN).await;
+    stack.expect(get("/admin"), StatusCode::FORBIDDEN).await;
 
     // No token: the key is empty for every such request; the anonymous allow of
     // /healthz must not answer /orders.
-    let public = stack.send(client().get(stack.url("/healthz"))).await;
-    assert_eq!(public.status, StatusCode::OK, "{}", stack.logs());
-    let anonymous = stack.send(client().get(stack.url("/orders"))).await;
-    assert_eq!(
-        anonymous.status,
-        StatusCode::UNAUTHORIZED,
-        "{}",
-        stack.logs()
-    );
+    let anonymous = |path: &str| client().get(stack.url(path));
+    stack.expect(anonymous("/healthz"), StatusCode::OK).await;
+    stack
+        .expect(anonymous("/orders"), StatusCode::UNAUTHORIZED)
+        .await;
 
     assert_eq!(
         stack.tokengate.decision_count().await,
@@ -154,19 +145,16 @@ cache:
         stack.logs()
     );
 
+    let delete = || client().delete(stack.url("/orders")).bearer_auth(&token);
+
     for _ in 0..2 {
-        let delete = stack
-            .send(client().delete(stack.url("/orders")).bearer_auth(&token))
-            .await;
-        assert_eq!(delete.status, StatusCode::FORBIDDEN, "{}", stack.logs());
+        stack.expect(delete(), StatusCode::FORBIDDEN).await;
     }
-    let admin = stack.send(get("/admin")).await;
-    assert_eq!(admin.status, StatusCode::FORBIDDEN, "{}", stack.logs());
+    stack.expect(get("/admin"), StatusCode::FORBIDDEN).await;
     // Denials are never kept: each one was tokengate's.
     assert_eq!(stack.tokengate.decision_count().await, 4);
 
-    let other = stack.send(get("/orders?page=2")).await;
-    assert_eq!(other.status, StatusCode::OK, "{}", stack.logs());
+    stack.expect(get("/orders?page=2"), StatusCode::OK).await;
     assert_eq!(stack.tokengate.decision_count().await, 5);
     assert_eq!(stack.upstream.requests(), 4);
 }

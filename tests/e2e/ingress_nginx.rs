@@ -3,14 +3,15 @@
 //! X-Original-Method, X-Sent-From, …), with `?allowed_groups=ops` on the auth URL, and
 //! tokengate set to `proxy_headers: ingress_nginx`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use reqwest::StatusCode;
 
-use crate::attacks::{self, Front};
+use crate::attacks::{self, Front, ALICE};
 use crate::nginx::{replace_once, Nginx};
 use crate::provider::TokengateOptions;
-use crate::scenarios::{self, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED};
+use crate::scenarios::{self, Deployment, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED};
 use crate::support::{client, deployed_config, echoed_header};
 
 /// Route rules that show tokengate read the original request from ingress-nginx's
@@ -39,22 +40,51 @@ pub fn ingress_config(listen: SocketAddr, tokengate: SocketAddr, app: SocketAddr
 /// The provider, tokengate, the echo upstream and nginx with the ingress auth location.
 type Stack = scenarios::Stack<Nginx>;
 
-async fn start() -> Stack {
-    start_with(RULES, |conf| conf).await
+/// ingress-nginx's `auth-url`: nginx with deploy/ingress-nginx/tokengate-ingress.conf.
+pub struct AuthUrl;
+
+impl Deployment for AuthUrl {
+    type Proxy = Nginx;
+    const FRONT: Front = Front::IngressNginx;
+    const RULES: &'static str = RULES;
+
+    fn start(
+        options: TokengateOptions<'_>,
+        edit: fn(String) -> String,
+    ) -> impl Future<Output = Stack> {
+        start_with(options, edit)
+    }
+
+    /// The tables' route rules decide alone: no policy in the auth URL.
+    fn attacked(config: String) -> String {
+        without_policy(config)
+    }
 }
 
-/// The stack with tokengate's route rules `rules` and nginx running the shipped file as
-/// `edit` changes it.
-async fn start_with(rules: &str, edit: fn(String) -> String) -> Stack {
-    Stack::start_with(
-        TokengateOptions {
-            proxy_headers: "ingress_nginx",
-            extra: rules,
-            ..TokengateOptions::default()
-        },
-        |tokengate, app| Nginx::start(move |listen| edit(ingress_config(listen, tokengate, app))),
-    )
+async fn start() -> Stack {
+    AuthUrl::start_plain().await
+}
+
+/// The stack with tokengate set up by `options` (`proxy_headers: ingress_nginx`) and
+/// nginx running the shipped file as `edit` changes it.
+async fn start_with(options: TokengateOptions<'_>, edit: fn(String) -> String) -> Stack {
+    let options = TokengateOptions {
+        proxy_headers: "ingress_nginx",
+        ..options
+    };
+    Stack::start_with(options, |tokengate, app| {
+        Nginx::start(move |listen| edit(ingress_config(listen, tokengate, app)))
+    })
     .await
+}
+
+/// [`start_with`] tokengate's route rules `rules`.
+async fn start_with_rules(rules: &str, edit: fn(String) -> String) -> Stack {
+    let options = TokengateOptions {
+        extra: rules,
+        ..TokengateOptions::default()
+    };
+    start_with(options, edit).await
 }
 
 /// An Ingress whose `auth-url` carries no policy (deploy/ingress-nginx/README.md: "No policy"): its route rules
@@ -102,14 +132,9 @@ async fn member_of_the_allowed_group_reaches_the_upstream_with_identity_headers(
 async fn user_outside_the_allowed_group_is_403() {
     let stack = start().await;
     // bob is only in `guests`.
-    let token = stack.provider.jwt("bob", "read write").await;
-
-    let answer = stack
-        .send(client().get(stack.url("/orders")).bearer_auth(&token))
+    stack
+        .refused_as("bob", "read write", "/orders", StatusCode::FORBIDDEN)
         .await;
-
-    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", stack.logs());
-    assert_eq!(stack.upstream.requests(), 0);
 }
 
 #[tokio::test]
@@ -120,7 +145,7 @@ async fn missing_token_is_401_with_a_bearer_challenge() {
 
 #[tokio::test]
 async fn original_url_and_method_come_from_nginx_not_from_the_client() {
-    let stack = start_with(RULES, without_policy).await;
+    let stack = start_with_rules(RULES, without_policy).await;
     let token = stack.provider.jwt("alice", "read write").await;
 
     // X-Original-URL names /healthz: the public rule lets it through without a token.
@@ -186,50 +211,13 @@ async fn public_rule_does_not_open_an_ingress_with_requirements() {
     assert_eq!(member.status, StatusCode::OK, "{}", stack.logs());
 }
 
-#[tokio::test]
-async fn ambiguous_paths_never_reach_a_protected_handler() {
-    let stack = start_with(attacks::RULES, without_policy).await;
-    attacks::crafted_requests(&stack, Front::IngressNginx, &attacks::ambiguous_paths()).await;
-}
-
-#[tokio::test]
-async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
-    let stack = start_with(attacks::RULES, without_policy).await;
-    let rows = attacks::case_slashes_and_globs();
-    attacks::crafted_requests(&stack, Front::IngressNginx, &rows).await;
-}
-
-/// X-Original-URL is `$scheme://$http_host$request_uri`: the client's `Host` as sent.
-#[tokio::test]
-async fn host_tricks_in_the_original_url_are_refused() {
-    let stack = start_with(attacks::RULES, without_policy).await;
-    attacks::crafted_requests(&stack, Front::IngressNginx, &attacks::host_tricks()).await;
-}
-
-#[tokio::test]
-async fn forged_impersonation_headers_are_refused_or_removed() {
-    let stack = Stack::start_with(
-        TokengateOptions {
-            proxy_headers: "ingress_nginx",
-            extra: crate::identity::IMPERSONATION,
-            ..TokengateOptions::default()
-        },
-        |tokengate, app| {
-            Nginx::start(move |listen| with_impersonation(ingress_config(listen, tokengate, app)))
-        },
-    )
-    .await;
-    let rows = attacks::forged_impersonation();
-    attacks::crafted_requests(&stack, Front::IngressNginx, &rows).await;
-}
-
-#[tokio::test]
-async fn every_spelling_of_the_identity_headers_is_removed() {
-    let stack = start().await;
-    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "alice").await {
-        crate::support::assert_alice(&echo);
-    }
-}
+// X-Original-URL is `$scheme://$http_host$request_uri`: the client's `Host` as sent.
+attacks::table_tests!(
+    AuthUrl,
+    host_tricks_in_the_original_url_are_refused,
+    impersonation: with_impersonation,
+    holders: [ALICE]
+);
 
 /// A group with the header's separator in it: the upstream splits
 /// `X-Auth-Request-Groups: ops,a,admins` into three, so `a,admins` must never be sent
@@ -238,19 +226,14 @@ async fn every_spelling_of_the_identity_headers_is_removed() {
 async fn group_with_a_comma_never_reaches_the_upstream() {
     let stack = start().await;
     // `comma`: groups [ops, "a,admins"].
-    let token = stack.provider.jwt("comma", "read").await;
+    let echo = stack.echo_as("comma", "/orders").await;
 
-    let answer = stack
-        .send(client().get(stack.url("/orders")).bearer_auth(&token))
-        .await;
-
-    let echo = answer.upstream_echo(|| stack.logs());
     assert_eq!(
         echoed_header(&echo, "x-auth-request-groups"),
         ["ops"],
         "{echo}"
     );
-    assert!(!answer.body.contains("admins"), "{echo}");
+    assert!(!echo.to_string().contains("admins"), "{echo}");
 }
 
 /// A groups claim given as one string is one group: `"finance ops"` is not in `ops`.
@@ -258,21 +241,16 @@ async fn group_with_a_comma_never_reaches_the_upstream() {
 async fn string_groups_claim_is_one_group() {
     let stack = start().await;
     // `spaced`: groups "finance ops".
-    let token = stack.provider.jwt("spaced", "read").await;
-
-    let answer = stack
-        .send(client().get(stack.url("/orders")).bearer_auth(&token))
+    stack
+        .refused_as("spaced", "read", "/orders", StatusCode::FORBIDDEN)
         .await;
-
-    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", stack.logs());
-    assert_eq!(stack.upstream.requests(), 0);
 }
 
 /// A parameter repeated in the auth URL: any one of the groups will do (as oauth2-proxy
 /// reads `allowed_groups`), so alice (`ops`) passes and bob (`guests`) does not.
 #[tokio::test]
 async fn repeated_groups_in_the_auth_url_are_any_of() {
-    let stack = start_with("", |conf| {
+    let stack = start_with_rules("", |conf| {
         replace_once(
             &conf,
             "proxy_pass http://tokengate/auth?allowed_groups=ops;",

@@ -9,45 +9,27 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::provider::{OidcProvider, OPAQUE_RESOURCE, POSITIVE_TTL};
-use crate::support::{client, ScratchDir, Tokengate};
+use crate::provider::{OidcProvider, TokengateOptions, POSITIVE_TTL};
+use crate::support::{client, Tokengate};
 
 /// tokengate trusting the provider, introspecting its opaque tokens as resource server
 /// `rs` (endpoint from discovery), with the user from `client_id` and the groups from
 /// `scope` of the introspection answer.
 async fn start_tokengate(provider: &OidcProvider) -> Tokengate {
-    let dir = ScratchDir::new("op-tokengate");
-    let secret = dir.write("rs-secret", "rs-secret\n");
-    let yaml = format!(
-        r#"
-listen: "127.0.0.1:0"
-admin_listen: "127.0.0.1:0"
-workers: 1
-# Called directly, with no proxy in front.
-proxy_headers: none
-issuers:
-  - issuer: "{issuer}"
-    name: oidc-provider
-    audiences: ["{OPAQUE_RESOURCE}"]
-    algorithms: [RS256]
-    # `scope` is one space-separated string (RFC 7662 section 2.2).
-    space_separated_groups: true
-    introspection:
-      client_id: rs
-      client_secret_file: "{secret}"
-      positive_ttl: {ttl}s
-      negative_ttl: 1s
-token:
-  opaque_issuer: oidc-provider
+    provider
+        .tokengate_with(TokengateOptions {
+            // Called directly, with no proxy in front.
+            proxy_headers: "none",
+            // `scope` is one space-separated string (RFC 7662 section 2.2).
+            issuer: "    space_separated_groups: true",
+            extra: "
 identity:
   user_claim: client_id
   groups_claim: scope
-"#,
-        issuer = provider.issuer,
-        secret = secret.display(),
-        ttl = POSITIVE_TTL.as_secs(),
-    );
-    Tokengate::start(&yaml, dir).await
+",
+            ..TokengateOptions::default()
+        })
+        .await
 }
 
 async fn auth(tokengate: SocketAddr, token: &str) -> reqwest::Response {

@@ -2,6 +2,7 @@
 //! deploy/nginx/tokengate.conf (only its placeholder addresses substituted), the real
 //! tokengate answering the subrequests, and tokens from the real OpenID Provider.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -9,15 +10,15 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 
-use crate::attacks::{self, Front};
+use crate::attacks::{self, Front, ALICE, NO_CLAIMS};
 use crate::provider::{TokengateOptions, POSITIVE_TTL};
 use crate::scenarios::{
-    self, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_GROUPS_UNDERSCORED, FORGED_USER,
+    self, Deployment, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_GROUPS_UNDERSCORED, FORGED_USER,
     FORGED_USER_UNDERSCORED,
 };
 use crate::support::{
-    client, closed_address, deployed_config, echoed_header, find_executable, start_with_retries,
-    Process, RawRequest, ScratchDir, StartError,
+    client, deployed_config, echoed_header, find_executable, ChildKind, Process, RawRequest,
+    ScratchDir,
 };
 
 /// The shipped snippet with its placeholders replaced: where nginx listens, tokengate's
@@ -66,6 +67,14 @@ http {{
     )
 }
 
+/// How nginx starts.
+const NGINX: ChildKind = ChildKind {
+    name: "nginx",
+    own_group: false,
+    timeout: Duration::from_secs(10),
+    port_in_use: "Address already in use",
+};
+
 /// A running nginx child process, killed on drop (also when the test panics).
 pub struct Nginx {
     process: Process,
@@ -77,41 +86,30 @@ impl Nginx {
     /// until it listens.
     pub async fn start(site: impl Fn(SocketAddr) -> String) -> Nginx {
         let binary = find_executable("nginx", "TOKENGATE_E2E_NGINX", &["/usr/sbin/nginx"]);
-        start_with_retries("nginx", || {
-            let dir = ScratchDir::new("nginx");
-            let address = closed_address();
-            dir.write("site.conf", &site(address));
-            dir.write("nginx.conf", &main_config(&dir.path));
-            let mut command = Command::new(&binary);
-            command
-                .arg("-p")
-                .arg(&dir.path)
-                .arg("-c")
-                .arg(dir.join("nginx.conf"))
-                // -e: the start-up error log, before the configuration is read (the
-                // default, /var/log/nginx/error.log, is not writable by every user).
-                .arg("-e")
-                .arg(dir.join("error.log"))
-                .arg("-g")
-                .arg(format!(
-                    "daemon off; pid {}; error_log {};",
-                    dir.join("nginx.pid").display(),
-                    dir.join("error.log").display()
-                ));
-            async move {
-                let process = Process::spawn("nginx", command, dir, false)
-                    .map_err(StartError::fatal)?
-                    .listening(address, Duration::from_secs(10), "Address already in use")
-                    .await?;
-                Ok(Nginx { process, address })
-            }
-        })
-        .await
-    }
-
-    /// `http://<nginx>/<path>`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
+        let (process, address) = NGINX
+            .start(|dir, address| {
+                dir.write("site.conf", &site(address));
+                dir.write("nginx.conf", &main_config(&dir.path));
+                let mut command = Command::new(&binary);
+                command
+                    .arg("-p")
+                    .arg(&dir.path)
+                    .arg("-c")
+                    .arg(dir.join("nginx.conf"))
+                    // -e: the start-up error log, before the configuration is read (the
+                    // default, /var/log/nginx/error.log, is not writable by every user).
+                    .arg("-e")
+                    .arg(dir.join("error.log"))
+                    .arg("-g")
+                    .arg(format!(
+                        "daemon off; pid {}; error_log {};",
+                        dir.join("nginx.pid").display(),
+                        dir.join("error.log").display()
+                    ));
+                command
+            })
+            .await;
+        Nginx { process, address }
     }
 
     /// nginx's error log and console output, for failure messages.
@@ -133,8 +131,24 @@ impl Proxy for Nginx {
 /// The provider, tokengate, the echo upstream and nginx with the shipped snippet.
 type Stack = scenarios::Stack<Nginx>;
 
+/// Plain nginx `auth_request` with deploy/nginx/tokengate.conf.
+pub struct AuthRequest;
+
+impl Deployment for AuthRequest {
+    type Proxy = Nginx;
+    const FRONT: Front = Front::Nginx;
+    const RULES: &'static str = "";
+
+    fn start(
+        options: TokengateOptions<'_>,
+        edit: fn(String) -> String,
+    ) -> impl Future<Output = Stack> {
+        start_with(options, edit)
+    }
+}
+
 async fn start() -> Stack {
-    start_with(TokengateOptions::default(), |site| site).await
+    AuthRequest::start_plain().await
 }
 
 /// The stack with tokengate set up by `options` (`proxy_headers: nginx` unless they say
@@ -315,54 +329,15 @@ async fn opaque_token_is_introspected_then_refused_once_revoked() {
     );
 }
 
-/// tokengate set for the attack tables: route rules behind nginx.
-fn attacked() -> TokengateOptions<'static> {
-    TokengateOptions {
-        extra: attacks::RULES,
-        ..TokengateOptions::default()
-    }
-}
-
-#[tokio::test]
-async fn ambiguous_paths_never_reach_a_protected_handler() {
-    let stack = start_with(attacked(), |site| site).await;
-    attacks::crafted_requests(&stack, Front::Nginx, &attacks::ambiguous_paths()).await;
-}
-
-#[tokio::test]
-async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
-    let stack = start_with(attacked(), |site| site).await;
-    attacks::crafted_requests(&stack, Front::Nginx, &attacks::case_slashes_and_globs()).await;
-}
-
-#[tokio::test]
-async fn host_tricks_meet_nginx_own_host() {
-    let stack = start_with(attacked(), |site| site).await;
-    attacks::crafted_requests(&stack, Front::Nginx, &attacks::host_tricks()).await;
-}
-
-#[tokio::test]
-async fn forged_impersonation_headers_are_refused_or_removed() {
-    let options = TokengateOptions {
-        extra: crate::identity::IMPERSONATION,
-        ..TokengateOptions::default()
-    };
-    let stack = start_with(options, with_impersonation).await;
-    attacks::crafted_requests(&stack, Front::Nginx, &attacks::forged_impersonation()).await;
-}
-
-#[tokio::test]
-async fn every_spelling_of_the_identity_headers_is_removed() {
-    let stack = start().await;
-    // underscores_in_headers off drops every spelling with `_`; proxy_set_header
-    // replaces every case of the others.
-    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "alice").await {
-        crate::support::assert_alice(&echo);
-    }
-    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
-        crate::support::assert_no_identity_filled_in(&echo);
-    }
-}
+// nginx resolves `..` only for its own location match and forwards the raw target;
+// underscores_in_headers off drops every spelling of a header name with `_`, and
+// proxy_set_header replaces every case of the others.
+attacks::table_tests!(
+    AuthRequest,
+    host_tricks_meet_nginx_own_host,
+    impersonation: with_impersonation,
+    holders: [ALICE, NO_CLAIMS]
+);
 
 /// With `proxy_headers: nginx`, tokengate reads the original path from `X-Original-URI`
 /// only. An nginx whose auth location lacks that line sends none, and a client-sent
@@ -387,16 +362,7 @@ rules:
     })
     .await;
 
-    let forged = stack
-        .send(
-            client()
-                .get(stack.url("/orders"))
-                .header("X-Forwarded-Uri", "/healthz")
-                .header("X-Forwarded-Method", "GET"),
-        )
-        .await;
-
-    assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{}", stack.logs());
+    scenarios::forwarded_uri_from_the_client_is_not_the_original(&stack).await;
     assert_eq!(stack.upstream.requests(), 0);
 }
 

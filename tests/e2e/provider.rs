@@ -17,8 +17,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::support::{
-    client, closed_address, find_executable, start_with_retries, Process, ScratchDir, StartError,
-    Tokengate, TEST_COMMAND,
+    client, find_executable, ChildKind, Process, ScratchDir, Tokengate, TEST_COMMAND,
 };
 
 /// Where op.mjs, its package.json and (once installed) its node_modules are.
@@ -109,6 +108,15 @@ fn assert_op_packages_installed() {
     }
 }
 
+/// How the provider's process starts: Node.js loads oidc-provider for a second or more
+/// before it binds its port.
+const OP: ChildKind = ChildKind {
+    name: "oidc-provider",
+    own_group: false,
+    timeout: Duration::from_secs(30),
+    port_in_use: "EADDRINUSE",
+};
+
 /// A running oidc-provider, killed on drop (also when the test panics).
 pub struct OidcProvider {
     process: Process,
@@ -135,30 +143,19 @@ impl OidcProvider {
     pub async fn start_with_env(kid: &str, env: Vec<(String, String)>) -> OidcProvider {
         let node = node();
         assert_op_packages_installed();
-        start_with_retries("oidc-provider", || {
-            let node = node.clone();
-            let env = env.clone();
-            async move {
-                let address = closed_address();
-                let process = Self::spawn(&node, address, kid, &env).await?;
-                Ok(OidcProvider {
-                    process,
-                    node,
-                    address,
-                    env,
-                    issuer: format!("http://{address}"),
-                })
-            }
-        })
-        .await
+        let (process, address) = OP
+            .start(|_, address| Self::command(&node, address, kid, &env))
+            .await;
+        OidcProvider {
+            process,
+            node,
+            address,
+            env,
+            issuer: format!("http://{address}"),
+        }
     }
 
-    async fn spawn(
-        node: &Path,
-        address: SocketAddr,
-        kid: &str,
-        env: &[(String, String)],
-    ) -> Result<Process, StartError> {
+    fn command(node: &Path, address: SocketAddr, kid: &str, env: &[(String, String)]) -> Command {
         let mut command = Command::new(node);
         command.envs(env.iter().map(|(name, value)| (name, value)));
         command
@@ -167,15 +164,7 @@ impl OidcProvider {
             .env("OP_KID", kid)
             .env_remove("OP_JWKS_FILE")
             .current_dir(OP_DIR);
-        Process::spawn(
-            "oidc-provider",
-            command,
-            ScratchDir::new("oidc-provider"),
-            false,
-        )
-        .map_err(StartError::fatal)?
-        .listening(address, Duration::from_secs(30), "EADDRINUSE")
-        .await
+        command
     }
 
     /// Stops the provider and starts it again on the same address (same issuer) with a
@@ -184,8 +173,11 @@ impl OidcProvider {
     pub async fn restart_with_kid(&mut self, kid: &str) {
         self.process.kill();
         // The port was ours a moment ago; no retry on another port, since the issuer
-        // URL must stay the same.
-        self.process = Self::spawn(&self.node, self.address, kid, &self.env)
+        // URL must stay the same (a process that took the port meanwhile fails the
+        // start, never answers in the provider's place).
+        let command = Self::command(&self.node, self.address, kid, &self.env);
+        self.process = OP
+            .spawn(command, ScratchDir::new(OP.name), self.address)
             .await
             .unwrap_or_else(|error| panic!("oidc-provider did not restart: {}", error.message));
     }
@@ -280,20 +272,10 @@ impl OidcProvider {
     /// `https://api.local` verified with the discovered JWKS (RS256, `typ` `at+jwt`),
     /// opaque tokens for `https://opaque.local` introspected as resource server `rs`, and
     /// the identity from `preferred_username`, `email` and `groups` (the defaults).
-    /// `proxy_headers` is the proxy in front; `extra` is appended YAML (e.g. `rules:`).
-    /// Keys are not refreshed in the background during a test, so that every JWKS
-    /// fetch the provider sees after start-up is an unknown-`kid` refetch; a stop
-    /// ([`Tokengate::stop`]) closes the listener at once.
-    pub async fn tokengate(&self, proxy_headers: &str, extra: &str) -> Tokengate {
-        self.tokengate_with(TokengateOptions {
-            proxy_headers,
-            extra,
-            ..TokengateOptions::default()
-        })
-        .await
-    }
-
-    /// [`Self::tokengate`] with more of the settings chosen by the test.
+    /// `options` chooses the rest: the proxy in front, appended YAML (`rules:`), ….
+    /// Keys are not refreshed in the background during a test (unless `options` say
+    /// so), so that every JWKS fetch the provider sees after start-up is an unknown-`kid`
+    /// refetch; a stop ([`Tokengate::stop`]) closes the listener at once.
     pub async fn tokengate_with(&self, options: TokengateOptions<'_>) -> Tokengate {
         let dir = ScratchDir::new("tokengate");
         let secret = dir.write("rs-secret", "rs-secret\n");

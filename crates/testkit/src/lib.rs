@@ -1,6 +1,7 @@
 //! What the tests, benchmarks and examples of tokengate share: an in-process issuer
-//! ([`issuer`]), free loopback ports, a guard that kills a child process, and bounded
-//! polling ([`process`]).
+//! ([`issuer`]), free loopback ports, a guard that kills a child process, who holds a
+//! port, bounded polling ([`process`]), and scratch directories ([`scratch`]).
 
 pub mod issuer;
 pub mod process;
+pub mod scratch;

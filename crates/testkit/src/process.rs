@@ -177,3 +177,133 @@ pub async fn scrape(client: &reqwest::Client, url: &str, series: &str) -> Option
             .ok()
     })
 }
+
+/// Who listens on a TCP port, as [`port_holder`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortHolder {
+    /// No socket listens on the port.
+    Nobody,
+    /// Every socket listening on the port belongs to the process or its descendants.
+    Process,
+    /// Another process listens on it too (or alone): a port picked with [`free_port`]
+    /// and bound by a child later can be taken in between by anything that binds port
+    /// 0, and a connect check alone cannot tell whose listener answered.
+    Other,
+}
+
+/// Who listens on TCP `port` (any local address, IPv4 or IPv6): `pid` and its
+/// descendants, someone else, or nobody. Read from `/proc` (Linux): the listening
+/// sockets' inodes in `/proc/net/tcp{,6}` against the socket descriptors of the process
+/// tree. A listener whose owner cannot be read (another user's process) counts as
+/// someone else's.
+pub fn port_holder(pid: u32, port: u16) -> PortHolder {
+    let listening = listening_inodes(port);
+    if listening.is_empty() {
+        return PortHolder::Nobody;
+    }
+    let ours: std::collections::HashSet<u64> = process_tree(pid)
+        .into_iter()
+        .flat_map(socket_inodes)
+        .collect();
+    if listening.iter().all(|inode| ours.contains(inode)) {
+        PortHolder::Process
+    } else {
+        PortHolder::Other
+    }
+}
+
+/// The inodes of the sockets in state LISTEN on `port`.
+fn listening_inodes(port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = fields.get(1)?.rsplit(':').next()?;
+                    let listens = u16::from_str_radix(local_port, 16).ok()? == port
+                        && *fields.get(3)? == LISTEN;
+                    listens.then(|| fields.get(9)?.parse().ok()).flatten()
+                })
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+/// `pid` and every process descended from it (by the parent pid in `/proc/<pid>/stat`).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|child| {
+                    let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+                    // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+                    let after_comm = &stat[stat.rfind(')')? + 1..];
+                    let parent = after_comm.split_whitespace().nth(1)?.parse().ok()?;
+                    Some((child, parent))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tree = vec![pid];
+    let mut index = 0;
+    while index < tree.len() {
+        let parent = tree[index];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(child, of)| *of == parent && !tree.contains(child))
+                .map(|(child, _)| *child)
+                .collect::<Vec<_>>(),
+        );
+        index += 1;
+    }
+    tree
+}
+
+/// The inodes of the sockets `pid` holds open (`/proc/<pid>/fd/* -> socket:[inode]`).
+fn socket_inodes(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| {
+                    let target = std::fs::read_link(entry.ok()?.path()).ok()?;
+                    let target = target.to_str()?;
+                    target
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_holder_tells_this_process_from_another_and_from_nobody() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+        let port = listener.local_addr().expect("its address").port();
+        assert_eq!(port_holder(std::process::id(), port), PortHolder::Process);
+        // To a child of ours, our listener is someone else's.
+        let child = Child(
+            std::process::Command::new("sleep")
+                .arg("10")
+                .spawn()
+                .expect("sleep"),
+        );
+        assert_eq!(port_holder(child.0.id(), port), PortHolder::Other);
+        drop(listener);
+        assert_eq!(port_holder(std::process::id(), port), PortHolder::Nobody);
+    }
+}
