@@ -314,10 +314,10 @@ install_rust_components() {
 run_checks() {
     step "cargo fmt --all -- --check"
     cargo fmt --all -- --check
-    step "cargo clippy --all-targets --features e2e -- -D warnings"
-    cargo clippy --all-targets --features e2e -- -D warnings
-    step "cargo test --all-targets --features e2e (unit, tests/api, tests/e2e)"
-    cargo test --all-targets --features e2e
+    step "cargo clippy --workspace --all-targets --features e2e -- -D warnings"
+    cargo clippy --workspace --all-targets --features e2e -- -D warnings
+    step "cargo test --workspace --all-targets --features e2e (unit, tests/api, tests/e2e, the test kit)"
+    cargo test --workspace --all-targets --features e2e
     step "fuzz targets, ${FUZZ_SECONDS:-20}s each (scripts/fuzz.sh)"
     bash scripts/fuzz.sh
     step "cargo bench --no-run"
