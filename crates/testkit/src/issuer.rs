@@ -120,6 +120,38 @@ pub struct IssuerState {
 
 pub struct TestIssuer {
     pub state: Arc<IssuerState>,
+    /// For an issuer started with [`TestIssuer::start_tls`]: its private CA, PEM, as an
+    /// operator would put it in `http_client.ca_file`.
+    pub ca_pem: Option<String>,
+}
+
+/// A private CA and a certificate it signed for `127.0.0.1`: the system roots trust
+/// neither, so only a configured CA bundle makes the issuer reachable.
+fn private_ca_tls() -> (rustls::ServerConfig, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let server_key = KeyPair::generate().expect("server key");
+    let server_certificate = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("server params")
+        .signed_by(&server_key, &*ca)
+        .expect("server certificate");
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![server_certificate.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+    )
+    .expect("TLS config");
+    (tls, ca.pem())
 }
 
 impl TestIssuer {
@@ -136,7 +168,23 @@ impl TestIssuer {
     /// Starts an issuer on `listener` (on the current Tokio runtime), publishing `keys`.
     /// It installs no signal handler: Ctrl-C still ends the program it runs in.
     pub fn start_on(listener: std::net::TcpListener, keys: Vec<Arc<SigningKey>>) -> TestIssuer {
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        Self::serve(listener, keys, None)
+    }
+
+    /// Starts an issuer on `https://127.0.0.1:<port>`, with a certificate from a private
+    /// CA of its own ([`TestIssuer::ca_pem`]), publishing `k1`.
+    pub async fn start_tls() -> TestIssuer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::serve(listener, vec![rsa_key("k1")], Some(private_ca_tls()))
+    }
+
+    fn serve(
+        listener: std::net::TcpListener,
+        keys: Vec<Arc<SigningKey>>,
+        tls: Option<(rustls::ServerConfig, String)>,
+    ) -> TestIssuer {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let state = Arc::new(IssuerState {
             url,
             keys: Mutex::new(keys),
@@ -172,12 +220,16 @@ impl TestIssuer {
                 .route("/introspect", web::post().to(introspect))
         })
         .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        tokio::spawn(server);
-        TestIssuer { state }
+        .disable_signals();
+        let (server, ca_pem) = match tls {
+            Some((config, ca_pem)) => (
+                server.listen_rustls_0_23(listener, config).unwrap(),
+                Some(ca_pem),
+            ),
+            None => (server.listen(listener).unwrap(), None),
+        };
+        tokio::spawn(server.run());
+        TestIssuer { state, ca_pem }
     }
 
     pub fn url(&self) -> &str {

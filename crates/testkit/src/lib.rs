@@ -1,5 +1,5 @@
-//! What the tests, benchmarks and examples of tokengate share: an in-process issuer
-//! ([`issuer`]), free loopback ports, a guard that kills a child process, who holds a
+//! What the tests, benchmarks and examples of tokengate share: an in-process issuer, plain or
+//! TLS behind a private CA ([`issuer`]), free loopback ports, a guard that kills a child process, who holds a
 //! port, bounded polling ([`process`]), and scratch directories ([`scratch`]).
 
 pub mod issuer;
