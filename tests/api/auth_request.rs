@@ -121,7 +121,7 @@ async fn token_without_exp_is_refused() {
     let app = spawn_app(&issuer).await;
     let mut claims = issuer.claims();
     claims.as_object_mut().unwrap().remove("exp");
-    assert_invalid_token(app.auth_with_token(&rsa_key("k1").sign(&claims)).await).await;
+    assert_invalid_token(app.auth_with_token(&issuer.sign(&claims)).await).await;
 }
 
 #[tokio::test]
@@ -134,7 +134,7 @@ async fn token_without_a_usable_aud_is_refused() {
             Some(aud) => claims["aud"] = aud,
             None => drop(claims.as_object_mut().unwrap().remove("aud")),
         }
-        assert_invalid_token(app.auth_with_token(&rsa_key("k1").sign(&claims)).await).await;
+        assert_invalid_token(app.auth_with_token(&issuer.sign(&claims)).await).await;
     }
 }
 
@@ -144,10 +144,10 @@ async fn fractional_exp_is_accepted_and_a_string_exp_refused() {
     let app = spawn_app(&issuer).await;
     let mut claims = issuer.claims();
     claims["exp"] = json!(unix_now() as f64 + 600.5);
-    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+    let response = app.auth_with_token(&issuer.sign(&claims)).await;
     assert_eq!(response.status(), 202);
     claims["exp"] = json!((unix_now() + 600).to_string());
-    assert_invalid_token(app.auth_with_token(&rsa_key("k1").sign(&claims)).await).await;
+    assert_invalid_token(app.auth_with_token(&issuer.sign(&claims)).await).await;
 }
 
 #[tokio::test]
@@ -193,7 +193,7 @@ async fn wrong_issuer_is_invalid_token() {
     ] {
         let mut claims = issuer.claims();
         claims["iss"] = json!(iss);
-        assert_invalid_token(app.auth_with_token(&rsa_key("k1").sign(&claims)).await).await;
+        assert_invalid_token(app.auth_with_token(&issuer.sign(&claims)).await).await;
     }
     let token = issuer
         .token_with(|claims| claims["iss"] = json!([issuer.url(), "https://evil.example.com"]));
@@ -206,7 +206,7 @@ async fn wrong_audience_is_invalid_token() {
     let app = spawn_app(&issuer).await;
     let mut claims = issuer.claims();
     claims["aud"] = json!("another-api");
-    assert_invalid_token(app.auth_with_token(&rsa_key("k1").sign(&claims)).await).await;
+    assert_invalid_token(app.auth_with_token(&issuer.sign(&claims)).await).await;
 
     let token = issuer.token_with(|claims| claims["aud"] = json!(["another-api", AUDIENCE]));
     assert_eq!(app.auth_with_token(&token).await.status(), 202);
@@ -332,7 +332,7 @@ async fn user_falls_back_to_sub_and_values_are_sanitised() {
     claims["email"] = json!("alice@example.com\r\nX-Injected: yes");
     claims["groups"] = json!(["admins\r\nX-Injected: yes"]);
 
-    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+    let response = app.auth_with_token(&issuer.sign(&claims)).await;
 
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["x-auth-request-user"], "user-1");

@@ -186,7 +186,7 @@ async fn shipped_kubernetes_config_serves_then_drains_on_sigterm() {
     assert_eq!(pod.status(auth.clone(), Some(&token)).await, 401);
     let mut claims = issuer.claims();
     claims["sub"] = "user-active".into();
-    let active = rsa_key("k1").sign(&claims);
+    let active = issuer.sign(&claims);
     issuer.set_answer(&active, issuer.active_answer());
     assert_eq!(pod.status(auth.clone(), Some(&active)).await, 202);
     assert_eq!(pod.status(auth.clone(), None).await, 401);

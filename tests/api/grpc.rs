@@ -271,7 +271,7 @@ async fn headers_to_remove_name_every_owned_header_the_answer_does_not_set() {
     let object = claims.as_object_mut().unwrap();
     object.remove("email");
     object.remove("groups");
-    let token = rsa_key("k1").sign(&claims);
+    let token = issuer.sign(&claims);
 
     let response = check(
         &app,

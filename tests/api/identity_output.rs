@@ -34,7 +34,7 @@ async fn claim_headers_from_dotted_paths() {
     claims["tenant_id"] = "acme".into();
     claims["resource_access"] = serde_json::json!({"orders": {"roles": ["reader", "writer"]}});
 
-    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+    let response = app.auth_with_token(&issuer.sign(&claims)).await;
 
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["x-auth-request-tenant"], "acme");
@@ -73,7 +73,7 @@ async fn kubernetes_impersonation_repeats_the_group_header() {
     let mut claims = issuer.claims();
     claims["groups"] = serde_json::json!(["admins", "developers", "system:masters"]);
 
-    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+    let response = app.auth_with_token(&issuer.sign(&claims)).await;
 
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["impersonate-user"], "alice");
@@ -122,7 +122,7 @@ async fn kubernetes_impersonation_without_a_user_is_refused() {
     let mut claims = issuer.claims();
     claims["preferred_username"] = "system:admin".into();
     claims["sub"] = "system:admin".into();
-    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+    let response = app.auth_with_token(&issuer.sign(&claims)).await;
     assert_eq!(response.status(), 403);
 }
 
@@ -134,7 +134,7 @@ async fn header_budget_turns_oversized_identities_into_403() {
     let groups: Vec<String> = (0..60).map(|i| format!("directory-group-{i:03}")).collect();
     claims["groups"] = serde_json::json!(groups);
 
-    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+    let response = app.auth_with_token(&issuer.sign(&claims)).await;
 
     assert_eq!(response.status(), 403);
     assert_eq!(app.decisions_with_reason("identity_too_large"), 1.0);
@@ -148,7 +148,7 @@ async fn cache_hint_never_outlives_the_token() {
     let mut claims = issuer.claims();
     claims["exp"] = (unix_now() + 120).into();
 
-    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+    let response = app.auth_with_token(&issuer.sign(&claims)).await;
 
     let seconds: u64 = response.headers()["x-accel-expires"]
         .to_str()
@@ -199,7 +199,7 @@ async fn forged_system_groups_never_become_impersonate_group() {
     groups.push("developers");
     claims["groups"] = serde_json::json!(groups);
 
-    let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+    let response = app.auth_with_token(&issuer.sign(&claims)).await;
 
     assert_eq!(response.status(), 202);
     assert!(!any_system_header(&response));
@@ -221,7 +221,7 @@ async fn forged_system_users_are_refused() {
     for name in FORGED_SYSTEM_NAMES {
         let mut claims = issuer.claims();
         claims["preferred_username"] = (*name).into();
-        let response = app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+        let response = app.auth_with_token(&issuer.sign(&claims)).await;
         assert_eq!(response.status(), 403, "{name:?}");
         assert!(!any_system_header(&response), "{name:?}");
     }
@@ -249,7 +249,7 @@ async fn identity_header_values_are_sent_as_judged() {
     let response = app
         .client
         .get(format!("{}/auth?allowed_groups=admins", app.address))
-        .bearer_auth(rsa_key("k1").sign(&claims))
+        .bearer_auth(issuer.sign(&claims))
         .send()
         .await
         .unwrap();

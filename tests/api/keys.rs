@@ -99,9 +99,7 @@ async fn cached_keys_keep_verifying_while_the_issuer_is_down() {
     let mut claims = issuer.claims();
     claims["sub"] = serde_json::json!("user-2");
     assert_eq!(
-        app.auth_with_token(&rsa_key("k1").sign(&claims))
-            .await
-            .status(),
+        app.auth_with_token(&issuer.sign(&claims)).await.status(),
         202
     );
     assert_eq!(app.admin_get("/readyz").await.status(), 200);

@@ -115,7 +115,7 @@ async fn evictions_are_counted_when_the_cache_is_full() {
     for i in 0..40 {
         let mut claims = issuer.claims();
         claims["sub"] = format!("user-{i}").into();
-        app.auth_with_token(&rsa_key("k1").sign(&claims)).await;
+        app.auth_with_token(&issuer.sign(&claims)).await;
     }
     // moka applies evictions on its housekeeping: poll a little.
     let mut evicted = 0.0;

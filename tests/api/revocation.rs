@@ -94,7 +94,7 @@ fn user_token(issuer: &TestIssuer, sub: &str, extra: Value) -> String {
     for (name, value) in extra.as_object().unwrap() {
         claims[name] = value.clone();
     }
-    rsa_key("k1").sign(&claims)
+    issuer.sign(&claims)
 }
 
 async fn assert_logout_refused(response: reqwest::Response) {
@@ -205,7 +205,7 @@ async fn an_access_token_is_not_a_logout_token() {
         let mut claims = logout_claims(issuer, "user-1");
         claims["aud"] = json!(CLIENT_ID);
         // Signed with `typ: at+jwt`.
-        rsa_key("k1").sign(&claims)
+        issuer.sign(&claims)
     })
     .await;
 }

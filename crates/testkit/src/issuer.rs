@@ -308,14 +308,19 @@ impl TestIssuer {
 
     /// A valid token signed by `k1`.
     pub fn token(&self) -> String {
-        rsa_key("k1").sign(&self.claims())
+        self.sign(&self.claims())
+    }
+
+    /// `claims` signed by `k1`, the key the issuer starts with.
+    pub fn sign(&self, claims: &Value) -> String {
+        rsa_key("k1").sign(claims)
     }
 
     /// A token signed by `k1` over [`TestIssuer::claims`] after `edit` changed them.
     pub fn token_with(&self, edit: impl FnOnce(&mut Value)) -> String {
         let mut claims = self.claims();
         edit(&mut claims);
-        rsa_key("k1").sign(&claims)
+        self.sign(&claims)
     }
 
     /// URL of the RFC 7662 introspection endpoint (also named by discovery).
