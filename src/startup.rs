@@ -150,6 +150,7 @@ impl Application {
             runtime: ArcSwap::from_pointee(compiled.runtime),
             revocations,
             revocation_admin_token,
+            revocation_refusal_logs: Default::default(),
             metrics,
             registry,
             shutting_down: AtomicBool::new(false),

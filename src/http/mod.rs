@@ -44,6 +44,9 @@ pub struct AppState {
     pub revocations: Arc<crate::revocation::Revocations>,
     /// The bearer secret of `POST /revocations` (read at start-up); `None`: it is off.
     pub revocation_admin_token: Option<revocation::AdminToken>,
+    /// Refused logout tokens and revoke calls are logged at most once per interval,
+    /// with a count: anyone who can reach the endpoint must not be able to flood the log.
+    pub revocation_refusal_logs: revocation::RefusalLogs,
     /// Set on shutdown so that `/readyz` turns not-ready before the listener closes.
     pub shutting_down: AtomicBool,
 }

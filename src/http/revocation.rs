@@ -13,8 +13,28 @@ use url::form_urlencoded;
 
 use super::AppState;
 use crate::revocation::{Event, EventResult, Kind, Source};
+use crate::verify::admission::LogLimiter;
 use crate::verify::json;
 use crate::verify::logout::LogoutError;
+
+/// How often a refusal line may be written per endpoint; the refusals in between are
+/// counted into the next line (`refused_since_last_line`).
+pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One limiter per endpoint, so a flood at one does not hide refusals at the other.
+pub struct RefusalLogs {
+    logout: LogLimiter,
+    revoke: LogLimiter,
+}
+
+impl Default for RefusalLogs {
+    fn default() -> Self {
+        Self {
+            logout: LogLimiter::new(REFUSAL_LOG_INTERVAL),
+            revoke: LogLimiter::new(REFUSAL_LOG_INTERVAL),
+        }
+    }
+}
 
 /// Largest back-channel logout request body: a form with one signed JWT, a few KiB.
 pub const MAX_LOGOUT_BODY: usize = 16 * 1024;
@@ -59,7 +79,15 @@ pub async fn backchannel_logout(
         revocations
             .metrics
             .event(Source::Backchannel, EventResult::Refused);
-        tracing::info!(target: "tokengate::revocation", source = "backchannel", refused = why, "logout token refused");
+        if let Some(count) = state.revocation_refusal_logs.logout.event() {
+            tracing::info!(
+                target: "tokengate::revocation",
+                source = "backchannel",
+                refused = why,
+                refused_since_last_line = count,
+                "logout token refused"
+            );
+        }
         invalid_request()
     };
     // An oversized or unreadable body is the client's error: 400, never 413 or 5xx.
@@ -156,8 +184,16 @@ pub async fn revoke(
     };
     let revocations = &state.revocations;
     let bearer = bearer_credentials(request.headers());
+    let refusal_log = &state.revocation_refusal_logs.revoke;
     if !bearer.is_some_and(|given| admin_token.matches(given)) {
-        tracing::warn!(target: "tokengate::revocation", source = "admin", "revoke refused: missing or wrong bearer secret");
+        if let Some(count) = refusal_log.event() {
+            tracing::warn!(
+                target: "tokengate::revocation",
+                source = "admin",
+                refused_since_last_line = count,
+                "revoke refused: missing or wrong bearer secret"
+            );
+        }
         return no_store(HttpResponse::Unauthorized())
             .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
             .content_type("application/json")
@@ -167,7 +203,15 @@ pub async fn revoke(
         revocations
             .metrics
             .event(Source::Admin, EventResult::Refused);
-        tracing::info!(target: "tokengate::revocation", source = "admin", refused = why, "revoke refused");
+        if let Some(count) = refusal_log.event() {
+            tracing::info!(
+                target: "tokengate::revocation",
+                source = "admin",
+                refused = why,
+                refused_since_last_line = count,
+                "revoke refused"
+            );
+        }
         invalid_request()
     };
     let Ok(body) = body else {

@@ -1,15 +1,23 @@
 //! Revocation: back-channel logout tokens (OpenID Connect Back-Channel Logout 1.0 §2.6),
 //! the operator's revoke endpoint, and the check on every request, cache hits included.
 
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, Header};
 use serde_json::{json, Value};
 use tokengate::config::{BackchannelLogoutSettings, Settings};
+use tokengate::http::revocation::REFUSAL_LOG_INTERVAL;
 use tokengate::verify::cache::unix_now;
 use tokengate::verify::logout::BACKCHANNEL_LOGOUT_EVENT;
 
-use crate::helpers::{assert_invalid_token, counter, rsa_key, spawn_app_with, TestApp, TestIssuer};
+use crate::helpers::{
+    assert_invalid_token, counter, rsa_key, spawn_app_with, TestApp, TestIssuer, AUDIENCE,
+};
+use crate::process::{wait_ready, Launch};
 
 /// Our client id at the test issuer, for logout tokens.
 const CLIENT_ID: &str = "tokengate-rp";
@@ -18,7 +26,7 @@ const ADMIN_SECRET: &str = "an-admin-secret-of-some-length";
 fn with_logout(settings: &mut Settings) {
     settings.issuers[0].backchannel_logout = Some(BackchannelLogoutSettings {
         client_id: CLIENT_ID.to_owned(),
-        max_age: std::time::Duration::from_secs(300),
+        max_age: Duration::from_secs(300),
     });
 }
 
@@ -553,4 +561,73 @@ async fn the_revoke_endpoint_takes_the_bearer_scheme_in_any_case() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+}
+
+/// A flood of refused logout tokens writes one log line per interval with a count, not a
+/// line per request: whoever can reach the endpoint cannot flood the log. The real
+/// binary, so that its log is this test's alone.
+#[tokio::test]
+async fn a_flood_of_refused_logout_tokens_writes_one_line_per_interval_with_a_count() {
+    let issuer = TestIssuer::start().await;
+    let launch = Launch::new("logout-flood");
+    let config = format!(
+        r#"
+{listeners}
+workers: 1
+issuers:
+  - issuer: "{issuer}"
+    audiences: [{AUDIENCE}]
+    backchannel_logout:
+      client_id: {CLIENT_ID}
+log:
+  format: json
+  filter: info
+"#,
+        listeners = launch.listeners(),
+        issuer = issuer.url(),
+    );
+    let mut child = launch.spawn(
+        Path::new(env!("CARGO_BIN_EXE_tokengate")),
+        &config,
+        Stdio::piped(),
+        Stdio::null(),
+    );
+    let client = reqwest::Client::new();
+    assert!(wait_ready(&client, &launch.admin_url("/readyz")).await);
+    const FLOOD: usize = 50;
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        let response = client
+            .post(launch.url("/backchannel-logout"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("logout_token=not-a-jwt")
+            .send()
+            .await
+            .expect("logout request");
+        assert_logout_refused(response).await;
+    }
+    let elapsed = started.elapsed();
+    child.terminate();
+    assert!(child.wait_exit(Duration::from_secs(15)).await.is_some());
+    let mut stdout = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == "logout token refused")
+        .collect();
+    let intervals = 1 + (elapsed.as_secs() / REFUSAL_LOG_INTERVAL.as_secs()) as usize;
+    assert!(
+        !lines.is_empty() && lines.len() <= intervals,
+        "{} lines for {FLOOD} refusals in {elapsed:?}:\n{stdout}",
+        lines.len()
+    );
+    assert_eq!(lines[0]["refused_since_last_line"], 1, "{}", lines[0]);
+    assert_eq!(lines[0]["refused"], "malformed", "{}", lines[0]);
 }
