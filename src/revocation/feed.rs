@@ -7,7 +7,8 @@
 //! 1. subscribes first, so that nothing published from then on is missed;
 //! 2. then loads every current key (`SCAN`, never `KEYS`, which blocks Redis) and applies
 //!    them: events published meanwhile arrive twice, and applying is idempotent;
-//! 3. then applies messages as they arrive.
+//! 3. then applies messages as they arrive, except its own (each message names the
+//!    replica that published it).
 //!
 //! When the connection is lost it goes back to 1 with a backoff (up to
 //! [`MAX_BACKOFF`]), serving meanwhile with the entries it holds;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{Client, IntoConnectionInfo, RedisError};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{unix_millis, Event, EventResult, Revocations, Source};
@@ -38,7 +40,19 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Keys read per `SCAN` step and `MGET`.
 const SCAN_BATCH: usize = 500;
 
+/// What is published on the channel: the event and the replica that recorded it. A
+/// replica skips its own events (applied when they were recorded), so the feed's counts
+/// and its propagation lag are other replicas' events only. Keys hold the bare event.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Published {
+    origin: String,
+    event: Event,
+}
+
 struct Feed {
+    /// This process's random name on the channel.
+    origin: String,
     client: Client,
     channel: String,
     key_prefix: String,
@@ -66,6 +80,7 @@ pub fn spawn(
     }
     let client = Client::open(info).map_err(bad_url)?;
     let feed = Arc::new(Feed {
+        origin: random_origin(),
         client,
         channel: settings.channel.clone(),
         key_prefix: settings.key_prefix.clone(),
@@ -75,6 +90,13 @@ pub fn spawn(
     tasks.spawn(feed.clone().subscribe(shutdown.clone()));
     tasks.spawn(feed.write(outbox, shutdown.clone()));
     Ok(())
+}
+
+/// 128 random bits, hex: unique among the replicas that share a channel.
+fn random_origin() -> String {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).expect("the system's random source");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// `*`, `?`, `[`, `]` and `\` mean something in a `SCAN MATCH` pattern.
@@ -132,9 +154,11 @@ impl Feed {
         tracing::info!(target: "tokengate::revocation", loaded, "revocation feed up");
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
-            match serde_json::from_slice::<Event>(message.get_payload_bytes()) {
-                Ok(event) => {
-                    self.store.apply(std::slice::from_ref(&event), Source::Feed);
+            match serde_json::from_slice::<Published>(message.get_payload_bytes()) {
+                Ok(published) if published.origin == self.origin => {}
+                Ok(published) => {
+                    self.store
+                        .apply(std::slice::from_ref(&published.event), Source::Feed);
                 }
                 Err(_) => {
                     self.store.metrics.event(Source::Feed, EventResult::Refused);
@@ -248,6 +272,11 @@ impl Feed {
             event.fingerprint().hex()
         );
         let json = serde_json::to_string(event).map_err(|_| FeedError::Disconnected)?;
+        let published = serde_json::to_string(&Published {
+            origin: self.origin.clone(),
+            event: event.clone(),
+        })
+        .map_err(|_| FeedError::Disconnected)?;
         timeout(
             redis::pipe()
                 .cmd("SET")
@@ -258,7 +287,7 @@ impl Feed {
                 .ignore()
                 .cmd("PUBLISH")
                 .arg(&self.channel)
-                .arg(&json)
+                .arg(&published)
                 .ignore()
                 .query_async::<()>(manager),
         )
