@@ -10,7 +10,9 @@
 //! 3. then applies messages as they arrive, except its own (each message names the
 //!    replica that published it).
 //!
-//! When the connection is lost it goes back to 1 with a backoff (up to
+//! The subscriber pings Redis every [`PING_INTERVAL`]: a partition that drops packets
+//! without closing the connection counts as a lost connection once a ping goes
+//! unanswered for [`TIMEOUT`]. When the connection is lost it goes back to 1 with a backoff (up to
 //! [`MAX_BACKOFF`]), serving meanwhile with the entries it holds;
 //! `tokengate_revocation_feed_up` is 0 and a warning is logged (at most once per
 //! [`LOG_INTERVAL`]). Local events are queued (bounded) and written, in order, once Redis
@@ -35,6 +37,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Connect and command timeout: a partitioned Redis must not hold a task for long.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the subscriber pings Redis: a silent partition is noticed within this plus
+/// [`TIMEOUT`].
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// At most one warning per this interval per task while Redis is unreachable.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// Keys read per `SCAN` step and `MGET`.
@@ -152,8 +157,23 @@ impl Feed {
         self.store.metrics.feed_up.set(1);
         *backoff = FIRST_BACKOFF;
         tracing::info!(target: "tokengate::revocation", loaded, "revocation feed up");
-        let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
+        let (mut sink, mut messages) = pubsub.split();
+        let mut ping = tokio::time::interval(PING_INTERVAL);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                _ = ping.tick() => {
+                    // A partition that drops packets silently leaves the TCP connection
+                    // open for a long time: without an answer here the feed is down.
+                    timeout(sink.ping::<redis::Value>()).await?;
+                    continue;
+                }
+            };
+            let Some(message) = message else {
+                return Err(FeedError::Disconnected);
+            };
             match serde_json::from_slice::<Published>(message.get_payload_bytes()) {
                 Ok(published) if published.origin == self.origin => {}
                 Ok(published) => {
@@ -166,7 +186,6 @@ impl Feed {
                 }
             }
         }
-        Err(FeedError::Disconnected)
     }
 
     /// Applies every current event key; returns how many were read.

@@ -101,6 +101,17 @@ impl Redis {
         self.process.kill();
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: its connections stay open and
+    /// nothing answers, as in a partition that drops packets silently.
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(self.process.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} redis-server");
+    }
+
     /// Starts again on the same port, empty.
     async fn restart(&mut self) {
         let dir = ScratchDir::new(REDIS.name);
@@ -534,6 +545,49 @@ async fn redis_restarted_mid_run_loses_no_event_and_replicas_keep_serving() {
             .await
             .is_some());
         assert_eq!(replica.auth(&before).await, 401);
+        assert_eq!(replica.auth(&valid).await, 202);
+    }
+}
+
+/// A Redis that stops answering without closing its connections (SIGSTOP: a partition
+/// that drops packets) is noticed by the subscriber's ping; replicas keep serving, and
+/// when it answers again the feed is back and the event from meanwhile reaches everyone.
+#[tokio::test]
+async fn a_silent_redis_is_noticed_by_the_ping_and_the_feed_comes_back() {
+    let provider = OidcProvider::start().await;
+    let redis = Redis::start().await;
+    let replicas = replicas(&provider, &redis, None).await;
+    let during = provider.jwt("alice", "read").await;
+    let valid = provider.jwt("bob", "read").await;
+    for replica in &replicas {
+        assert_eq!(replica.auth(&during).await, 202);
+    }
+
+    redis.signal("-STOP");
+    for replica in &replicas {
+        replica
+            .wait_metric("tokengate_revocation_feed_up", 0.0, RECONNECTED)
+            .await;
+        assert_eq!(replica.auth(&valid).await, 202);
+        assert!(replica.ready().await);
+    }
+    replicas[0]
+        .revoke_jti(&provider.issuer, &jti(&during))
+        .await;
+    assert_eq!(replicas[0].auth(&during).await, 401);
+
+    redis.signal("-CONT");
+    let resumed = Instant::now();
+    for (index, replica) in replicas.iter().enumerate() {
+        replica
+            .wait_metric("tokengate_revocation_feed_up", 1.0, RECONNECTED)
+            .await;
+        let took = replica.refused_within(&during, resumed, RECONNECTED).await;
+        assert!(
+            took.is_some(),
+            "event from the silence lost at replica {index}:\n{}",
+            replica.process.logs()
+        );
         assert_eq!(replica.auth(&valid).await, 202);
     }
 }

@@ -493,6 +493,10 @@ impl Process {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     /// `Ok` while the process runs.
     pub fn check_running(&mut self) -> Result<(), String> {
         match self.child.0.try_wait() {
