@@ -63,13 +63,18 @@ impl Default for RevocationSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisFeedSettings {
-    /// `redis://host:6379/0`, or `rediss://…` for TLS (system roots, plus nothing else).
+    /// `redis://host:6379/0`, or `rediss://…` for TLS (the system roots, or `ca_file`).
     /// Put no password in it: use `password_file`.
     pub url: String,
     /// File holding the Redis password (`requirepass` or an ACL user's, with the user in
     /// the URL); a trailing newline is ignored.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// With `rediss://`: PEM file of the CA(s) that signed the Redis server's certificate
+    /// (an in-cluster Redis behind a private CA). Then only these are trusted, not the
+    /// system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Pub/sub channel the events are published on.
     #[serde(default = "defaults::channel")]
     pub channel: String,
@@ -83,6 +88,26 @@ pub struct RedisFeedSettings {
 }
 
 impl RedisFeedSettings {
+    /// The CA bundle, if a file is configured: PEM certificates, read once; a file with
+    /// none is a config error rather than a TLS failure at the first connection.
+    pub fn ca_certificates(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let Some(path) = &self.ca_file else {
+            return Ok(None);
+        };
+        let key = "revocation.redis.ca_file";
+        let pem = std::fs::read(path)
+            .map_err(|e| ConfigError::new(key, format!("{}: {e}", path.display())))?;
+        let holds_certificate =
+            String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----");
+        if !holds_certificate {
+            return Err(ConfigError::new(
+                key,
+                format!("{}: no PEM certificate in it", path.display()),
+            ));
+        }
+        Ok(Some(pem))
+    }
+
     /// The password, if a file is configured; empty or unreadable is a config error.
     pub fn password(&self) -> Result<Option<String>, ConfigError> {
         let Some(path) = &self.password_file else {
@@ -148,6 +173,14 @@ impl RevocationSettings {
                     "must not hold a password (it would show in logs): use password_file",
                 ));
             }
+            if redis.ca_file.is_some() && url.scheme() != "rediss" {
+                // A CA bundle with a plain-text URL would read as TLS where there is none.
+                return Err(ConfigError::new(
+                    "revocation.redis.ca_file",
+                    "needs a rediss:// url (TLS)",
+                ));
+            }
+            redis.ca_certificates()?;
             if redis.channel.is_empty() || redis.key_prefix.is_empty() {
                 return Err(ConfigError::new(
                     "revocation.redis",

@@ -83,7 +83,17 @@ pub fn spawn(
     if let Some(password) = settings.password()? {
         info.redis.password = Some(password);
     }
-    let client = Client::open(info).map_err(bad_url)?;
+    let client = match settings.ca_certificates()? {
+        Some(root_cert) => Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+        None => Client::open(info),
+    }
+    .map_err(bad_url)?;
     let feed = Arc::new(Feed {
         origin: random_origin(),
         client,

@@ -108,6 +108,22 @@ fn bad_config_exits_64_naming_the_key() {
             format!("http_client:\n  ca_file: /nonexistent/ca.pem\n{VALID}"),
             "http_client.ca_file",
         ),
+        (
+            "redis-ca-without-tls.yaml",
+            format!(
+                "revocation:\n  redis:\n    url: redis://127.0.0.1:6379/\n    ca_file: {}\n{VALID}",
+                write_config("redis-ca.pem", "-----BEGIN CERTIFICATE-----\n").display()
+            ),
+            "revocation.redis.ca_file",
+        ),
+        (
+            "redis-ca-not-pem.yaml",
+            format!(
+                "revocation:\n  redis:\n    url: rediss://127.0.0.1:6379/\n    ca_file: {}\n{VALID}",
+                write_config("redis-ca.txt", "not a certificate").display()
+            ),
+            "revocation.redis.ca_file",
+        ),
     ];
     for (name, content, key) in cases {
         let path = write_config(name, &content);

@@ -505,6 +505,7 @@ fn with_unreachable_feed(settings: &mut Settings, require: bool) {
     settings.revocation.redis = Some(tokengate::config::RedisFeedSettings {
         url: format!("redis://{address}/"),
         password_file: None,
+        ca_file: None,
         channel: "tokengate:revocations".to_owned(),
         key_prefix: "tokengate:revocation:".to_owned(),
         max_pending: 100,

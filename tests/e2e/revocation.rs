@@ -8,12 +8,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::Value;
 use testkit::process::poll_until;
+use testkit::tls::PrivateCa;
 
 use crate::provider::OidcProvider;
 use crate::support::{
@@ -53,6 +55,8 @@ struct Redis {
     binary: PathBuf,
     /// `requirepass`, when the server demands one.
     password: Option<String>,
+    /// With TLS only (`rediss://`): its certificate, from a CA of its own.
+    tls: Option<Arc<PrivateCa>>,
 }
 
 impl Redis {
@@ -62,16 +66,28 @@ impl Redis {
 
     /// A server that refuses every command until `AUTH` with `password`, when given.
     async fn start_with_password(password: Option<&str>) -> Redis {
+        Self::start_with(password, None).await
+    }
+
+    /// A server that speaks TLS only, with a certificate from a private CA.
+    async fn start_with_tls() -> Redis {
+        Self::start_with(None, Some(Arc::new(PrivateCa::for_loopback()))).await
+    }
+
+    async fn start_with(password: Option<&str>, tls: Option<Arc<PrivateCa>>) -> Redis {
         let binary = find_executable("redis-server", "REDIS_SERVER", &["/usr/bin/redis-server"]);
         let password = password.map(str::to_owned);
         let (process, address) = REDIS
-            .start(|dir, address| Self::command(&binary, dir, address, password.as_deref()))
+            .start(|dir, address| {
+                Self::command(&binary, dir, address, password.as_deref(), tls.as_deref())
+            })
             .await;
         Redis {
             process,
             address,
             binary,
             password,
+            tls,
         }
     }
 
@@ -80,10 +96,34 @@ impl Redis {
         dir: &ScratchDir,
         address: SocketAddr,
         password: Option<&str>,
+        tls: Option<&PrivateCa>,
     ) -> Command {
         let mut command = Command::new(binary);
+        let port = address.port().to_string();
+        command.args(["--bind", "127.0.0.1"]);
+        match tls {
+            Some(tls) => {
+                command
+                    .args([
+                        "--port",
+                        "0",
+                        "--tls-port",
+                        &port,
+                        "--tls-auth-clients",
+                        "no",
+                    ])
+                    .arg("--tls-cert-file")
+                    .arg(dir.write("redis.crt", &tls.certificate_pem))
+                    .arg("--tls-key-file")
+                    .arg(dir.write("redis.key", &tls.key_pem))
+                    .arg("--tls-ca-cert-file")
+                    .arg(dir.write("ca.crt", &tls.ca_pem));
+            }
+            None => {
+                command.args(["--port", &port]);
+            }
+        }
         command
-            .args(["--bind", "127.0.0.1", "--port", &address.port().to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir.path);
@@ -94,7 +134,12 @@ impl Redis {
     }
 
     fn url(&self) -> String {
-        format!("redis://{}/", self.address)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{}/", self.address)
     }
 
     fn stop(&mut self) {
@@ -115,7 +160,13 @@ impl Redis {
     /// Starts again on the same port, empty.
     async fn restart(&mut self) {
         let dir = ScratchDir::new(REDIS.name);
-        let command = Self::command(&self.binary, &dir, self.address, self.password.as_deref());
+        let command = Self::command(
+            &self.binary,
+            &dir,
+            self.address,
+            self.password.as_deref(),
+            self.tls.as_deref(),
+        );
         self.process = REDIS
             .spawn(command, dir, self.address)
             .await
@@ -141,13 +192,17 @@ impl Replica {
             let admin = free_address();
             let dir = ScratchDir::new("tokengate-replica");
             let secret = dir.write("admin-secret", &format!("{ADMIN_SECRET}\n"));
-            let password = match &redis.password {
+            let mut password = match &redis.password {
                 Some(password) => {
                     let file = dir.write("redis-password", &format!("{password}\n"));
                     format!("    password_file: \"{}\"\n", file.display())
                 }
                 None => String::new(),
             };
+            if let Some(tls) = &redis.tls {
+                let file = dir.write("redis-ca.crt", &tls.ca_pem);
+                password.push_str(&format!("    ca_file: \"{}\"\n", file.display()));
+            }
             let config = dir.write(
                 "tokengate.yaml",
                 &format!(
@@ -589,6 +644,29 @@ async fn a_silent_redis_is_noticed_by_the_ping_and_the_feed_comes_back() {
             replica.process.logs()
         );
         assert_eq!(replica.auth(&valid).await, 202);
+    }
+}
+
+/// `rediss://` to a Redis behind a private CA, trusted through `ca_file` only: the feed
+/// carries an event between replicas over TLS.
+#[tokio::test]
+async fn a_redis_behind_a_private_ca_carries_the_feed_over_tls() {
+    let provider = OidcProvider::start().await;
+    let redis = Redis::start_with_tls().await;
+    // Ready means each replica made a TLS connection and loaded the feed once.
+    let replicas = replicas(&provider, &redis, None).await;
+    let token = provider.jwt("alice", "read").await;
+    for replica in &replicas {
+        assert_eq!(replica.auth(&token).await, 202);
+        assert_eq!(replica.metric("tokengate_revocation_feed_up").await, 1.0);
+    }
+    replicas[0].revoke_jti(&provider.issuer, &jti(&token)).await;
+    for (index, replica) in replicas.iter().enumerate() {
+        let took = replica.refused_within(&token, Instant::now(), LOST).await;
+        assert!(
+            took.is_some(),
+            "revocation lost at replica {index} over TLS"
+        );
     }
 }
 

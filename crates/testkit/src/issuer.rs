@@ -14,6 +14,8 @@ use base64::Engine;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 use tokengate::demo::{jwks_document, SigningKey};
+
+use crate::tls::PrivateCa;
 use tokengate::verify::cache::unix_now;
 
 pub const AUDIENCE: &str = "orders-api";
@@ -125,35 +127,6 @@ pub struct TestIssuer {
     pub ca_pem: Option<String>,
 }
 
-/// A private CA and a certificate it signed for `127.0.0.1`: the system roots trust
-/// neither, so only a configured CA bundle makes the issuer reachable.
-fn private_ca_tls() -> (rustls::ServerConfig, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-        .expect("CA certificate");
-    let server_key = KeyPair::generate().expect("server key");
-    let server_certificate = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .expect("server params")
-        .signed_by(&server_key, &*ca)
-        .expect("server certificate");
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![server_certificate.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-    )
-    .expect("TLS config");
-    (tls, ca.pem())
-}
-
 impl TestIssuer {
     /// Starts an issuer publishing one RS256 key `k1`.
     pub async fn start() -> TestIssuer {
@@ -175,7 +148,9 @@ impl TestIssuer {
     /// CA of its own ([`TestIssuer::ca_pem`]), publishing `k1`.
     pub async fn start_tls() -> TestIssuer {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        Self::serve(listener, vec![rsa_key("k1")], Some(private_ca_tls()))
+        let ca = PrivateCa::for_loopback();
+        let tls = (ca.server_config(), ca.ca_pem);
+        Self::serve(listener, vec![rsa_key("k1")], Some(tls))
     }
 
     fn serve(
