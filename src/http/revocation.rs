@@ -5,6 +5,8 @@
 //! Both answer bad input with a 400 and a log line naming why, never a 5xx, and never
 //! log or echo the token or the secret.
 
+use std::time::Duration;
+
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use aws_lc_rs::{constant_time, digest};
@@ -19,7 +21,7 @@ use crate::verify::logout::LogoutError;
 
 /// How often a refusal line may be written per endpoint; the refusals in between are
 /// counted into the next line (`refused_since_last_line`).
-pub const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One limiter per endpoint, so a flood at one does not hide refusals at the other.
 pub struct RefusalLogs {

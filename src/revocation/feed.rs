@@ -12,8 +12,8 @@
 //!
 //! The subscriber pings Redis every [`PING_INTERVAL`]: a partition that drops packets
 //! without closing the connection counts as a lost connection once a ping goes
-//! unanswered for [`TIMEOUT`]. When the connection is lost it goes back to 1 with a backoff (up to
-//! [`MAX_BACKOFF`]), serving meanwhile with the entries it holds;
+//! unanswered for [`TIMEOUT`]. When the connection is lost it goes back to 1 with a
+//! backoff (up to [`MAX_BACKOFF`]), serving meanwhile with the entries it holds;
 //! `tokengate_revocation_feed_up` is 0 and a warning is logged (at most once per
 //! [`LOG_INTERVAL`]). Local events are queued (bounded) and written, in order, once Redis
 //! answers again. Both tasks end on the application's [`Shutdown`].
