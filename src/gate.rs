@@ -14,8 +14,8 @@ use crate::verify::Verifier;
 
 /// What an adapter learned from its proxy's call, in protocol-neutral form.
 pub struct AuthQuery<'a> {
-    /// What the client asked the proxy for.
-    pub original: OriginalRequest,
+    /// What the client asked the proxy for (the adapter keeps it, for its audit line).
+    pub original: &'a OriginalRequest,
     /// Requirements carried by the call itself (the auth URL's query string).
     pub requirements: Requirements,
     /// The token from the configured sources; `MissingToken` when there is none, another
@@ -81,7 +81,7 @@ impl Gate {
 
     /// Decides one request.
     pub async fn decide(&self, query: AuthQuery<'_>) -> Decision<'_> {
-        let original = &query.original;
+        let original = query.original;
         // Requirements carried by the call are the operator's word for this location: an
         // anonymous rule, written for the whole site, does not lift them.
         let rule = self

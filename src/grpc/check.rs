@@ -75,7 +75,8 @@ impl CheckService {
 
 /// The `CheckResponse` of a decision.
 fn render(runtime: &Runtime, decision: &mut Decision<'_>) -> CheckResponse {
-    if decision.outcome.is_ok() && several_impersonation_groups(decision) {
+    let identity: Vec<(HeaderName, HeaderValue)> = respond::identity_headers(decision).collect();
+    if decision.outcome.is_ok() && several_impersonation_groups(&identity) {
         decision.outcome = Err(Reason::SeveralImpersonationGroups.into());
     }
     let metadata = metadata(runtime, decision);
@@ -85,7 +86,7 @@ fn render(runtime: &Runtime, decision: &mut Decision<'_>) -> CheckResponse {
                 code: tonic::Code::Ok as i32,
                 ..rpc::Status::default()
             }),
-            http_response: Some(HttpResponse::OkResponse(allow(runtime, decision))),
+            http_response: Some(HttpResponse::OkResponse(allow(runtime, &identity))),
             dynamic_metadata: Some(metadata),
         },
         Err(error) => {
@@ -96,12 +97,11 @@ fn render(runtime: &Runtime, decision: &mut Decision<'_>) -> CheckResponse {
     }
 }
 
-/// The identity headers, set with overwrite semantics (a client's own value of the
+/// The identity headers `set`, with overwrite semantics (a client's own value of the
 /// same name never survives beside ours), and every other identity header tokengate
 /// owns removed. Envoy applies `headers_to_remove` after the sets, so a name both set
 /// and removed would never reach the upstream: only names not set are removed.
-fn allow(runtime: &Runtime, decision: &Decision<'_>) -> OkHttpResponse {
-    let set: Vec<(HeaderName, HeaderValue)> = respond::identity_headers(decision).collect();
+fn allow(runtime: &Runtime, set: &[(HeaderName, HeaderValue)]) -> OkHttpResponse {
     let mut headers_to_remove: Vec<String> = runtime
         .gate
         .verifier
@@ -199,8 +199,9 @@ impl Authorization for CheckService {
 /// and the Kubernetes API server reads a line as one group: `developers,ops` would be a
 /// group of its own, and the last option alone would silently drop the others
 /// (tests/e2e/envoy_grpc.rs shows Envoy doing both).
-fn several_impersonation_groups(decision: &Decision<'_>) -> bool {
-    respond::identity_headers(decision)
+fn several_impersonation_groups(identity: &[(HeaderName, HeaderValue)]) -> bool {
+    identity
+        .iter()
         .filter(|(name, _)| *name == IMPERSONATE_GROUP)
         .nth(1)
         .is_some()

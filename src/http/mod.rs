@@ -115,20 +115,17 @@ pub(crate) async fn judge<R>(
 ) -> R {
     let started = Instant::now();
     let _in_flight = metrics.in_flight();
-    let query = check_head(runtime, headers).and_then(|()| {
-        let original = original?;
-        let requirements = requirements?;
-        Ok(AuthQuery {
-            preflight: is_cors_preflight(&original, headers),
-            original,
-            requirements,
-            token: extract_token(headers, &runtime.token_sources, runtime.max_token_length),
-        })
-    });
-    let (original, mut decision) = match query {
-        Ok(query) => {
-            let original = query.original.clone();
-            (original, runtime.gate.decide(query).await)
+    let read = check_head(runtime, headers).and_then(|()| Ok((original?, requirements?)));
+    let (original, mut decision) = match read {
+        Ok((original, requirements)) => {
+            let query = AuthQuery {
+                preflight: is_cors_preflight(&original, headers),
+                original: &original,
+                requirements,
+                token: extract_token(headers, &runtime.token_sources, runtime.max_token_length),
+            };
+            let decision = runtime.gate.decide(query).await;
+            (original, decision)
         }
         Err(error) => (OriginalRequest::default(), Decision::refused(error)),
     };
