@@ -14,7 +14,9 @@ use url::Url;
 use crate::request::{PathParameters, ProxyHeaders, TokenSource};
 
 mod revocation;
-pub use revocation::{BackchannelLogoutSettings, RedisFeedSettings, RevocationSettings};
+pub use revocation::{
+    BackchannelLogoutSettings, RedisFeedSettings, RevocationSecrets, RevocationSettings,
+};
 
 /// Prefix of environment overrides: `TOKENGATE__CACHE__MAX_ENTRIES=5000`.
 pub const ENV_PREFIX: &str = "TOKENGATE";

@@ -122,6 +122,8 @@ pub fn compile(
 
 /// `--check-config`: compiles `settings` as a start would, and throws the result away.
 pub fn check(settings: Settings) -> Result<(), ConfigError> {
+    // Outside the runtime (they need a restart), but read at start-up all the same.
+    settings.revocation.secrets()?;
     let metrics = Metrics::new(&prometheus::Registry::new(), &[])
         .map_err(|error| ConfigError::new("metrics", error.to_string()))?;
     let (_stop, background) = crate::shutdown::ShutdownTrigger::new();

@@ -12,7 +12,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use arc_swap::ArcSwap;
 use prometheus::Registry;
 
-use crate::config::{ConfigError, IdentityOutput, Settings, ShutdownSettings};
+use crate::config::{ConfigError, IdentityOutput, RevocationSecrets, Settings, ShutdownSettings};
 use crate::grpc::GrpcServer;
 use crate::http::revocation::{self, AdminToken};
 use crate::http::{admin, auth, ext_authz, AppState};
@@ -106,12 +106,9 @@ impl Application {
         let metrics = Arc::new(Metrics::new(&registry, &issuer_names)?);
         let (background, shutdown) = ShutdownTrigger::new();
         let tasks = BackgroundTasks::default();
-        let revocations = start_revocations(&settings, &registry, &shutdown, &tasks)?;
-        let revocation_admin_token = settings
-            .revocation
-            .admin_token()?
-            .as_deref()
-            .map(AdminToken::new);
+        let secrets = settings.revocation.secrets()?;
+        let revocation_admin_token = secrets.admin_token.as_deref().map(AdminToken::new);
+        let revocations = start_revocations(&settings, &secrets, &registry, &shutdown, &tasks)?;
         let compiled = runtime::compile(settings, &metrics, &shutdown, &revocations, None)?;
         start_key_stores(compiled.new_key_stores, &tasks).await;
         let settings = compiled.runtime.settings.clone();
@@ -428,6 +425,7 @@ async fn shutdown_signal() {
 /// waits for it.
 fn start_revocations(
     settings: &Settings,
+    secrets: &RevocationSecrets,
     registry: &Registry,
     shutdown: &Shutdown,
     tasks: &BackgroundTasks,
@@ -435,7 +433,7 @@ fn start_revocations(
     let (revocations, outbox) =
         Revocations::new(&settings.revocation, RevocationMetrics::new(registry)?);
     if let (Some(redis), Some(outbox)) = (&settings.revocation.redis, outbox) {
-        feed::spawn(redis, revocations.clone(), outbox, shutdown, tasks)?;
+        feed::spawn(redis, secrets, revocations.clone(), outbox, shutdown, tasks)?;
     }
     Ok(revocations)
 }

@@ -87,10 +87,19 @@ pub struct RedisFeedSettings {
     pub max_pending: usize,
 }
 
+/// What the files of the revocation settings hold ([`RevocationSettings::secrets`]).
+pub struct RevocationSecrets {
+    /// The bearer secret of `POST /revocations`; `None`: the endpoint is off.
+    pub admin_token: Option<String>,
+    pub redis_password: Option<String>,
+    /// The CA bundle (PEM) that alone is trusted for `rediss://`.
+    pub redis_ca: Option<Vec<u8>>,
+}
+
 impl RedisFeedSettings {
     /// The CA bundle, if a file is configured: PEM certificates, read once; a file with
     /// none is a config error rather than a TLS failure at the first connection.
-    pub fn ca_certificates(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+    fn ca_certificates(&self) -> Result<Option<Vec<u8>>, ConfigError> {
         let Some(path) = &self.ca_file else {
             return Ok(None);
         };
@@ -109,7 +118,7 @@ impl RedisFeedSettings {
     }
 
     /// The password, if a file is configured; empty or unreadable is a config error.
-    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+    fn password(&self) -> Result<Option<String>, ConfigError> {
         let Some(path) = &self.password_file else {
             return Ok(None);
         };
@@ -125,8 +134,26 @@ impl RedisFeedSettings {
 }
 
 impl RevocationSettings {
-    /// The admin bearer secret, if a file is configured: read once, at start-up.
-    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+    /// Every file the revocation settings name, read: once, at start-up (and by
+    /// `--check-config`). Revocation settings change only with a restart, so nothing
+    /// reads these files again.
+    pub fn secrets(&self) -> Result<RevocationSecrets, ConfigError> {
+        let redis = self.redis.as_ref();
+        Ok(RevocationSecrets {
+            admin_token: self.admin_token()?,
+            redis_password: redis
+                .map(RedisFeedSettings::password)
+                .transpose()?
+                .flatten(),
+            redis_ca: redis
+                .map(RedisFeedSettings::ca_certificates)
+                .transpose()?
+                .flatten(),
+        })
+    }
+
+    /// The admin bearer secret, if a file is configured.
+    fn admin_token(&self) -> Result<Option<String>, ConfigError> {
         let Some(path) = &self.admin_token_file else {
             return Ok(None);
         };
@@ -157,7 +184,6 @@ impl RevocationSettings {
                 format!("must be between 1 and {MAX_ENTRIES}"),
             ));
         }
-        self.admin_token()?;
         if let Some(redis) = &self.redis {
             let url = url::Url::parse(&redis.url)
                 .map_err(|e| ConfigError::new("revocation.redis.url", format!("not a URL: {e}")))?;
@@ -180,7 +206,6 @@ impl RevocationSettings {
                     "needs a rediss:// url (TLS)",
                 ));
             }
-            redis.ca_certificates()?;
             if redis.channel.is_empty() || redis.key_prefix.is_empty() {
                 return Err(ConfigError::new(
                     "revocation.redis",
@@ -193,7 +218,6 @@ impl RevocationSettings {
                     "must be between 1 and 1000000",
                 ));
             }
-            redis.password()?;
         }
         Ok(())
     }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{unix_millis, Event, EventResult, Revocations, Source};
-use crate::config::{ConfigError, RedisFeedSettings};
+use crate::config::{ConfigError, RedisFeedSettings, RevocationSecrets};
 use crate::shutdown::{BackgroundTasks, Shutdown};
 use crate::verify::admission::LogLimiter;
 
@@ -69,6 +69,7 @@ struct Feed {
 /// queue of local events.
 pub fn spawn(
     settings: &RedisFeedSettings,
+    secrets: &RevocationSecrets,
     store: Arc<Revocations>,
     outbox: mpsc::Receiver<Event>,
     shutdown: &Shutdown,
@@ -80,15 +81,13 @@ pub fn spawn(
         .as_str()
         .into_connection_info()
         .map_err(bad_url)?;
-    if let Some(password) = settings.password()? {
-        info.redis.password = Some(password);
-    }
-    let client = match settings.ca_certificates()? {
+    info.redis.password.clone_from(&secrets.redis_password);
+    let client = match &secrets.redis_ca {
         Some(root_cert) => Client::build_with_tls(
             info,
             redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(root_cert),
+                root_cert: Some(root_cert.clone()),
             },
         ),
         None => Client::open(info),
