@@ -487,9 +487,12 @@ fn documented_configs() -> Vec<(String, String)> {
 fn with_secret_files_in(config: &str, dir: &Path) -> String {
     let mut out = String::new();
     for line in config.lines() {
+        // A commented-out key (`# ca_file: …`) is no setting: left as it is.
         let secret_path = line.split_once(':').and_then(|(key, value)| {
+            let key = key.trim().trim_start_matches("- ");
             let value = value.split(" #").next().unwrap_or_default().trim();
-            (key.trim().ends_with("_file") && value.starts_with('/')).then_some(value)
+            let is_setting = !key.starts_with('#') && key.ends_with("_file");
+            (is_setting && value.starts_with('/')).then_some(value)
         });
         match secret_path {
             Some(path) => {
